@@ -1,0 +1,7 @@
+"""`python -m swarm.client` is `swarmclient`."""
+
+import sys
+
+from swarm.client.cli import main
+
+sys.exit(main())

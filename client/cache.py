@@ -1,0 +1,67 @@
+"""The worker's blob cache: content-addressed files it never downloads twice.
+
+Downloads go to `<sha256>.part` and resume from its size after a dropped connection; a blob
+enters the cache only after its SHA-256 is verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+from swarm.client.transport import Transport
+from swarm.protocol.errors import IntegrityError, ProtocolError, TransportError
+
+logger = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_RESUMES = 20
+
+
+class BlobCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if not _SHA256.fullmatch(sha256):
+            raise ProtocolError(f"coordinator named a blob {sha256[:80]!r} that is not a SHA-256")
+        return self.root / sha256
+
+    def get(self, sha256: str, transport: Transport, timeout_s: float = 600.0) -> bytes:
+        """The blob's bytes, from the cache or downloaded (resuming) and verified."""
+        final = self.path(sha256)
+        if final.exists():
+            return final.read_bytes()
+        partial = final.with_suffix(".part")
+        for attempt in range(MAX_RESUMES):
+            offset = partial.stat().st_size if partial.exists() else 0
+            try:
+                with partial.open("ab") as out:
+                    for chunk in transport.fetch_blob(sha256, offset, timeout_s):
+                        if chunk.offset != offset:
+                            raise ProtocolError(
+                                f"blob {sha256}: chunk at {chunk.offset}, expected {offset}"
+                            )
+                        out.write(chunk.data)
+                        offset += len(chunk.data)
+                break
+            except TransportError as exc:
+                logger.warning(
+                    "download of blob %s interrupted at byte %d (%s); resuming",
+                    sha256[:12],
+                    offset,
+                    exc,
+                )
+                transport.pause(attempt)
+        else:
+            raise TransportError(f"could not download blob {sha256} after {MAX_RESUMES} tries")
+        data = partial.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            partial.unlink(missing_ok=True)
+            raise IntegrityError(f"blob {sha256} arrived corrupted (SHA-256 mismatch); discarded")
+        os.replace(partial, final)
+        return data

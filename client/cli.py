@@ -1,0 +1,81 @@
+"""`swarmclient`: the volunteer's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+from swarm.client.settings import ClientSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swarmclient", description="Give your machine's idle compute to a swarm."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    join = commands.add_parser("join", help="join a coordinator and work until stopped")
+    join.add_argument("--coordinator", help="HOST:PORT of the coordinator's gRPC endpoint")
+    join.add_argument("--name", help="name shown on the coordinator (default: host name)")
+    join.add_argument("--data-dir", type=Path, help="identity, benchmark and blob cache")
+    join.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all)")
+    join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> ClientSettings:
+    given: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "coordinator": args.coordinator,
+            "name": args.name,
+            "data_dir": args.data_dir,
+            "threads": args.threads,
+            "log_level": args.log_level,
+        }.items()
+        if v is not None
+    }
+    return ClientSettings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(
+            f"swarmclient: invalid {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from swarm.client.worker import Worker  # torch is slow to import; parse flags first
+
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logging.getLogger("swarm.client").info(
+            "%s received: finishing up and handing back the current task (again to force)",
+            signal.Signals(signum).name,
+        )
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    Worker(settings, stop).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The volunteer worker: register, lease, fetch, train, submit, repeat.
+
+A heartbeat thread keeps the session and the current lease alive. Stopping (Ctrl+C, SIGTERM)
+interrupts the inner loop between steps and hands the task back, so nobody waits for a dead
+lease; a lease the coordinator revokes (someone else finished the task) is abandoned the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from swarm.client.cache import BlobCache
+from swarm.client.hardware import profile_with_benchmark
+from swarm.client.identity import load_or_create_key, public_key_bytes
+from swarm.client.settings import ClientSettings
+from swarm.client.transport import Stopped, Transport
+from swarm.compression import encode_payload
+from swarm.models import (
+    InnerLoopConfig,
+    InnerLoopInterrupted,
+    build_model,
+    config_from_bytes,
+    decode_shard,
+    load_trainable_state,
+    run_inner_loop,
+    state_from_bytes,
+)
+from swarm.protocol import PROTOCOL_VERSION, SwarmError, TransportError
+from swarm.protocol import messages as m
+from swarm.protocol.limits import CHUNK_BYTES
+
+logger = logging.getLogger(__name__)
+
+CLIENT_VERSION = "0.1.0"
+
+
+@dataclass
+class WorkerStats:
+    tasks_done: int = 0
+    tasks_handed_back: int = 0
+    tokens: int = 0
+
+
+class Worker:
+    def __init__(self, settings: ClientSettings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.stats = WorkerStats()
+        self._revoked = threading.Event()
+        self._current_task: str | None = None
+        self._cache = BlobCache(settings.data_dir / "blobs")
+        self._models: dict[str, torch.nn.Module] = {}
+        self._transport: Transport | None = None
+
+    def run(self) -> None:
+        """Work until `stop` is set."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        key = load_or_create_key(self.settings.data_dir / "identity.key")
+        hardware = profile_with_benchmark(self.settings.data_dir / "benchmark.json")
+        self._key = key
+        transport = Transport(
+            self.settings.coordinator,
+            m.RegisterWorkerRequest(
+                protocol_version=PROTOCOL_VERSION,
+                name=self.settings.name,
+                public_key=public_key_bytes(key),
+                hardware=hardware,
+                client_version=CLIENT_VERSION,
+            ),
+            stop=self.stop,
+            rpc_timeout_s=self.settings.rpc_timeout_s,
+            max_backoff_s=self.settings.max_backoff_s,
+        )
+        self._transport = transport
+        try:
+            transport.register()
+            heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+            heartbeat.start()
+            while not self.stop.is_set():
+                response = transport.lease_task()
+                if response.task is None:
+                    logger.debug("no task: %s", response.reason)
+                    self.stop.wait(response.retry_after_s * (0.75 + 0.5 * np.random.random()))
+                    continue
+                self._run_task(transport, response.task)
+        except Stopped:
+            pass
+        finally:
+            transport.close()
+            logger.info(
+                "worker stopped: %d tasks done, %d handed back, %.1f MB down, %.1f MB up",
+                self.stats.tasks_done,
+                self.stats.tasks_handed_back,
+                transport.bytes_down / 1e6,
+                transport.bytes_up / 1e6,
+            )
+
+    def _heartbeat_loop(self) -> None:
+        assert self._transport is not None
+        interval = 5.0
+        while not self.stop.wait(interval):
+            task_id = self._current_task
+            try:
+                reply = self._transport.heartbeat([task_id] if task_id else [])
+                interval = reply.heartbeat_interval_s or interval
+                if task_id and task_id in reply.revoked_task_ids:
+                    logger.warning("task %s was revoked by the coordinator; abandoning it", task_id)
+                    self._revoked.set()
+            except SwarmError as exc:  # a missed heartbeat is not fatal; the lease has slack
+                logger.debug("heartbeat failed: %s", exc)
+
+    def _run_task(self, transport: Transport, task: m.Task) -> None:
+        if task.train is None:
+            logger.error(
+                "task %s has a kind this client does not know; handing it back", task.task_id
+            )
+            self._hand_back(transport, task, m.FailureKind.ERROR, "unsupported task kind")
+            return
+        spec = task.train
+        self._current_task = task.task_id
+        self._revoked.clear()
+        try:
+            began = time.perf_counter()
+            config = config_from_bytes(self._cache.get(spec.model_config_sha256, transport))
+            model = self._models.get(spec.model_config_sha256) or build_model(config)
+            self._models = {spec.model_config_sha256: model}
+            load_trainable_state(
+                model, state_from_bytes(self._cache.get(spec.params_sha256, transport))
+            )
+            tokens = decode_shard(
+                self._cache.get(spec.tokens_sha256, transport), config["vocab_size"]
+            )
+            fetch_s = time.perf_counter() - began
+            result = run_inner_loop(
+                model,
+                tokens,
+                InnerLoopConfig(
+                    steps=spec.inner_steps,
+                    batch_size=spec.batch_size,
+                    seq_len=spec.seq_len,
+                    learning_rate=spec.learning_rate,
+                    weight_decay=spec.weight_decay,
+                    max_grad_norm=spec.max_grad_norm,
+                    warmup_steps=spec.warmup_steps,
+                    seed=spec.seed,
+                ),
+                on_step=self._on_step(task),
+            )
+            payload = encode_payload(result.pseudo_gradient, spec.codec)
+            metrics = m.TaskMetrics(
+                loss_first=result.losses[0],
+                loss_last=result.losses[-1],
+                loss_mean=float(np.mean(result.losses)),
+                tokens=result.tokens,
+                compute_s=result.compute_s,
+                steps=len(result.losses),
+            )
+            self._submit(transport, task, payload, metrics)
+            logger.info(
+                "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, fetch %.1fs, "
+                "compute %.1fs, %.1f KB up",
+                task.task_id,
+                task.job_id,
+                task.round,
+                metrics.loss_first,
+                metrics.loss_last,
+                metrics.tokens,
+                fetch_s,
+                result.compute_s,
+                len(payload) / 1e3,
+            )
+        except InnerLoopInterrupted as exc:
+            if self._revoked.is_set():
+                logger.info("abandoned task %s: %s", task.task_id, exc)
+            else:
+                logger.info("stopping: handing back task %s (%s)", task.task_id, exc)
+                self._hand_back(transport, task, m.FailureKind.HANDBACK, "worker stopping")
+        except torch.OutOfMemoryError as exc:
+            self._hand_back(transport, task, m.FailureKind.OUT_OF_MEMORY, str(exc))
+        except Stopped:
+            self._hand_back(transport, task, m.FailureKind.HANDBACK, "worker stopping")
+            raise
+        except (SwarmError, FloatingPointError) as exc:
+            logger.error("task %s failed: %s", task.task_id, exc)
+            self._hand_back(transport, task, m.FailureKind.ERROR, str(exc))
+        finally:
+            self._current_task = None
+
+    def _on_step(self, task: m.Task):  # type: ignore[no-untyped-def]
+        assert task.train is not None
+        total = task.train.inner_steps
+        marks = {max(0, total * q // 4 - 1) for q in (1, 2, 3)}
+
+        def on_step(step: int, loss: float) -> bool:
+            if step in marks:
+                logger.info("task %s: step %d/%d, loss %.4f", task.task_id, step + 1, total, loss)
+            return not (self.stop.is_set() or self._revoked.is_set())
+
+        return on_step
+
+    def _submit(
+        self, transport: Transport, task: m.Task, payload: bytes, metrics: m.TaskMetrics
+    ) -> None:
+        digest = hashlib.sha256(payload).hexdigest()
+        signature = self._key.sign(m.result_signing_bytes(task.task_id, digest, metrics))
+
+        def attempt(session: m.Session) -> m.SubmitResultResponse:
+            header = m.ResultHeader(
+                session=session,
+                task_id=task.task_id,
+                metrics=metrics,
+                payload_sha256=digest,
+                payload_size=len(payload),
+                signature=signature,
+            )
+            return transport.submit_result(header, payload, CHUNK_BYTES, timeout_s=300.0)
+
+        # Submitting is retried even while stopping: finished work is never thrown away.
+        for failures in range(1000):
+            try:
+                response = attempt(transport.session)
+                break
+            except TransportError as exc:
+                if time.time() > task.lease_deadline_unix_s + 3600:
+                    raise
+                logger.warning("submitting task %s failed (%s); retrying", task.task_id, exc)
+                time.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)) * np.random.random())
+        if response.accepted:
+            self.stats.tasks_done += 1
+            self.stats.tokens += metrics.tokens
+        else:
+            logger.info("task %s: %s", task.task_id, response.message)
+
+    def _hand_back(
+        self, transport: Transport, task: m.Task, kind: m.FailureKind, message: str
+    ) -> None:
+        try:
+            transport.report_failure(task.task_id, kind, message)
+            self.stats.tasks_handed_back += 1
+        except SwarmError as exc:  # the lease will expire on its own
+            logger.warning("could not hand back task %s: %s", task.task_id, exc)

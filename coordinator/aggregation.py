@@ -1,0 +1,59 @@
+"""The outer step of a DiLoCo round: average pseudo-gradients, then Nesterov SGD.
+
+With pseudo-gradient g (start minus end of the inner loop, averaged over workers, weighted by
+tokens), momentum buffer b and learning rate lr:
+
+    b <- momentum * b + g
+    params <- params - lr * (g + momentum * b)
+
+which is PyTorch's SGD with `nesterov=True`, written out so the state is plain tensors that
+can be stored as a blob between rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from swarm.protocol.errors import ConfigError
+
+
+def weighted_average(
+    updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Average named tensors with non-negative weights (for example tokens per update)."""
+    if not updates or len(updates) != len(weights):
+        raise ConfigError(
+            f"need one weight per update, got {len(updates)} updates and {len(weights)} weights"
+        )
+    total = float(sum(weights))
+    if total <= 0:
+        raise ConfigError("the weights of the updates sum to zero")
+    names = updates[0].keys()
+    return {
+        name: sum(
+            (u[name] * (w / total) for u, w in zip(updates, weights, strict=True)),
+            torch.zeros_like(updates[0][name]),
+        )
+        for name in names
+    }
+
+
+def nesterov_step(
+    params: Mapping[str, torch.Tensor],
+    pseudo_gradient: Mapping[str, torch.Tensor],
+    momentum_buffer: Mapping[str, torch.Tensor] | None,
+    *,
+    lr: float,
+    momentum: float,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One outer Nesterov SGD step; returns (new params, new momentum buffer)."""
+    new_params: dict[str, torch.Tensor] = {}
+    new_buffer: dict[str, torch.Tensor] = {}
+    for name, value in params.items():
+        grad = pseudo_gradient[name]
+        previous = momentum_buffer[name] if momentum_buffer is not None else torch.zeros_like(grad)
+        buffer = previous * momentum + grad
+        new_buffer[name] = buffer
+        new_params[name] = value - lr * (grad + momentum * buffer)
+    return new_params, new_buffer

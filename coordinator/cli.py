@@ -1,0 +1,170 @@
+"""`swarm`: the operator's and researcher's command line (coordinator, demo, jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarm", description="Run and use a swarm.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("coordinator", help="serve workers (gRPC) and the API (HTTP)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port for workers (default 50051)")
+    serve.add_argument("--http-port", type=int, help="HTTP port for the API (default 8000)")
+    serve.add_argument("--data-dir", type=Path, help="database and blobs (default ./swarm-data)")
+    serve.add_argument(
+        "--db",
+        help="database URL, e.g. postgresql://user@host/db (default: SQLite in the data directory)",
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
+
+    demo = commands.add_parser("demo", help="train a model with local clients, end to end")
+    demo.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    demo.add_argument("--rounds", type=int, help="outer rounds (default 10)")
+    demo.add_argument("--inner-steps", type=int, help="inner steps per task (default 24)")
+    demo.add_argument("--db", help="database URL for the demo's coordinator")
+    demo.add_argument("--work-dir", type=Path, help="keep logs and data here")
+    demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+
+    jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
+    jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    job_commands.add_parser("list", help="list jobs, newest first")
+    get = job_commands.add_parser("get", help="show one job and its rounds")
+    get.add_argument("job_id")
+    create = job_commands.add_parser("create", help="create a job")
+    create.add_argument("--model", default="tiny-llama")
+    create.add_argument("--training-file", default="builtin:tiny_corpus")
+    create.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyperparameter, e.g. --set num_rounds=5 (repeatable)",
+    )
+    return parser
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from swarm.coordinator.settings import CoordinatorSettings
+
+    given = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "grpc_port": args.grpc_port,
+            "http_port": args.http_port,
+            "data_dir": args.data_dir,
+            "db": args.db,
+            "log_level": args.log_level,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = CoordinatorSettings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(
+            f"swarm coordinator: invalid {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from swarm.coordinator.server import run
+
+    run(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from swarm.coordinator.demo import DemoConfig, run_demo
+
+    hyperparameters: dict[str, Any] = {}
+    if args.rounds is not None:
+        hyperparameters["num_rounds"] = args.rounds
+    if args.inner_steps is not None:
+        hyperparameters["inner_steps"] = args.inner_steps
+    try:
+        summary = run_demo(
+            DemoConfig(
+                num_clients=args.clients,
+                hyperparameters=hyperparameters,
+                work_dir=args.work_dir,
+                db=args.db,
+            ),
+            quiet=args.json,
+        )
+    except (RuntimeError, ValueError) as exc:
+        print(f"swarm demo failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if summary["status"] == "succeeded" else 1
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import httpx
+
+    with httpx.Client(base_url=args.url, timeout=60.0) as http:
+        try:
+            if args.jobs_command == "list":
+                response = http.get("/v1/fine_tuning/jobs")
+            elif args.jobs_command == "get":
+                response = http.get(f"/v1/fine_tuning/jobs/{args.job_id}")
+                if response.status_code == 200:
+                    job = response.json()
+                    job["rounds"] = http.get(f"/v1/swarm/jobs/{args.job_id}/rounds").json()["data"]
+                    print(json.dumps(job, indent=2))
+                    return 0
+            else:
+                pairs = [item.split("=", 1) for item in args.set]
+                if any(len(p) != 2 for p in pairs):
+                    print("swarm jobs create: --set takes KEY=VALUE", file=sys.stderr)
+                    return 2
+                response = http.post(
+                    "/v1/fine_tuning/jobs",
+                    json={
+                        "model": args.model,
+                        "training_file": args.training_file,
+                        "hyperparameters": {k: _parse_value(v) for k, v in pairs},
+                    },
+                )
+        except httpx.HTTPError as exc:
+            print(f"swarm jobs: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 1
+    if response.status_code != 200:
+        print(
+            f"swarm jobs: {response.json().get('error', {}).get('message', response.text)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"coordinator": _coordinator, "demo": _demo, "jobs": _jobs}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The life of a round: open it with one train task per online worker, close it with an outer step.
+
+Closing is claimed with a conditional update (`open` -> `aggregating`), so exactly one
+coordinator steps a round even when several share the database; a crash while aggregating is
+undone at start-up by `recover`, and the round is stepped again from the same inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+from swarm.compression import decode_payload
+from swarm.coordinator.aggregation import nesterov_step, weighted_average
+from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.storage import Database, Event, Job, Lease, Round, Task, Worker
+from swarm.models import (
+    build_model,
+    config_from_bytes,
+    decode_shard,
+    evaluate_loss,
+    load_trainable_state,
+    state_from_bytes,
+    state_to_bytes,
+)
+from swarm.scheduler import (
+    JobSpec,
+    JobStatus,
+    RoundStatus,
+    TaskStatus,
+    check_job_move,
+    num_tasks_for_round,
+    shard_for_task,
+    task_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_version(model: torch.nn.Module, heldout: np.ndarray, seq_len: int) -> float:
+    return evaluate_loss(model, heldout, seq_len, batch_size=16, max_batches=8)
+
+
+class RoundService:
+    def __init__(self, db: Database, blobs: BlobStore, *, worker_online_s: float) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._worker_online_s = worker_online_s
+        self._models: dict[str, tuple[torch.nn.Module, np.ndarray]] = {}
+        self._models_lock = threading.Lock()
+
+    def start_job(self, session: Session, job: Job, params_sha256: str, now: float) -> None:
+        check_job_move(JobStatus(job.status), JobStatus.RUNNING)
+        job.status = JobStatus.RUNNING.value
+        job.started_at = now
+        self.open_round(session, job, 0, params_sha256, None, now)
+
+    def open_round(
+        self,
+        session: Session,
+        job: Job,
+        index: int,
+        params_sha256: str,
+        momentum_sha256: str | None,
+        now: float,
+    ) -> Round:
+        spec = JobSpec(**job.spec)
+        online = (
+            session.scalar(
+                select(func.count())
+                .select_from(Worker)
+                .where(Worker.last_seen_at >= now - self._worker_online_s)
+            )
+            or 0
+        )
+        num_tasks = num_tasks_for_round(spec, online)
+        round_ = Round(
+            job_id=job.id,
+            index=index,
+            status=RoundStatus.OPEN.value,
+            params_sha256=params_sha256,
+            momentum_sha256=momentum_sha256,
+            num_tasks=num_tasks,
+            opened_at=now,
+            tokens=0,
+            bytes_up=0,
+            bytes_down=0,
+            num_clients=0,
+        )
+        session.add(round_)
+        session.flush()
+        for i in range(num_tasks):
+            session.add(
+                Task(
+                    id=f"task-{job.id.removeprefix('ftjob-')[:12]}-{index}-{i}",
+                    job_id=job.id,
+                    round_id=round_.id,
+                    round_index=index,
+                    index=i,
+                    kind="train",
+                    shard_index=shard_for_task(job.tasks_created, i, spec.num_shards),
+                    seed=task_seed(spec.seed, index, i),
+                    status=TaskStatus.PENDING.value,
+                    attempts=0,
+                    available_since=now,
+                )
+            )
+        job.tasks_created += num_tasks
+        logger.info(
+            "job %s round %d opened with %d train tasks (%d workers online)",
+            job.id,
+            index,
+            num_tasks,
+            online,
+        )
+        return round_
+
+    def rounds_ready(self) -> list[int]:
+        """Open rounds of running jobs whose every task has an accepted result."""
+        with self._db.transaction() as session:
+            unfinished = select(Task.round_id).where(Task.status != TaskStatus.ACCEPTED.value)
+            return list(
+                session.scalars(
+                    select(Round.id)
+                    .join(Job, Job.id == Round.job_id)
+                    .where(
+                        Round.status == RoundStatus.OPEN.value,
+                        Job.status == JobStatus.RUNNING.value,
+                        Round.id.not_in(unfinished),
+                    )
+                )
+            )
+
+    def recover(self) -> int:
+        """Reopen rounds a crashed coordinator left half-aggregated; returns how many."""
+        with self._db.transaction() as session:
+            result = session.execute(
+                update(Round)
+                .where(Round.status == RoundStatus.AGGREGATING.value)
+                .values(status=RoundStatus.OPEN.value)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def close_round(self, round_id: int) -> bool:
+        """Aggregate a complete round and publish the next version; False if someone else did."""
+        with self._db.transaction() as session:
+            claimed = session.execute(
+                update(Round)
+                .where(
+                    Round.id == round_id,
+                    Round.status == RoundStatus.OPEN.value,
+                )
+                .values(status=RoundStatus.AGGREGATING.value)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            round_ = session.get_one(Round, round_id)
+            job = session.get_one(Job, round_.job_id)
+            tasks = list(session.scalars(select(Task).where(Task.round_id == round_id)))
+        began = time.perf_counter()
+        spec = JobSpec(**job.spec)
+        new_params, new_momentum, eval_loss = self._outer_step(job, spec, round_, tasks)
+        params_sha = self._blobs.put_bytes(state_to_bytes(new_params))
+        momentum_sha = self._blobs.put_bytes(state_to_bytes(new_momentum))
+        self._commit_round(round_id, tasks, eval_loss, params_sha, momentum_sha)
+        logger.info(
+            "job %s round %d closed in %.2fs: held-out loss %.4f",
+            job.id,
+            round_.index,
+            time.perf_counter() - began,
+            eval_loss,
+        )
+        return True
+
+    def _outer_step(
+        self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+        shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
+        updates = [decode_payload(self._blobs.read(t.result_sha256 or ""), shapes) for t in tasks]
+        weights = [float((t.metrics or {}).get("tokens", 1)) for t in tasks]
+        params = state_from_bytes(self._blobs.read(round_.params_sha256))
+        momentum = (
+            state_from_bytes(self._blobs.read(round_.momentum_sha256))
+            if round_.momentum_sha256
+            else None
+        )
+        new_params, new_momentum = nesterov_step(
+            params,
+            weighted_average(updates, weights),
+            momentum,
+            lr=spec.outer_lr,
+            momentum=spec.outer_momentum,
+        )
+        with self._models_lock:
+            model, heldout = self._job_model(job)
+            load_trainable_state(model, new_params)
+            eval_loss = evaluate_version(model, heldout, spec.seq_len)
+        return new_params, new_momentum, eval_loss
+
+    def _job_model(self, job: Job) -> tuple[torch.nn.Module, np.ndarray]:
+        if job.id not in self._models:
+            config = config_from_bytes(self._blobs.read(job.model_config_sha256))
+            model = build_model(config)
+            heldout = decode_shard(self._blobs.read(job.heldout_sha256), config["vocab_size"])
+            self._models[job.id] = (model, heldout)
+        return self._models[job.id]
+
+    def _commit_round(
+        self, round_id: int, tasks: list[Task], eval_loss: float, params_sha: str, momentum_sha: str
+    ) -> None:
+        now = time.time()
+        with self._db.transaction() as session:
+            round_ = session.get_one(Round, round_id)
+            job = session.get_one(Job, round_.job_id, with_for_update=True)
+            spec = JobSpec(**job.spec)
+            totals = session.execute(
+                select(
+                    func.coalesce(func.sum(Lease.bytes_up), 0),
+                    func.coalesce(func.sum(Lease.bytes_down), 0),
+                ).where(Lease.round_id == round_id)
+            ).one()
+            metrics = [t.metrics or {} for t in tasks]
+            tokens = sum(int(m.get("tokens", 0)) for m in metrics)
+            round_.train_loss = sum(
+                m.get("loss_mean", 0.0) * m.get("tokens", 0) for m in metrics
+            ) / max(tokens, 1)
+            round_.eval_loss = eval_loss
+            round_.tokens = tokens
+            round_.bytes_up, round_.bytes_down = int(totals[0]), int(totals[1])
+            round_.num_clients = len({m.get("worker_id") for m in metrics})
+            round_.status = RoundStatus.CLOSED.value
+            round_.closed_at = now
+            job.rounds_completed = round_.index + 1
+            job.trained_tokens += tokens
+            job.eval_loss = eval_loss
+            session.add(
+                Event(
+                    job_id=job.id,
+                    created_at=now,
+                    level="info",
+                    type="metrics",
+                    message=f"round {round_.index}: train loss {round_.train_loss:.4f}, "
+                    f"held-out loss {eval_loss:.4f}",
+                    data=round_summary(round_),
+                )
+            )
+            if job.status != JobStatus.RUNNING.value:
+                return
+            if round_.index + 1 >= spec.num_rounds:
+                job.status = JobStatus.SUCCEEDED.value
+                job.finished_at = now
+                job.result_params_sha256 = params_sha
+                session.add(
+                    Event(
+                        job_id=job.id,
+                        created_at=now,
+                        level="info",
+                        type="message",
+                        message=f"job succeeded after {spec.num_rounds} rounds: held-out "
+                        f"loss {job.initial_eval_loss:.4f} -> {eval_loss:.4f}",
+                    )
+                )
+                with self._models_lock:
+                    self._models.pop(job.id, None)
+            else:
+                self.open_round(session, job, round_.index + 1, params_sha, momentum_sha, now)
+
+
+def round_summary(round_: Round) -> dict[str, Any]:
+    """The numbers of one round, as the API and the demo report them."""
+    return {
+        "round": round_.index,
+        "status": round_.status,
+        "train_loss": round_.train_loss,
+        "eval_loss": round_.eval_loss,
+        "tokens": round_.tokens,
+        "bytes_up": round_.bytes_up,
+        "bytes_down": round_.bytes_down,
+        "num_clients": round_.num_clients,
+        "num_tasks": round_.num_tasks,
+        "opened_at": round_.opened_at,
+        "closed_at": round_.closed_at,
+    }

@@ -1,0 +1,133 @@
+"""The coordinator's side of `swarm.v1.WorkerService`: authenticate, validate, delegate."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from swarm.compression import decode_payload
+from swarm.coordinator.blobs import BlobStore, check_sha256
+from swarm.coordinator.tasks import TaskService
+from swarm.coordinator.workers import WorkerRegistry, verify_signature
+from swarm.protocol import messages as m
+from swarm.protocol.errors import SwarmError
+from swarm.protocol.limits import CHUNK_BYTES
+
+logger = logging.getLogger(__name__)
+
+COORDINATOR_VERSION = "0.1.0"
+
+
+class WorkerServicer:
+    """Implements `swarm.protocol.service.WorkerHandler` for one coordinator process."""
+
+    def __init__(
+        self,
+        workers: WorkerRegistry,
+        tasks: TaskService,
+        blobs: BlobStore,
+        *,
+        heartbeat_interval_s: float,
+    ) -> None:
+        self._workers = workers
+        self._tasks = tasks
+        self._blobs = blobs
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._counters: Counter[str] = Counter()
+        self._counters_lock = threading.Lock()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self._counters_lock:
+            self._counters[name] += amount
+
+    def counters(self) -> dict[str, int]:
+        with self._counters_lock:
+            return dict(self._counters)
+
+    def register_worker(
+        self, request: m.RegisterWorkerRequest, peer: str
+    ) -> m.RegisterWorkerResponse:
+        worker, token = self._workers.register(request, peer)
+        self.count("workers_registered")
+        return m.RegisterWorkerResponse(
+            session=m.Session(worker_id=worker.id, token=token),
+            heartbeat_interval_s=self._heartbeat_interval_s,
+            max_chunk_bytes=CHUNK_BYTES,
+            coordinator_version=COORDINATOR_VERSION,
+        )
+
+    def heartbeat(self, request: m.HeartbeatRequest) -> m.HeartbeatResponse:
+        worker = self._workers.authenticate(request.session, touch=True)
+        extended, revoked = self._tasks.heartbeat(worker.id, list(request.task_ids))
+        return m.HeartbeatResponse(
+            extended_task_ids=extended,
+            revoked_task_ids=revoked,
+            heartbeat_interval_s=self._heartbeat_interval_s,
+        )
+
+    def lease_task(self, request: m.LeaseTaskRequest) -> m.LeaseTaskResponse:
+        worker = self._workers.authenticate(request.session, touch=True)
+        response = self._tasks.lease(worker.id)
+        self.count("tasks_leased" if response.task else "lease_empty")
+        return response
+
+    def fetch_blob(self, request: m.FetchBlobRequest) -> Iterator[m.BlobChunk]:
+        worker = self._workers.authenticate(request.session)
+        check_sha256(request.sha256)
+        chunks = self._blobs.iter_chunks(request.sha256, request.offset)
+        return self._stream_blob(worker.id, chunks)
+
+    def _stream_blob(
+        self, worker_id: str, chunks: Iterator[tuple[int, bytes, int]]
+    ) -> Iterator[m.BlobChunk]:
+        sent = 0
+        try:
+            for offset, data, total in chunks:
+                sent += len(data)
+                yield m.BlobChunk(offset=offset, data=data, total_size=total)
+        finally:
+            self.count("blob_bytes_sent", sent)
+            if sent:
+                self._tasks.record_download(worker_id, sent)
+
+    def submit_result(
+        self, header: m.ResultHeader, chunks: Iterator[bytes]
+    ) -> m.SubmitResultResponse:
+        worker = self._workers.authenticate(header.session, touch=True)
+        check_sha256(header.payload_sha256)
+        submission = self._tasks.check_submission(worker.id, header)
+        # The signature covers the announced digest, which streaming then checks byte by byte.
+        try:
+            verify_signature(
+                worker.public_key,
+                header.signature,
+                m.result_signing_bytes(header.task_id, header.payload_sha256, header.metrics),
+            )
+        except SwarmError:
+            self.count("results_rejected")
+            raise
+        result_sha = self._blobs.put_stream(
+            chunks,
+            max_bytes=submission.max_bytes,
+            expected_sha256=header.payload_sha256,
+            expected_size=header.payload_size,
+        )
+        try:
+            decode_payload(self._blobs.read(result_sha), submission.param_shapes)
+        except SwarmError:
+            self.count("results_rejected")
+            if not self._tasks.is_result_referenced(result_sha):
+                self._blobs.path(result_sha).unlink(missing_ok=True)
+            raise
+        self.count("result_bytes_received", header.payload_size)
+        response = self._tasks.accept_result(worker.id, header, result_sha)
+        self.count("results_accepted" if response.accepted else "results_ignored")
+        return response
+
+    def report_failure(self, request: m.ReportFailureRequest) -> m.ReportFailureResponse:
+        worker = self._workers.authenticate(request.session, touch=True)
+        self._tasks.hand_back(worker.id, request)
+        self.count("tasks_handed_back")
+        return m.ReportFailureResponse()

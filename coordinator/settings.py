@@ -1,0 +1,40 @@
+"""The coordinator's settings, read once from flags and `SWARM_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from swarm.scheduler import LeasePolicy
+
+
+class CoordinatorSettings(BaseSettings):
+    """Every knob of one coordinator process; flags override environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SWARM_", frozen=True)
+
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("swarm-data")
+    db: str | None = Field(default=None, description="database URL; SQLite in data_dir if unset")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=600)
+    lease_ttl_s: float = Field(default=30.0, gt=0, le=86_400)
+    max_task_s: float = Field(default=3600.0, gt=0, le=86_400)
+    solo_wait_s: float = Field(default=20.0, gt=0, le=86_400)
+    worker_online_s: float = Field(
+        default=30.0, gt=0, le=86_400, description="a worker seen this recently counts as online"
+    )
+    grpc_threads: int = Field(default=32, ge=2, le=1024)
+    log_level: str = "INFO"
+
+    def lease_policy(self) -> LeasePolicy:
+        return LeasePolicy(
+            ttl_s=self.lease_ttl_s, max_task_s=self.max_task_s, solo_wait_s=self.solo_wait_s
+        )
+
+    def database_url(self) -> str:
+        if self.db:
+            return self.db
+        return f"sqlite:///{(self.data_dir / 'swarm.db').resolve()}"

@@ -1,0 +1,354 @@
+"""Leasing tasks, keeping leases alive, and accepting, handing back or expiring them.
+
+Invariants, each enforced inside one transaction:
+- a task has at most one active lease, and a worker at most one;
+- a result is accepted at most once per task, and only while its round is open; a late or
+  duplicate result is acknowledged and ignored;
+- a task whose lease expires or is handed back becomes pending again at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from swarm.compression import payload_size_bound
+from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
+from swarm.protocol import messages as m
+from swarm.protocol.errors import (
+    MessageTooLargeError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+)
+from swarm.scheduler import JobSpec, JobStatus, LeaseOutcome, LeasePolicy, RoundStatus, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_PER_LEASE = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    """What a checked result header refers to."""
+
+    task_id: str
+    job_id: str
+    param_shapes: dict[str, tuple[int, ...]]
+    codec: str
+    max_bytes: int
+
+
+class TaskService:
+    def __init__(
+        self,
+        db: Database,
+        policy: LeasePolicy,
+        on_result_accepted: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._policy = policy
+        self._on_result_accepted = on_result_accepted
+
+    # -- leasing ---------------------------------------------------------------------------
+
+    def lease(self, worker_id: str, now: float | None = None) -> m.LeaseTaskResponse:
+        now = time.time() if now is None else now
+        with self._db.transaction() as session:
+            held = session.scalars(
+                select(Lease).where(
+                    Lease.worker_id == worker_id, Lease.outcome == LeaseOutcome.ACTIVE.value
+                )
+            ).first()
+            if held is not None:  # the worker lost our answer: hand out the same task again
+                held.deadline = self._policy.deadline(held.leased_at, now)
+                task = session.get_one(Task, held.task_id)
+                task.lease_deadline = held.deadline
+                return m.LeaseTaskResponse(task=self._describe(session, task, held.deadline))
+
+            in_rounds = set(
+                session.scalars(
+                    select(Lease.round_id).where(
+                        Lease.worker_id == worker_id,
+                        Lease.outcome.in_(
+                            [LeaseOutcome.ACTIVE.value, LeaseOutcome.SUBMITTED.value]
+                        ),
+                    )
+                )
+            )
+            candidates = session.scalars(
+                select(Task)
+                .join(Round, Round.id == Task.round_id)
+                .join(Job, Job.id == Task.job_id)
+                .where(
+                    Task.status == TaskStatus.PENDING.value,
+                    Round.status == RoundStatus.OPEN.value,
+                    Job.status == JobStatus.RUNNING.value,
+                )
+                .order_by(Job.created_at, Task.round_index, Task.index)
+                .limit(CANDIDATES_PER_LEASE)
+                .with_for_update(skip_locked=True, of=Task)
+            )
+            waiting = False
+            for task in candidates:
+                if not self._policy.may_take(
+                    attempts=task.attempts,
+                    available_since=task.available_since,
+                    now=now,
+                    worker_in_round=task.round_id in in_rounds,
+                ):
+                    waiting = True
+                    continue
+                deadline = self._policy.deadline(now, now)
+                task.status = TaskStatus.LEASED.value
+                task.worker_id = worker_id
+                task.lease_deadline = deadline
+                session.add(
+                    Lease(
+                        task_id=task.id,
+                        round_id=task.round_id,
+                        worker_id=worker_id,
+                        leased_at=now,
+                        deadline=deadline,
+                        outcome=LeaseOutcome.ACTIVE.value,
+                        bytes_down=0,
+                        bytes_up=0,
+                    )
+                )
+                logger.info(
+                    "task %s (job %s round %d) leased to worker %s, attempt %d",
+                    task.id,
+                    task.job_id,
+                    task.round_index,
+                    worker_id,
+                    task.attempts + 1,
+                )
+                return m.LeaseTaskResponse(task=self._describe(session, task, deadline))
+        if waiting:
+            return m.LeaseTaskResponse(
+                retry_after_s=1.0, reason="waiting for other workers to take the rest of this round"
+            )
+        return m.LeaseTaskResponse(retry_after_s=2.0, reason="no tasks are waiting")
+
+    def _describe(self, session: Session, task: Task, deadline: float) -> m.Task:
+        job = session.get_one(Job, task.job_id)
+        round_ = session.get_one(Round, task.round_id)
+        spec = JobSpec(**job.spec)
+        return m.Task(
+            task_id=task.id,
+            job_id=job.id,
+            round=task.round_index,
+            version=round_.index,
+            lease_deadline_unix_s=deadline,
+            max_result_bytes=_max_result_bytes(job, spec),
+            train=m.TrainTask(
+                model_config_sha256=job.model_config_sha256,
+                params_sha256=round_.params_sha256,
+                tokens_sha256=job.shard_sha256s[task.shard_index],
+                inner_steps=spec.inner_steps,
+                batch_size=spec.batch_size,
+                seq_len=spec.seq_len,
+                learning_rate=spec.inner_lr,
+                weight_decay=spec.weight_decay,
+                max_grad_norm=spec.max_grad_norm,
+                warmup_steps=spec.warmup_steps,
+                seed=task.seed,
+                codec=spec.codec,
+            ),
+        )
+
+    # -- keeping leases alive --------------------------------------------------------------
+
+    def heartbeat(
+        self, worker_id: str, task_ids: list[str], now: float | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Extend the worker's active leases named in `task_ids`; return (extended, revoked)."""
+        now = time.time() if now is None else now
+        extended, revoked = [], []
+        with self._db.transaction() as session:
+            for task_id in task_ids[:16]:
+                lease = _active_lease(session, task_id, worker_id)
+                if lease is None:
+                    revoked.append(task_id)
+                    continue
+                lease.deadline = self._policy.deadline(lease.leased_at, now)
+                session.get_one(Task, task_id).lease_deadline = lease.deadline
+                extended.append(task_id)
+        return extended, revoked
+
+    def record_download(self, worker_id: str, num_bytes: int) -> None:
+        """Charge downloaded bytes to the worker's active lease, for per-round traffic."""
+        with self._db.transaction() as session:
+            session.execute(
+                update(Lease)
+                .where(
+                    Lease.worker_id == worker_id,
+                    Lease.outcome == LeaseOutcome.ACTIVE.value,
+                )
+                .values(bytes_down=Lease.bytes_down + num_bytes)
+            )
+
+    def expire_leases(self, now: float | None = None) -> int:
+        """Return tasks whose lease deadline passed to the pending pool; returns how many."""
+        now = time.time() if now is None else now
+        with self._db.transaction() as session:
+            expired = list(
+                session.scalars(
+                    select(Lease)
+                    .where(
+                        Lease.outcome == LeaseOutcome.ACTIVE.value,
+                        Lease.deadline < now,
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for lease in expired:
+                self._end_lease(session, lease, LeaseOutcome.EXPIRED, now)
+                logger.warning(
+                    "lease of task %s by worker %s expired; the task is pending again",
+                    lease.task_id,
+                    lease.worker_id,
+                )
+        return len(expired)
+
+    def hand_back(self, worker_id: str, request: m.ReportFailureRequest) -> None:
+        """The worker gives its task back; it becomes pending again at once."""
+        with self._db.transaction() as session:
+            if session.get(Task, request.task_id) is None:
+                raise NotFoundError(f"no task {request.task_id!r}")
+            lease = _active_lease(session, request.task_id, worker_id)
+            if lease is None:
+                raise PermissionDeniedError(
+                    f"task {request.task_id} is not leased to you (it may have expired)"
+                )
+            self._end_lease(session, lease, LeaseOutcome.HANDED_BACK, time.time())
+        logger.info(
+            "worker %s handed back task %s (%s): %s",
+            worker_id,
+            request.task_id,
+            request.kind.name.lower(),
+            request.message[:200],
+        )
+
+    def _end_lease(self, session: Session, lease: Lease, outcome: LeaseOutcome, now: float) -> None:
+        lease.outcome = outcome.value
+        lease.ended_at = now
+        task = session.get_one(Task, lease.task_id, with_for_update=True)
+        if task.status == TaskStatus.LEASED.value and task.worker_id == lease.worker_id:
+            task.status = TaskStatus.PENDING.value
+            task.worker_id = None
+            task.lease_deadline = None
+            task.attempts += 1
+            task.available_since = now
+        worker = session.get(Worker, lease.worker_id)
+        if worker is not None and outcome is not LeaseOutcome.HANDED_BACK:
+            worker.tasks_failed += 1
+
+    # -- results ---------------------------------------------------------------------------
+
+    def check_submission(self, worker_id: str, header: m.ResultHeader) -> Submission:
+        """Reject a result before its payload is read: unknown task, not yours, too large."""
+        with self._db.transaction() as session:
+            task = session.get(Task, header.task_id)
+            if task is None:
+                raise NotFoundError(f"no task {header.task_id!r}")
+            ever_leased = session.scalars(
+                select(Lease.id).where(Lease.task_id == task.id, Lease.worker_id == worker_id)
+            ).first()
+            if ever_leased is None:
+                raise PermissionDeniedError(f"task {task.id} was never leased to you")
+            job = session.get_one(Job, task.job_id)
+            spec = JobSpec(**job.spec)
+            limit = _max_result_bytes(job, spec)
+            if header.payload_size > limit:
+                raise MessageTooLargeError(
+                    f"result of {header.payload_size} bytes exceeds this task's limit of {limit}"
+                )
+            if header.metrics.tokens > 10 * spec.inner_steps * spec.batch_size * spec.seq_len:
+                raise ProtocolError(
+                    f"metrics claim {header.metrics.tokens} tokens, far more "
+                    "than the task asked for"
+                )
+            return Submission(
+                task_id=task.id,
+                job_id=job.id,
+                param_shapes={n: tuple(s) for n, s in job.param_shapes.items()},
+                codec=spec.codec,
+                max_bytes=limit,
+            )
+
+    def is_result_referenced(self, sha256: str) -> bool:
+        with self._db.transaction() as session:
+            return (
+                session.scalars(select(Task.id).where(Task.result_sha256 == sha256)).first()
+                is not None
+            )
+
+    def accept_result(
+        self, worker_id: str, header: m.ResultHeader, result_sha256: str
+    ) -> m.SubmitResultResponse:
+        """Record a verified result once; late and duplicate results are acknowledged, ignored."""
+        now = time.time()
+        with self._db.transaction() as session:
+            task = session.get_one(Task, header.task_id, with_for_update=True)
+            leases = list(
+                session.scalars(select(Lease).where(Lease.task_id == task.id).order_by(Lease.id))
+            )
+            mine = [lease for lease in leases if lease.worker_id == worker_id]
+            mine[-1].bytes_up += header.payload_size
+            round_ = session.get_one(Round, task.round_id)
+            job = session.get_one(Job, task.job_id)
+            if task.status == TaskStatus.ACCEPTED.value:
+                return m.SubmitResultResponse(
+                    accepted=False,
+                    message=(f"task {task.id} already has an accepted result; yours was ignored"),
+                )
+            if round_.status != RoundStatus.OPEN.value or job.status != JobStatus.RUNNING.value:
+                return m.SubmitResultResponse(
+                    accepted=False,
+                    message=(
+                        f"round {round_.index} of job {job.id} is no longer open; result ignored"
+                    ),
+                )
+            task.status = TaskStatus.ACCEPTED.value
+            task.result_sha256 = result_sha256
+            task.metrics = {**asdict(header.metrics), "worker_id": worker_id}
+            task.accepted_at = now
+            task.worker_id = worker_id
+            task.lease_deadline = None
+            for lease in leases:
+                if lease.outcome == LeaseOutcome.ACTIVE.value or lease is mine[-1]:
+                    lease.outcome = (
+                        LeaseOutcome.SUBMITTED if lease is mine[-1] else LeaseOutcome.SUPERSEDED
+                    ).value
+                    lease.ended_at = now
+            session.get_one(Worker, worker_id).tasks_accepted += 1
+        logger.info(
+            "task %s (job %s round %d) accepted from worker %s: loss %.4f -> %.4f",
+            task.id,
+            task.job_id,
+            task.round_index,
+            worker_id,
+            header.metrics.loss_first,
+            header.metrics.loss_last,
+        )
+        self._on_result_accepted()
+        return m.SubmitResultResponse(accepted=True, message="result accepted")
+
+
+def _active_lease(session: Session, task_id: str, worker_id: str) -> Lease | None:
+    return session.scalars(
+        select(Lease).where(
+            Lease.task_id == task_id,
+            Lease.worker_id == worker_id,
+            Lease.outcome == LeaseOutcome.ACTIVE.value,
+        )
+    ).first()
+
+
+def _max_result_bytes(job: Job, spec: JobSpec) -> int:
+    return payload_size_bound({n: tuple(s) for n, s in job.param_shapes.items()}, spec.codec)

@@ -1,0 +1,142 @@
+"""The inner loop of a DiLoCo round and held-out evaluation.
+
+A `train` task runs `InnerLoopConfig.steps` AdamW steps from the round's parameters on random
+windows of its token shard and returns the pseudo-gradient: start minus end. Everything is
+seeded by the task, so an honest recomputation on the same machine is bit-exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from swarm.models.params import trainable_state
+from swarm.protocol.errors import ConfigError
+
+
+class InnerLoopInterrupted(Exception):
+    """The step callback asked the loop to stop (the worker is shutting down)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class InnerLoopConfig:
+    """Hyperparameters of one train task's inner loop."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    learning_rate: float
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("steps", self.steps, 1, 100_000)
+        _check_range("batch_size", self.batch_size, 1, 4096)
+        _check_range("seq_len", self.seq_len, 2, 131_072)
+        _check_range("learning_rate", self.learning_rate, 1e-9, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        _check_range("warmup_steps", self.warmup_steps, 0, self.steps)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high) or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InnerLoopResult:
+    pseudo_gradient: dict[str, torch.Tensor]
+    losses: list[float]
+    tokens: int
+    compute_s: float
+
+
+def sample_batch(
+    tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """`batch_size` random windows of `seq_len` tokens, as a LongTensor."""
+    if len(tokens) < seq_len + 1:
+        raise ConfigError(f"shard has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
+    windows = np.stack([tokens[s : s + seq_len] for s in starts])
+    return torch.from_numpy(windows.astype(np.int64))
+
+
+def run_inner_loop(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    config: InnerLoopConfig,
+    on_step: Callable[[int, float], bool] | None = None,
+) -> InnerLoopResult:
+    """Train `model` in place for `config.steps` AdamW steps and return the pseudo-gradient.
+
+    Args:
+        model: a causal LM whose trainable parameters hold the round's starting version.
+        tokens: the task's token shard.
+        config: the inner-loop hyperparameters.
+        on_step: called after each step with (step, loss); returning False stops the loop
+            with `InnerLoopInterrupted`.
+    """
+    start = trainable_state(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95)
+    )
+    rng = np.random.default_rng(config.seed)
+    losses: list[float] = []
+    model.train()
+    began = time.perf_counter()
+    for step in range(config.steps):
+        # Linear warm-up: AdamW's moment estimates restart every task.
+        scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * scale
+        batch = sample_batch(tokens, config.batch_size, config.seq_len, rng)
+        loss = model(input_ids=batch, labels=batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at inner step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        losses.append(float(loss.item()))
+        if on_step is not None and on_step(step, losses[-1]) is False:
+            raise InnerLoopInterrupted(f"stopped after {step + 1} of {config.steps} steps")
+    end = trainable_state(model)
+    return InnerLoopResult(
+        pseudo_gradient={name: start[name] - end[name] for name in start},
+        losses=losses,
+        tokens=config.steps * config.batch_size * config.seq_len,
+        compute_s=time.perf_counter() - began,
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int = 16,
+    max_batches: int = 8,
+) -> float:
+    """Mean next-token loss over consecutive, non-overlapping windows of `tokens`."""
+    num_windows = min((len(tokens) - 1) // seq_len, batch_size * max_batches)
+    if num_windows < 1:
+        raise ConfigError(f"held-out set has {len(tokens)} tokens, fewer than seq_len + 1")
+    windows = torch.from_numpy(
+        np.asarray(tokens[: num_windows * seq_len], dtype=np.int64).reshape(num_windows, seq_len)
+    )
+    model.eval()
+    total, count = 0.0, 0
+    for batch in windows.split(batch_size):
+        total += float(model(input_ids=batch, labels=batch).loss) * len(batch)
+        count += len(batch)
+    return total / count

@@ -1,0 +1,112 @@
+"""The swarm exception tree, shared by every package.
+
+    SwarmError
+     ├── ConfigError              a setting or argument is invalid (also a ValueError)
+     ├── ProtocolError            a message is malformed or breaks the protocol
+     │    ├── VersionMismatchError    the peer speaks an unsupported protocol version
+     │    ├── MessageTooLargeError    a message or payload exceeds its limit
+     │    └── IntegrityError          bytes do not match their SHA-256 or signature
+     ├── NotFoundError            an unknown task, job, worker or blob
+     ├── PermissionDeniedError    the caller may not act on that object
+     ├── UnauthenticatedError     no valid worker session
+     ├── CompressionError         a payload cannot be encoded or decoded
+     ├── SchedulingError          an illegal job or task state change
+     └── TransportError           the peer could not be reached (retryable)
+
+Each class names the gRPC status code it maps to, as a string, so this module does not import
+grpc: the servicer adapter aborts with that code and the client maps codes back to classes.
+"""
+
+from __future__ import annotations
+
+
+class SwarmError(Exception):
+    """Root of every error swarm raises on purpose."""
+
+    grpc_code: str = "INTERNAL"
+
+
+class ConfigError(SwarmError, ValueError):
+    """A setting, flag or request field is invalid; the message names it and the allowed range."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ProtocolError(SwarmError):
+    """A peer sent something the protocol does not allow."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class VersionMismatchError(ProtocolError):
+    """The peer speaks a protocol version this side does not support."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class MessageTooLargeError(ProtocolError):
+    """A message or streamed payload is larger than its limit."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class IntegrityError(ProtocolError):
+    """Bytes do not match the SHA-256 or signature they came with."""
+
+    grpc_code = "DATA_LOSS"
+
+
+class NotFoundError(SwarmError):
+    """The task, job, worker or blob does not exist (or no longer does)."""
+
+    grpc_code = "NOT_FOUND"
+
+
+class PermissionDeniedError(SwarmError):
+    """The caller is authenticated but may not act on this object."""
+
+    grpc_code = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(SwarmError):
+    """The worker session is missing, unknown or revoked; register again."""
+
+    grpc_code = "UNAUTHENTICATED"
+
+
+class CompressionError(SwarmError):
+    """A payload could not be encoded or decoded."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class SchedulingError(SwarmError):
+    """A job, round or task cannot make the requested state change."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class TransportError(SwarmError):
+    """The peer could not be reached or did not answer in time; safe to retry."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+_BY_CODE: dict[str, type[SwarmError]] = {
+    "INVALID_ARGUMENT": ProtocolError,
+    "FAILED_PRECONDITION": SchedulingError,
+    "RESOURCE_EXHAUSTED": MessageTooLargeError,
+    "DATA_LOSS": IntegrityError,
+    "NOT_FOUND": NotFoundError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "UNAUTHENTICATED": UnauthenticatedError,
+    "UNAVAILABLE": TransportError,
+    "DEADLINE_EXCEEDED": TransportError,
+}
+
+
+def error_for_code(code_name: str, message: str) -> SwarmError:
+    """Build the exception a client raises for a gRPC status code name."""
+    if code_name == "FAILED_PRECONDITION" and "protocol version" in message:
+        return VersionMismatchError(message)
+    return _BY_CODE.get(code_name, SwarmError)(message)

@@ -1,0 +1,167 @@
+"""Job, round and task states, the moves allowed between them, and a job's training spec."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from swarm.protocol.errors import ConfigError, SchedulingError
+
+
+class JobStatus(str, enum.Enum):
+    """The OpenAI fine-tuning job states, plus `paused`."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+_JOB_MOVES: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.VALIDATING_FILES: frozenset(
+        {JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.PAUSED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def check_job_move(current: JobStatus, target: JobStatus) -> None:
+    """Raise `SchedulingError` unless a job may go from `current` to `target`."""
+    if target not in _JOB_MOVES[current]:
+        raise SchedulingError(f"a {current.value} job cannot become {target.value}")
+
+
+class RoundStatus(str, enum.Enum):
+    OPEN = "open"  # tasks are being leased and results accepted
+    AGGREGATING = (
+        "aggregating"  # all results are in; one coordinator is stepping the outer optimizer
+    )
+    CLOSED = "closed"  # the next version is published
+
+
+class TaskStatus(str, enum.Enum):
+    PENDING = "pending"
+    LEASED = "leased"
+    ACCEPTED = "accepted"
+    CANCELLED = "cancelled"
+
+
+class LeaseOutcome(str, enum.Enum):
+    ACTIVE = "active"
+    SUBMITTED = "submitted"  # this lease's result was accepted
+    EXPIRED = "expired"  # the deadline passed without a result
+    HANDED_BACK = "handed_back"  # the worker gave the task back (shutdown, error, out of memory)
+    SUPERSEDED = "superseded"  # an earlier holder's late result was accepted instead
+    CANCELLED = "cancelled"  # the job stopped
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """What a data-parallel (DiLoCo) training job does; validated on construction.
+
+    Attributes:
+        model: a model preset name (see `swarm.models.PRESETS`).
+        dataset: where the text comes from; `builtin:tiny_corpus` ships with swarm.
+        num_rounds: outer steps (published versions) before the job succeeds.
+        inner_steps: AdamW steps per train task (DiLoCo's H).
+        batch_size: sequences per inner step.
+        seq_len: tokens per sequence.
+        inner_lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping of inner steps (0 disables it).
+        warmup_steps: linear warm-up of each task's inner learning rate.
+        outer_lr: outer Nesterov SGD learning rate (DiLoCo: 0.7).
+        outer_momentum: outer Nesterov momentum (DiLoCo: 0.9).
+        min_clients: train tasks per round at least (the round waits for all of them).
+        max_clients: train tasks per round at most, however many workers are online.
+        num_shards: contiguous shards the training tokens are split into.
+        heldout_fraction: tail of the text kept for held-out evaluation.
+        codec: how workers encode pseudo-gradients.
+        seed: seeds model init, data order and every task.
+    """
+
+    model: str = "tiny-llama"
+    dataset: str = "builtin:tiny_corpus"
+    num_rounds: int = 10
+    inner_steps: int = 20
+    batch_size: int = 16
+    seq_len: int = 128
+    inner_lr: float = 3e-3
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 4
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    min_clients: int = 2
+    max_clients: int = 64
+    num_shards: int = 16
+    heldout_fraction: float = 0.05
+    codec: str = "fp16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        limits: dict[str, tuple[float, float]] = {
+            "num_rounds": (1, 100_000),
+            "inner_steps": (1, 100_000),
+            "batch_size": (1, 4096),
+            "seq_len": (8, 131_072),
+            "inner_lr": (1e-9, 1.0),
+            "weight_decay": (0.0, 1.0),
+            "max_grad_norm": (0.0, 1e6),
+            "warmup_steps": (0, 100_000),
+            "outer_lr": (1e-6, 10.0),
+            "outer_momentum": (0.0, 0.999),
+            "min_clients": (1, 10_000),
+            "max_clients": (1, 10_000),
+            "num_shards": (1, 100_000),
+            "heldout_fraction": (0.001, 0.5),
+            "seed": (0, 2**63 - 1),
+        }
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or math.isnan(value)
+                or not low <= value <= high
+            ):
+                raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+        if self.warmup_steps > self.inner_steps:
+            raise ConfigError(
+                f"warmup_steps ({self.warmup_steps}) must not exceed inner_steps "
+                f"({self.inner_steps})"
+            )
+        if self.min_clients > self.max_clients:
+            raise ConfigError(
+                f"min_clients ({self.min_clients}) must not exceed max_clients ({self.max_clients})"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JobSpec:
+        """Build a spec from user input, rejecting unknown fields by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,27 @@
+"""Round planning: how many train tasks a round gets, which shard and seed each one uses."""
+
+from __future__ import annotations
+
+import hashlib
+
+from swarm.scheduler.jobs import JobSpec
+
+
+def num_tasks_for_round(spec: JobSpec, num_active_workers: int) -> int:
+    """One task per active worker, within the job's [min_clients, max_clients]."""
+    return max(spec.min_clients, min(spec.max_clients, num_active_workers))
+
+
+def shard_for_task(first_task_number: int, task_index: int, num_shards: int) -> int:
+    """Shards are consumed in order across rounds, so every shard is used before any repeats."""
+    return (first_task_number + task_index) % num_shards
+
+
+def task_seed(job_seed: int, round_index: int, task_index: int) -> int:
+    """A 63-bit seed unique to (job seed, round, task), stable across machines."""
+    digest = hashlib.sha256(f"{job_seed}/{round_index}/{task_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def tokens_per_task(spec: JobSpec) -> int:
+    return spec.inner_steps * spec.batch_size * spec.seq_len
