@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
+
 from swarm.client.settings import ClientSettings
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from swarm.protocol.messages import HardwareProfile
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,14 @@ def measure_flops(duration_s: float = 0.3, size: int = 256) -> float:
 def profile_with_benchmark(cache_file: Path) -> HardwareProfile:
     """The hardware profile with a compute benchmark, cached on disk per machine and torch."""
     hardware = detect_hardware()
-    key = "/".join([hardware.device_type, hardware.device_name, torch.__version__,
-                    str(torch.get_num_threads())])
+    key = "/".join(
+        [
+            hardware.device_type,
+            hardware.device_name,
+            torch.__version__,
+            str(torch.get_num_threads()),
+        ]
+    )
     try:
         cached = json.loads(cache_file.read_text())
         if cached.get("key") == key:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from swarm.client.cache import BlobCache
 from swarm.client.hardware import profile_with_benchmark
 from swarm.client.identity import load_or_create_key, public_key_bytes

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from swarm.compression.codecs import get_codec
 from swarm.protocol.errors import CompressionError
 

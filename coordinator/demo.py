@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+
 from swarm.coordinator.server import READY_FILE
 
 

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.storage import Database, Job, Worker

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.rounds import RoundService, evaluate_version
 from swarm.coordinator.storage import Database, Event, Job, Round

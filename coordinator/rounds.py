@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+
 from swarm.compression import decode_payload
 from swarm.coordinator.aggregation import nesterov_step, weighted_average
 from swarm.coordinator.blobs import BlobStore

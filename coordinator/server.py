@@ -9,10 +9,13 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import grpc
 import uvicorn
+
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
@@ -32,23 +35,30 @@ READY_FILE = "coordinator.json"
 class Housekeeper(threading.Thread):
     """Expires leases and closes complete rounds; wakes early when a result is accepted."""
 
-    def __init__(self, tasks: TaskService, rounds: RoundService, period_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        tasks: TaskService,
+        rounds: RoundService,
+        *,
+        wake: threading.Event | None = None,
+        period_s: float = 0.5,
+    ) -> None:
         super().__init__(name="housekeeper", daemon=True)
         self._tasks = tasks
         self._rounds = rounds
         self._period_s = period_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._wake = wake or threading.Event()
+        self._stopping = threading.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self._wake.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self._wake.wait(self._period_s)
             self._wake.clear()
             try:
@@ -74,8 +84,24 @@ def _grpc_target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def run(settings: CoordinatorSettings) -> None:
-    """Serve until SIGINT or SIGTERM."""
+@dataclass
+class Services:
+    """Everything one coordinator process runs, wired together but not yet serving."""
+
+    settings: CoordinatorSettings
+    db: Database
+    blobs: BlobStore
+    rounds: RoundService
+    tasks: TaskService
+    jobs: JobService
+    servicer: WorkerServicer
+    housekeeper: Housekeeper
+    grpc_server: grpc.Server
+    grpc_port: int
+
+
+def build_services(settings: CoordinatorSettings) -> Services:
+    """Open the database (migrating it), the blob store and a gRPC server bound to its port."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url())
     db.migrate()
@@ -84,16 +110,12 @@ def run(settings: CoordinatorSettings) -> None:
     reopened = rounds.recover()
     if reopened:
         logger.warning("reopened %d round(s) left mid-aggregation by a previous run", reopened)
-    housekeeper_ref: list[Housekeeper] = []
-    tasks = TaskService(
-        db, settings.lease_policy(), on_result_accepted=lambda: housekeeper_ref[0].wake()
-    )
-    housekeeper = Housekeeper(tasks, rounds)
-    housekeeper_ref.append(housekeeper)
+    wake = threading.Event()
+    tasks = TaskService(db, settings.lease_policy(), on_result_accepted=wake.set)
+    housekeeper = Housekeeper(tasks, rounds, wake=wake)
     servicer = WorkerServicer(
         WorkerRegistry(db), tasks, blobs, heartbeat_interval_s=settings.heartbeat_interval_s
     )
-
     grpc_server = new_server(settings.grpc_threads)
     add_worker_service(
         grpc_server,
@@ -103,10 +125,34 @@ def run(settings: CoordinatorSettings) -> None:
     grpc_port = grpc_server.add_insecure_port(_grpc_target(settings.host, settings.grpc_port))
     if grpc_port == 0:
         raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
+    return Services(
+        settings=settings,
+        db=db,
+        blobs=blobs,
+        rounds=rounds,
+        tasks=tasks,
+        jobs=JobService(db, blobs, rounds),
+        servicer=servicer,
+        housekeeper=housekeeper,
+        grpc_server=grpc_server,
+        grpc_port=grpc_port,
+    )
+
+
+def run(settings: CoordinatorSettings) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    services = build_services(settings)
+    db, servicer, grpc_server, housekeeper = (
+        services.db,
+        services.servicer,
+        services.grpc_server,
+        services.housekeeper,
+    )
+    grpc_port = services.grpc_port
     http_socket = _bind(settings.host, settings.http_port)
     http_port = http_socket.getsockname()[1]
 
-    app = create_app(db, JobService(db, blobs, rounds))
+    app = create_app(db, services.jobs)
     app.state.servicer = servicer
     http_server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+
 from swarm.compression import payload_size_bound
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
 from swarm.protocol import messages as m

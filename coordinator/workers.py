@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from swarm.coordinator.storage import Database, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import IntegrityError, ProtocolError, UnauthenticatedError

@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import torch
-from swarm.protocol.errors import ConfigError
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -25,6 +24,8 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from swarm.protocol.errors import ConfigError
 
 FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "llama": (LlamaConfig, LlamaForCausalLM),

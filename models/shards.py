@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import zstandard
+
 from swarm.protocol.errors import ConfigError
 
 MAX_SHARD_TOKENS = 64 * 1024 * 1024

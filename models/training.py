@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from swarm.models.params import trainable_state
 from swarm.protocol.errors import ConfigError
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
+
 from swarm.protocol.generated import worker_pb2 as pb
 
 T = TypeVar("T")

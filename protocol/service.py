@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import grpc
+
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ProtocolError, SwarmError, TransportError, error_for_code
 from swarm.protocol.generated import worker_pb2 as pb

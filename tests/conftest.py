@@ -1,0 +1,69 @@
+"""Shared fixtures: PostgreSQL databases, in-process gRPC coordinators, coordinator processes."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarm.coordinator.server import Services, build_services
+from swarm.coordinator.settings import CoordinatorSettings
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database at 127.0.0.1:5432, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"swarm_test_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@dataclass
+class LiveCoordinator:
+    """A coordinator's services with its gRPC server listening on 127.0.0.1 (no HTTP)."""
+
+    services: Services
+    target: str
+
+
+def start_live_coordinator(data_dir: Path, **overrides: Any) -> LiveCoordinator:
+    settings = CoordinatorSettings(
+        host="127.0.0.1", grpc_port=0, http_port=0, data_dir=data_dir, **overrides
+    )
+    services = build_services(settings)
+    services.grpc_server.start()
+    services.housekeeper.start()
+    return LiveCoordinator(services=services, target=f"127.0.0.1:{services.grpc_port}")
+
+
+def stop_live_coordinator(live: LiveCoordinator) -> None:
+    live.services.housekeeper.stop()
+    live.services.grpc_server.stop(grace=None).wait()
+    live.services.housekeeper.join(timeout=10)
+    live.services.db.dispose()
+
+
+@pytest.fixture
+def live_coordinator(tmp_path: Path) -> Iterator[LiveCoordinator]:
+    """An in-process coordinator on SQLite, serving real gRPC on a free loopback port."""
+    live = start_live_coordinator(tmp_path / "coordinator", lease_ttl_s=5.0, solo_wait_s=2.0)
+    try:
+        yield live
+    finally:
+        stop_live_coordinator(live)
