@@ -1,0 +1,161 @@
+"""End to end: a coordinator process and client processes train a job over loopback."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from swarm.coordinator.demo import start_client, start_coordinator, stop_process
+
+pytestmark = pytest.mark.integration
+
+SMALL_JOB = {
+    "num_rounds": 3,
+    "inner_steps": 6,
+    "batch_size": 8,
+    "seq_len": 64,
+    "num_shards": 8,
+    "min_clients": 2,
+}
+
+
+@dataclass
+class Swarm:
+    http: httpx.Client
+    target: str
+    data_dir: Path
+    clients: list[Any]
+    logs: Path
+
+    def create_job(self, **hyperparameters: Any) -> dict[str, Any]:
+        response = self.http.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "tiny-llama", "hyperparameters": {**SMALL_JOB, **hyperparameters}},
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_job(self, job_id: str, timeout_s: float = 240.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.http.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} did not finish in {timeout_s}s; logs in {self.logs}")
+
+    def rounds(self, job_id: str) -> list[dict[str, Any]]:
+        return self.http.get(f"/v1/swarm/jobs/{job_id}/rounds").json()["data"]
+
+    def log_of(self, index: int) -> str:
+        return (self.logs / f"client-{index}.log").read_text()
+
+
+@contextmanager
+def running_swarm(
+    tmp_path: Path, num_clients: int = 2, db: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Swarm]:
+    with ExitStack() as stack:
+        log = stack.enter_context((tmp_path / "coordinator.log").open("w"))
+        coordinator, ready = start_coordinator(tmp_path / "coordinator", log, db, env)
+        stack.callback(stop_process, coordinator, signal.SIGTERM)
+        target = f"127.0.0.1:{ready['grpc_port']}"
+        clients = []
+        for i in range(num_clients):
+            client_log = stack.enter_context((tmp_path / f"client-{i}.log").open("w"))
+            client = start_client(target, f"test-client-{i}", tmp_path / f"client-{i}", client_log)
+            stack.callback(stop_process, client)
+            clients.append(client)
+        http = stack.enter_context(
+            httpx.Client(base_url=f"http://127.0.0.1:{ready['http_port']}", timeout=60.0)
+        )
+        yield Swarm(
+            http=http,
+            target=target,
+            data_dir=tmp_path / "coordinator",
+            clients=clients,
+            logs=tmp_path,
+        )
+
+
+def _assert_trained_by_both(swarm: Swarm, job: dict[str, Any]) -> None:
+    assert job["status"] == "succeeded", job
+    rounds = swarm.rounds(job["id"])
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["status"] == "closed" and r["num_clients"] == 2 for r in rounds), rounds
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in rounds), rounds
+    assert job["swarm"]["eval_loss"] < job["swarm"]["initial_eval_loss"] * 0.8
+    workers = swarm.http.get("/v1/swarm/workers").json()["data"]
+    assert sorted(w["tasks_accepted"] for w in workers) == [3, 3]
+
+
+def test_two_clients_train_a_job_on_sqlite(tmp_path: Path) -> None:
+    with running_swarm(tmp_path) as swarm:
+        job = swarm.wait_for_job(swarm.create_job()["id"])
+        _assert_trained_by_both(swarm, job)
+        events = swarm.http.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
+        assert sum(e["type"] == "metrics" for e in events) == 3
+
+
+@pytest.mark.postgres
+def test_two_clients_train_a_job_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    with running_swarm(tmp_path, db=postgres_url) as swarm:
+        job = swarm.wait_for_job(swarm.create_job()["id"])
+        _assert_trained_by_both(swarm, job)
+    assert not (tmp_path / "coordinator" / "swarm.db").exists()
+
+
+FAST_LEASES = {
+    "SWARM_LEASE_TTL_S": "3",
+    "SWARM_HEARTBEAT_INTERVAL_S": "1",
+    "SWARM_SOLO_WAIT_S": "2",
+}
+
+
+def _wait_for_log(swarm: Swarm, index: int, needle: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while needle not in swarm.log_of(index):
+        assert time.monotonic() < deadline, f"client {index} never logged {needle!r}"
+        time.sleep(0.1)
+
+
+def _leases(data_dir: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(data_dir / "swarm.db") as db:
+        return db.execute("SELECT task_id, worker_id, outcome FROM leases ORDER BY id").fetchall()
+
+
+def test_round_completes_when_a_client_is_killed_mid_round(tmp_path: Path) -> None:
+    with running_swarm(tmp_path, env=FAST_LEASES) as swarm:
+        job = swarm.create_job(num_rounds=2, inner_steps=40)
+        _wait_for_log(swarm, 1, "step 10/40")
+        swarm.clients[1].send_signal(signal.SIGKILL)
+        job = swarm.wait_for_job(job["id"])
+        assert job["status"] == "succeeded", job
+        assert all(r["status"] == "closed" for r in swarm.rounds(job["id"]))
+        outcomes = [outcome for _, _, outcome in _leases(swarm.data_dir)]
+        assert "expired" in outcomes, outcomes
+        # the killed client's task was re-leased and finished by the survivor
+        expired_task = next(t for t, _, o in _leases(swarm.data_dir) if o == "expired")
+        assert (expired_task, "submitted") in {(t, o) for t, _, o in _leases(swarm.data_dir)}
+
+
+def test_ctrl_c_hands_the_task_back_at_once(tmp_path: Path) -> None:
+    with running_swarm(tmp_path, env={**FAST_LEASES, "SWARM_LEASE_TTL_S": "600"}) as swarm:
+        job = swarm.create_job(num_rounds=1, inner_steps=40)
+        _wait_for_log(swarm, 1, "step 10/40")
+        assert stop_process(swarm.clients[1], signal.SIGINT) == 0
+        assert "handing back task" in swarm.log_of(1)
+        # With a 10-minute lease, only the hand-back lets the survivor finish in time.
+        job = swarm.wait_for_job(job["id"], timeout_s=120)
+        assert job["status"] == "succeeded"
+        outcomes = [outcome for _, _, outcome in _leases(swarm.data_dir)]
+        assert "handed_back" in outcomes and "expired" not in outcomes, outcomes
