@@ -1,0 +1,53 @@
+"""Contract tests: the commands and flags users type."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from swarm.client.cli import build_parser as client_parser
+from swarm.coordinator.cli import build_parser as swarm_parser
+
+
+def _subcommands(parser) -> dict:  # type: ignore[no-untyped-def]
+    return next(a for a in parser._actions if a.dest in ("command", "jobs_command")).choices
+
+
+def _flags(parser) -> set[str]:  # type: ignore[no-untyped-def]
+    return {s for a in parser._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+
+
+def test_swarm_commands_and_flags() -> None:
+    commands = _subcommands(swarm_parser())
+    assert {"coordinator", "demo", "jobs"} <= set(commands)
+    assert {"--host", "--grpc-port", "--http-port", "--data-dir", "--db"} <= _flags(
+        commands["coordinator"]
+    )
+    assert {"--json", "--clients", "--rounds"} <= _flags(commands["demo"])
+    assert {"list", "get", "create"} <= set(_subcommands(commands["jobs"]))
+
+
+def test_swarmclient_join_flags() -> None:
+    join = _subcommands(client_parser())["join"]
+    assert {"--coordinator", "--name", "--data-dir", "--threads"} <= _flags(join)
+
+
+@pytest.mark.parametrize("module", ["swarm.client", "swarm.coordinator"])
+def test_modules_run_with_python_dash_m(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_invalid_port_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "swarm.coordinator", "coordinator", "--grpc-port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "grpc_port" in result.stderr and "65535" in result.stderr
