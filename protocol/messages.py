@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -167,9 +166,13 @@ class ReportFailureResponse:
     pass
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ def postgres_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):  # CI machines run PostgreSQL: its absence is a failure there
+            pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
         pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
     with admin:
         admin.execute(f"CREATE DATABASE {name}")
