@@ -70,8 +70,8 @@ def read_header(payload: bytes) -> tuple[dict[str, Any], int]:
         raise CompressionError(f"payload header length {header_len} is out of bounds")
     try:
         header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompressionError(f"payload header is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CompressionError(f"payload header is not valid JSON: {exc!r:.200}") from None
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
         raise CompressionError("payload header lacks a tensor list")
     return header, _PREFIX.size + header_len

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from swarm.protocol.errors import (
@@ -64,6 +64,7 @@ class BlobStore:
         max_bytes: int,
         expected_sha256: str | None = None,
         expected_size: int | None = None,
+        check: Callable[[Path], None] | None = None,
     ) -> str:
         """Store streamed bytes; check the size limit and, if given, the expected digest and size.
 
@@ -93,6 +94,8 @@ class BlobStore:
                 raise IntegrityError(
                     f"payload SHA-256 is {sha256}, but the header announced {expected_sha256}"
                 )
+            if check is not None:  # validate before the blob becomes visible to anyone
+                check(Path(temp_name))
             target = self.path(sha256)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp_name, target)

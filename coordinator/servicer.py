@@ -6,6 +6,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from swarm.compression import decode_payload
 from swarm.coordinator.blobs import BlobStore, check_sha256
@@ -98,28 +99,26 @@ class WorkerServicer:
         worker = self._workers.authenticate(header.session, touch=True)
         check_sha256(header.payload_sha256)
         submission = self._tasks.check_submission(worker.id, header)
-        # The signature covers the announced digest, which streaming then checks byte by byte.
+        if submission.decided is not None:  # nothing to store: say so before reading the bytes
+            self.count("results_ignored")
+            return m.SubmitResultResponse(accepted=False, message=submission.decided)
         try:
+            # The signature covers the announced digest, which streaming checks byte by byte;
+            # the payload is decoded before it enters the store, so a rejected one leaves nothing.
             verify_signature(
                 worker.public_key,
                 header.signature,
                 m.result_signing_bytes(header.task_id, header.payload_sha256, header.metrics),
             )
+            result_sha = self._blobs.put_stream(
+                chunks,
+                max_bytes=submission.max_bytes,
+                expected_sha256=header.payload_sha256,
+                expected_size=header.payload_size,
+                check=lambda path: _check_payload(path, submission.param_shapes),
+            )
         except SwarmError:
             self.count("results_rejected")
-            raise
-        result_sha = self._blobs.put_stream(
-            chunks,
-            max_bytes=submission.max_bytes,
-            expected_sha256=header.payload_sha256,
-            expected_size=header.payload_size,
-        )
-        try:
-            decode_payload(self._blobs.read(result_sha), submission.param_shapes)
-        except SwarmError:
-            self.count("results_rejected")
-            if not self._tasks.is_result_referenced(result_sha):
-                self._blobs.path(result_sha).unlink(missing_ok=True)
             raise
         self.count("result_bytes_received", header.payload_size)
         response = self._tasks.accept_result(worker.id, header, result_sha)
@@ -131,3 +130,7 @@ class WorkerServicer:
         self._tasks.hand_back(worker.id, request)
         self.count("tasks_handed_back")
         return m.ReportFailureResponse()
+
+
+def _check_payload(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    decode_payload(path.read_bytes(), shapes)

@@ -42,6 +42,8 @@ class Submission:
     param_shapes: dict[str, tuple[int, ...]]
     codec: str
     max_bytes: int
+    decided: str | None = None
+    """Why the result will be ignored (already accepted, round closed), if it will."""
 
 
 class TaskService:
@@ -280,13 +282,7 @@ class TaskService:
                 param_shapes={n: tuple(s) for n, s in job.param_shapes.items()},
                 codec=spec.codec,
                 max_bytes=limit,
-            )
-
-    def is_result_referenced(self, sha256: str) -> bool:
-        with self._db.transaction() as session:
-            return (
-                session.scalars(select(Task.id).where(Task.result_sha256 == sha256)).first()
-                is not None
+                decided=_ignore_reason(task, session.get_one(Round, task.round_id), job),
             )
 
     def accept_result(
@@ -303,18 +299,9 @@ class TaskService:
             mine[-1].bytes_up += header.payload_size
             round_ = session.get_one(Round, task.round_id)
             job = session.get_one(Job, task.job_id)
-            if task.status == TaskStatus.ACCEPTED.value:
-                return m.SubmitResultResponse(
-                    accepted=False,
-                    message=(f"task {task.id} already has an accepted result; yours was ignored"),
-                )
-            if round_.status != RoundStatus.OPEN.value or job.status != JobStatus.RUNNING.value:
-                return m.SubmitResultResponse(
-                    accepted=False,
-                    message=(
-                        f"round {round_.index} of job {job.id} is no longer open; result ignored"
-                    ),
-                )
+            reason = _ignore_reason(task, round_, job)
+            if reason is not None:
+                return m.SubmitResultResponse(accepted=False, message=reason)
             task.status = TaskStatus.ACCEPTED.value
             task.result_sha256 = result_sha256
             task.metrics = {**asdict(header.metrics), "worker_id": worker_id}
@@ -339,6 +326,15 @@ class TaskService:
         )
         self._on_result_accepted()
         return m.SubmitResultResponse(accepted=True, message="result accepted")
+
+
+def _ignore_reason(task: Task, round_: Round, job: Job) -> str | None:
+    """Why a result for `task` would be acknowledged but ignored, or None if it would count."""
+    if task.status == TaskStatus.ACCEPTED.value:
+        return f"task {task.id} already has an accepted result; yours was ignored"
+    if round_.status != RoundStatus.OPEN.value or job.status != JobStatus.RUNNING.value:
+        return f"round {round_.index} of job {job.id} is no longer open; result ignored"
+    return None
 
 
 def _active_lease(session: Session, task_id: str, worker_id: str) -> Lease | None:

@@ -117,10 +117,13 @@ class _Servicer(pb_grpc.WorkerServiceServicer):
             header = m.from_proto(first.header, m.ResultHeader)
 
             def data_chunks() -> Iterator[bytes]:
-                for chunk in request_iterator:
-                    if chunk.WhichOneof("part") != "data":
-                        raise ProtocolError("SubmitResult carries exactly one header, first")
-                    yield chunk.data
+                try:
+                    for chunk in request_iterator:
+                        if chunk.WhichOneof("part") != "data":
+                            raise ProtocolError("SubmitResult carries exactly one header, first")
+                        yield chunk.data
+                except grpc.RpcError as exc:  # the client went away or gRPC cut the stream
+                    raise TransportError(f"the upload ended early: {exc}") from None
 
             return m.to_proto(
                 self._handler.submit_result(header, data_chunks()), pb.SubmitResultResponse
