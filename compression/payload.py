@@ -70,10 +70,17 @@ def read_header(payload: bytes) -> tuple[dict[str, Any], int]:
         raise CompressionError(f"payload header length {header_len} is out of bounds")
     try:
         header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, huge integers, deep nesting
         raise CompressionError(f"payload header is not valid JSON: {exc!r:.200}") from None
     if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
         raise CompressionError("payload header lacks a tensor list")
+    for entry in header["tensors"]:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("shape"), list)
+        ):
+            raise CompressionError("payload header has a tensor entry without a name and shape")
     return header, _PREFIX.size + header_len
 
 
@@ -91,10 +98,10 @@ def decode_payload(
     if hashlib.sha256(body).hexdigest() != header.get("body_sha256"):
         raise CompressionError("payload body does not match its checksum")
     entries = header["tensors"]
-    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
-    if sorted(map(str, names)) != sorted(expected_shapes) or len(set(names)) != len(names):
-        missing = sorted(set(expected_shapes) - set(map(str, names)))
-        extra = sorted(set(map(str, names)) - set(expected_shapes))
+    names = [e["name"] for e in entries]
+    if sorted(names) != sorted(expected_shapes) or len(set(names)) != len(names):
+        missing = sorted(set(expected_shapes) - set(names))
+        extra = sorted(set(names) - set(expected_shapes))
         raise CompressionError(
             f"payload tensors do not match the job: missing {missing[:5]}, unexpected {extra[:5]}"
         )
@@ -126,5 +133,6 @@ def payload_size_bound(shapes: Mapping[str, tuple[int, ...]], codec_name: str) -
     """An upper bound on the size of a valid payload for these shapes, to reject oversize input."""
     codec = get_codec(codec_name)
     body = sum(codec.encoded_size(int(torch.Size(s).numel())) for s in shapes.values())
-    header = 256 + sum(len(n) + 96 for n in shapes)
+    # Per tensor: the JSON-escaped name plus its shape, offset and size fields.
+    header = 256 + sum(len(json.dumps(n)) + 96 + 21 * len(s) for n, s in shapes.items())
     return _PREFIX.size + header + body

@@ -166,9 +166,14 @@ class RoundService:
             tasks = list(session.scalars(select(Task).where(Task.round_id == round_id)))
         began = time.perf_counter()
         spec = JobSpec(**job.spec)
-        new_params, new_momentum, eval_loss = self._outer_step(job, spec, round_, tasks)
-        params_sha = self._blobs.put_bytes(state_to_bytes(new_params))
-        momentum_sha = self._blobs.put_bytes(state_to_bytes(new_momentum))
+        try:
+            new_params, new_momentum, eval_loss = self._outer_step(job, spec, round_, tasks)
+            params_sha = self._blobs.put_bytes(state_to_bytes(new_params))
+            momentum_sha = self._blobs.put_bytes(state_to_bytes(new_momentum))
+        except Exception as exc:  # a platform fault: fail the job loudly, never strand the round
+            logger.exception("job %s round %d: the outer step failed", job.id, round_.index)
+            self._fail_job(round_id, f"the outer step of round {round_.index} failed: {exc}")
+            return True
         self._commit_round(round_id, tasks, eval_loss, params_sha, momentum_sha)
         logger.info(
             "job %s round %d closed in %.2fs: held-out loss %.4f",
@@ -178,6 +183,21 @@ class RoundService:
             eval_loss,
         )
         return True
+
+    def _fail_job(self, round_id: int, message: str) -> None:
+        now = time.time()
+        with self._db.transaction() as session:
+            round_ = session.get_one(Round, round_id)
+            round_.status = RoundStatus.CLOSED.value
+            round_.closed_at = now
+            job = session.get_one(Job, round_.job_id, with_for_update=True)
+            if not JobStatus(job.status).is_terminal:
+                job.status = JobStatus.FAILED.value
+                job.finished_at = now
+                job.error = {"code": "platform_error", "message": message, "param": None}
+            session.add(
+                Event(job_id=job.id, created_at=now, level="error", type="message", message=message)
+            )
 
     def _outer_step(
         self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]

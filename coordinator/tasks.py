@@ -271,10 +271,12 @@ class TaskService:
                 raise MessageTooLargeError(
                     f"result of {header.payload_size} bytes exceeds this task's limit of {limit}"
                 )
-            if header.metrics.tokens > 10 * spec.inner_steps * spec.batch_size * spec.seq_len:
+            expected_tokens = spec.inner_steps * spec.batch_size * spec.seq_len
+            if header.metrics.tokens != expected_tokens or header.metrics.steps != spec.inner_steps:
                 raise ProtocolError(
-                    f"metrics claim {header.metrics.tokens} tokens, far more "
-                    "than the task asked for"
+                    f"metrics claim {header.metrics.tokens} tokens in {header.metrics.steps} "
+                    f"steps; task {task.id} trains {expected_tokens} tokens in "
+                    f"{spec.inner_steps} steps"
                 )
             return Submission(
                 task_id=task.id,

@@ -85,11 +85,12 @@ def config_from_bytes(data: bytes) -> dict[str, Any]:
         raise ConfigError(f"model config is {len(data)} bytes; the limit is {MAX_CONFIG_BYTES}")
     try:
         config = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"model config is not valid JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("model_type") not in FAMILIES:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, huge integers, deep nesting
+        raise ConfigError(f"model config is not valid JSON: {exc!r:.200}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ConfigError(
-            f"model_type {config.get('model_type') if isinstance(config, dict) else None!r} is "
+            f"model_type {model_type!r:.80} is "
             f"not one this worker builds; known: {', '.join(sorted(FAMILIES))}"
         )
     return config

@@ -24,8 +24,13 @@ def encode_shard(tokens: np.ndarray) -> bytes:
 
 def decode_shard(data: bytes, vocab_size: int) -> np.ndarray:
     """Decompress a shard and check every token id is below `vocab_size`."""
+    # One-shot decompression trusts the size a frame declares, so check that size first.
+    limit = MAX_SHARD_TOKENS * 4
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_SHARD_TOKENS * 4)
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise ConfigError(f"token shard declares {declared} bytes, over the {limit} limit")
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise ConfigError(f"token shard is not valid zstd data: {exc}") from None
     if len(raw) % 4:

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from swarm.compression import CODECS
 from swarm.protocol.errors import ConfigError, SchedulingError
 
 
@@ -144,6 +145,14 @@ class JobSpec:
                 or not low <= value <= high
             ):
                 raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
+            if f.type == "str" and not isinstance(value, str):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.warmup_steps > self.inner_steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must not exceed inner_steps "

@@ -85,7 +85,9 @@ def test_weighted_average_rejects_weights_summing_to_zero(weights: list[float]) 
 @pytest.mark.parametrize(
     ("num_updates", "weights"), [(2, [1.0]), (1, [1.0, 2.0]), (0, []), (0, [1.0])]
 )
-def test_weighted_average_rejects_mismatched_weights(num_updates: int, weights: list[float]) -> None:
+def test_weighted_average_rejects_mismatched_weights(
+    num_updates: int, weights: list[float]
+) -> None:
     updates = [make_params(i) for i in range(num_updates)]
     with pytest.raises(ConfigError, match="one weight per update"):
         weighted_average(updates, weights)

@@ -9,6 +9,7 @@ import pytest
 
 from swarm.coordinator.blobs import BlobStore, check_sha256
 from swarm.protocol.errors import (
+    CompressionError,
     IntegrityError,
     MessageTooLargeError,
     NotFoundError,
@@ -165,6 +166,28 @@ def test_put_stream_with_wrong_size_raises_and_leaves_nothing(store: BlobStore) 
         )
     assert stored_files(store) == []
     assert list((store.root / "incoming").iterdir()) == []
+
+
+def test_put_stream_check_sees_the_bytes_before_they_are_stored(store: BlobStore) -> None:
+    seen: list[bytes] = []
+
+    def check(path: Path) -> None:
+        seen.append(path.read_bytes())
+        assert not store.exists(hashlib.sha256(b"abcdef").hexdigest())
+
+    sha = store.put_stream([b"abc", b"def"], max_bytes=6, check=check)
+    assert seen == [b"abcdef"]
+    assert store.read(sha) == b"abcdef"
+
+
+def test_put_stream_check_failure_leaves_nothing(store: BlobStore) -> None:
+    def reject(path: Path) -> None:
+        raise CompressionError("not a payload")
+
+    with pytest.raises(CompressionError):
+        store.put_stream([b"garbage"], max_bytes=100, check=reject)
+    assert stored_files(store) == []
+    assert not store.exists(hashlib.sha256(b"garbage").hexdigest())
 
 
 def test_a_failed_put_does_not_disturb_an_existing_blob(store: BlobStore) -> None:

@@ -1,0 +1,320 @@
+"""Creating jobs, running their rounds to the end, and reading them back (real SQLite)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+
+from swarm.compression import encode_payload
+from swarm.coordinator.aggregation import nesterov_step, weighted_average
+from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.jobs import JobService
+from swarm.coordinator.rounds import RoundService
+from swarm.coordinator.storage import Database, Job, Round, Task, sqlite_url
+from swarm.coordinator.tasks import TaskService
+from swarm.coordinator.workers import WorkerRegistry
+from swarm.models import state_from_bytes
+from swarm.protocol import messages as m
+from swarm.protocol.errors import ConfigError, NotFoundError
+from swarm.protocol.version import PROTOCOL_VERSION
+from swarm.scheduler import JobSpec, LeasePolicy
+
+SPEC = JobSpec(
+    model="micro-llama",
+    num_rounds=2,
+    inner_steps=2,
+    warmup_steps=1,
+    batch_size=2,
+    seq_len=16,
+    min_clients=2,
+    num_shards=4,
+)
+
+
+@dataclass
+class Coordinator:
+    db: Database
+    blobs: BlobStore
+    rounds: RoundService
+    jobs: JobService
+    tasks: TaskService
+    workers: WorkerRegistry
+
+    def register(self) -> str:
+        public_key = (
+            Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+        request = m.RegisterWorkerRequest(
+            protocol_version=PROTOCOL_VERSION,
+            name="volunteer",
+            public_key=public_key,
+            hardware=m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
+        )
+        return self.workers.register(request, "ipv4:127.0.0.1:1")[0].id
+
+    def rounds_of(self, job_id: str) -> list[Round]:
+        return self.jobs.list_rounds(job_id)
+
+    def tasks_of(self, round_id: int) -> list[Task]:
+        with self.db.transaction() as session:
+            return list(
+                session.scalars(select(Task).where(Task.round_id == round_id).order_by(Task.index))
+            )
+
+    def train(
+        self, job: Job, worker_id: str, gradient: dict[str, torch.Tensor], tokens: int
+    ) -> m.SubmitResultResponse:
+        """Lease a task as `worker_id` and submit `gradient` as its pseudo-gradient."""
+        response = self.tasks.lease(worker_id, now=time.time() + 3600)
+        assert response.task is not None, response.reason
+        payload = encode_payload(gradient, "fp16")
+        sha = self.blobs.put_bytes(payload)
+        header = m.ResultHeader(
+            session=m.Session(worker_id=worker_id, token=b""),
+            task_id=response.task.task_id,
+            metrics=m.TaskMetrics(
+                loss_first=5.6, loss_last=5.0, loss_mean=5.25, tokens=tokens, steps=2
+            ),
+            payload_sha256=sha,
+            payload_size=len(payload),
+        )
+        self.tasks.check_submission(worker_id, header)
+        return self.tasks.accept_result(worker_id, header, sha)
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    db = Database(sqlite_url(tmp_path))
+    db.migrate()
+    blobs = BlobStore(tmp_path / "blobs")
+    rounds = RoundService(db, blobs, worker_online_s=30.0)
+    try:
+        yield Coordinator(
+            db=db,
+            blobs=blobs,
+            rounds=rounds,
+            jobs=JobService(db, blobs, rounds),
+            tasks=TaskService(db, LeasePolicy(ttl_s=5.0, max_task_s=60.0, solo_wait_s=1.0)),
+            workers=WorkerRegistry(db),
+        )
+    finally:
+        db.dispose()
+
+
+def gradient_like(job: Job, value: float) -> dict[str, torch.Tensor]:
+    # Multiples of 1/64 survive the fp16 codec exactly.
+    return {n: torch.full(tuple(s), value) for n, s in job.param_shapes.items()}
+
+
+def test_create_job_opens_round_zero(coordinator: Coordinator) -> None:
+    job = coordinator.jobs.create_job(SPEC, metadata={"team": "x"})
+    assert job.id.startswith("ftjob-")
+    assert job.status == "running"
+    assert job.started_at is not None
+    assert job.metadata_ == {"team": "x"}
+    assert job.num_trainable_params == sum(torch.Size(s).numel() for s in job.param_shapes.values())
+    assert len(job.shard_sha256s) == SPEC.num_shards
+    assert all(coordinator.blobs.exists(sha) for sha in job.shard_sha256s)
+    assert coordinator.blobs.exists(job.model_config_sha256)
+    assert coordinator.blobs.exists(job.heldout_sha256)
+    assert job.initial_eval_loss is not None and job.initial_eval_loss > 0
+
+    [round_0] = coordinator.rounds_of(job.id)
+    assert (round_0.index, round_0.status, round_0.num_tasks) == (0, "open", SPEC.min_clients)
+    assert coordinator.blobs.exists(round_0.params_sha256)
+    assert round_0.momentum_sha256 is None
+    tasks = coordinator.tasks_of(round_0.id)
+    assert [t.status for t in tasks] == ["pending"] * SPEC.min_clients
+    assert [t.shard_index for t in tasks] == [0, 1]
+    assert len({t.seed for t in tasks}) == len(tasks)
+    assert coordinator.jobs.get_job(job.id).tasks_created == SPEC.min_clients
+
+    events = coordinator.jobs.list_events(job.id)
+    assert any("validated" in e.message for e in events)
+    assert coordinator.jobs.count_by_status() == {"running": 1}
+
+
+def test_round_zero_has_one_task_per_online_worker(coordinator: Coordinator) -> None:
+    for _ in range(3):
+        coordinator.register()
+    job = coordinator.jobs.create_job(SPEC)
+    [round_0] = coordinator.rounds_of(job.id)
+    assert round_0.num_tasks == 3
+    assert len(coordinator.tasks_of(round_0.id)) == 3
+
+
+def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
+    job = coordinator.jobs.create_job(SPEC)
+    w1, w2 = coordinator.register(), coordinator.register()
+    [round_0] = coordinator.rounds_of(job.id)
+    params_0 = state_from_bytes(coordinator.blobs.read(round_0.params_sha256))
+
+    g1, g2 = gradient_like(job, 0.25), gradient_like(job, -0.5)
+    assert coordinator.train(job, w1, g1, tokens=64).accepted
+    assert coordinator.rounds.rounds_ready() == []  # one task still missing
+    assert coordinator.train(job, w2, g2, tokens=64).accepted
+    assert coordinator.rounds.rounds_ready() == [round_0.id]
+
+    assert coordinator.rounds.close_round(round_0.id)
+    assert not coordinator.rounds.close_round(round_0.id)  # someone already stepped it
+    assert coordinator.rounds.rounds_ready() == []
+
+    round_0, round_1 = coordinator.rounds_of(job.id)
+    assert round_0.status == "closed"
+    assert round_0.tokens == 128
+    assert round_0.num_clients == 2
+    assert round_0.train_loss == pytest.approx(5.25)
+    assert round_0.eval_loss is not None
+    assert round_0.closed_at is not None
+    # Round 1 starts from the published outer step of the averaged pseudo-gradients.
+    assert (round_1.index, round_1.status, round_1.num_tasks) == (1, "open", 2)
+    expected, expected_momentum = nesterov_step(
+        params_0, weighted_average([g1, g2], [64, 64]), None, lr=0.7, momentum=0.9
+    )
+    published = state_from_bytes(coordinator.blobs.read(round_1.params_sha256))
+    assert round_1.momentum_sha256 is not None
+    momentum = state_from_bytes(coordinator.blobs.read(round_1.momentum_sha256))
+    for name in params_0:
+        torch.testing.assert_close(published[name], expected[name])
+        torch.testing.assert_close(momentum[name], expected_momentum[name])
+    # Shards are used in order across rounds.
+    assert [t.shard_index for t in coordinator.tasks_of(round_1.id)] == [2, 3]
+
+    job_after_0 = coordinator.jobs.get_job(job.id)
+    assert job_after_0.status == "running"
+    assert job_after_0.rounds_completed == 1
+    assert job_after_0.trained_tokens == 128
+    assert job_after_0.eval_loss == round_0.eval_loss
+
+    # Round 1 leases hand out the new version.
+    assert coordinator.train(job, w1, gradient_like(job, 0.125), tokens=64).accepted
+    assert coordinator.train(job, w2, gradient_like(job, 0.125), tokens=64).accepted
+    assert coordinator.rounds.rounds_ready() == [round_1.id]
+    assert coordinator.rounds.close_round(round_1.id)
+
+    done = coordinator.jobs.get_job(job.id)
+    assert done.status == "succeeded"
+    assert done.rounds_completed == 2
+    assert done.trained_tokens == 256
+    assert done.eval_loss is not None
+    assert done.finished_at is not None
+    assert done.result_params_sha256 is not None
+    assert coordinator.blobs.exists(done.result_params_sha256)
+    assert len(coordinator.rounds_of(job.id)) == 2  # no third round
+    assert coordinator.rounds.rounds_ready() == []
+    assert coordinator.tasks.lease(w1).task is None
+    assert any("succeeded" in e.message for e in coordinator.jobs.list_events(job.id))
+
+
+def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None:
+    job = coordinator.jobs.create_job(SPEC)
+    w1, w2 = coordinator.register(), coordinator.register()
+    for worker in (w1, w2):
+        coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64)
+    [round_id] = coordinator.rounds.rounds_ready()
+    coordinator.rounds.close_round(round_id)
+    round_1 = coordinator.rounds_of(job.id)[1]
+    task = coordinator.tasks.lease(w1).task
+    assert task is not None
+    assert (task.round, task.version) == (1, 1)
+    assert task.train is not None
+    assert task.train.params_sha256 == round_1.params_sha256
+
+
+def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator) -> None:
+    job = coordinator.jobs.create_job(SPEC)
+    w1, w2 = coordinator.register(), coordinator.register()
+    for worker in (w1, w2):
+        assert coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64).accepted
+    [round_id] = coordinator.rounds.rounds_ready()
+    broken = coordinator.tasks_of(round_id)[0].result_sha256
+    assert broken is not None
+    coordinator.blobs.path(broken).write_bytes(b"not a payload")
+
+    assert coordinator.rounds.close_round(round_id)
+    [round_0] = coordinator.rounds_of(job.id)
+    job_failed = coordinator.jobs.get_job(job.id).status == "failed"
+    assert job_failed or (round_0.status == "open" and coordinator.rounds.rounds_ready())
+
+
+def test_create_job_rejects_an_unknown_codec(coordinator: Coordinator) -> None:
+    with pytest.raises(ConfigError, match="codec"):
+        coordinator.jobs.create_job(replace(SPEC, codec="no-such-codec"))
+    assert coordinator.jobs.list_jobs().jobs == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"dataset": "builtin:no-such-text"}, "dataset"),
+        ({"num_shards": 100_000}, "num_shards"),
+    ],
+)
+def test_create_job_rejects_bad_input_and_queues_nothing(
+    coordinator: Coordinator, changes: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=field):
+        coordinator.jobs.create_job(replace(SPEC, **changes))
+    assert coordinator.jobs.list_jobs().jobs == []
+    assert coordinator.jobs.count_by_status() == {}
+
+
+def test_get_job_of_unknown_id_is_not_found(coordinator: Coordinator) -> None:
+    with pytest.raises(NotFoundError):
+        coordinator.jobs.get_job("ftjob-unknown")
+    with pytest.raises(NotFoundError):
+        coordinator.jobs.list_rounds("ftjob-unknown")
+    with pytest.raises(NotFoundError):
+        coordinator.jobs.list_events("ftjob-unknown")
+
+
+def test_list_jobs_pages_newest_first(coordinator: Coordinator) -> None:
+    created = [coordinator.jobs.create_job(replace(SPEC, seed=i)).id for i in range(5)]
+    newest_first = created[::-1]
+
+    first = coordinator.jobs.list_jobs(limit=2)
+    assert [j.id for j in first.jobs] == newest_first[:2]
+    assert first.has_more
+    second = coordinator.jobs.list_jobs(after=first.jobs[-1].id, limit=2)
+    assert [j.id for j in second.jobs] == newest_first[2:4]
+    assert second.has_more
+    last = coordinator.jobs.list_jobs(after=second.jobs[-1].id, limit=2)
+    assert [j.id for j in last.jobs] == newest_first[4:]
+    assert not last.has_more
+    exact = coordinator.jobs.list_jobs(limit=5)
+    assert [j.id for j in exact.jobs] == newest_first
+    assert not exact.has_more
+    assert coordinator.jobs.list_jobs(after=newest_first[-1]).jobs == []
+
+
+def test_list_jobs_pages_jobs_created_in_the_same_instant(coordinator: Coordinator) -> None:
+    ids = [coordinator.jobs.create_job(replace(SPEC, seed=i)).id for i in range(3)]
+    with coordinator.db.transaction() as session:
+        for job_id in ids:
+            session.get_one(Job, job_id).created_at = 1000.0
+    seen: list[str] = []
+    after = None
+    while True:
+        page = coordinator.jobs.list_jobs(after=after, limit=1)
+        seen += [j.id for j in page.jobs]
+        if not page.has_more:
+            break
+        after = page.jobs[-1].id
+    assert sorted(seen) == sorted(ids)
+    assert len(seen) == 3
+
+
+def test_list_jobs_after_an_unknown_id_is_not_found(coordinator: Coordinator) -> None:
+    with pytest.raises(NotFoundError):
+        coordinator.jobs.list_jobs(after="ftjob-unknown")
