@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -159,3 +162,58 @@ def test_ctrl_c_hands_the_task_back_at_once(tmp_path: Path) -> None:
         assert job["status"] == "succeeded"
         outcomes = [outcome for _, _, outcome in _leases(swarm.data_dir)]
         assert "handed_back" in outcomes and "expired" not in outcomes, outcomes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_clients_reconnect_when_the_coordinator_restarts(tmp_path: Path) -> None:
+    grpc_port, http_port = _free_port(), _free_port()
+    env = {**FAST_LEASES, "SWARM_GRPC_PORT": str(grpc_port), "SWARM_HTTP_PORT": str(http_port)}
+    data_dir = tmp_path / "coordinator"
+
+    def start(log_name: str) -> Any:
+        log = (tmp_path / log_name).open("w")
+        command = [
+            sys.executable,
+            "-m",
+            "swarm.coordinator",
+            "coordinator",
+            "--data-dir",
+            str(data_dir),
+        ]
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+        deadline = time.monotonic() + 60
+        while not (data_dir / "coordinator.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, log_name
+            time.sleep(0.1)
+        return process
+
+    with ExitStack() as stack:
+        coordinator = start("coordinator-1.log")
+        target = f"127.0.0.1:{grpc_port}"
+        for i in range(2):
+            log = stack.enter_context((tmp_path / f"client-{i}.log").open("w"))
+            stack.callback(stop_process, start_client(target, f"c{i}", tmp_path / f"c{i}", log))
+        http = stack.enter_context(
+            httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60.0)
+        )
+        swarm = Swarm(http=http, target=target, data_dir=data_dir, clients=[], logs=tmp_path)
+        job = swarm.create_job()
+        while not any(r["status"] == "closed" for r in swarm.rounds(job["id"])):
+            time.sleep(0.2)
+        assert stop_process(coordinator, signal.SIGTERM) == 0
+        time.sleep(3)  # the clients now retry with backoff against a closed port
+        coordinator = start("coordinator-2.log")
+        stack.callback(stop_process, coordinator, signal.SIGTERM)
+        job = swarm.wait_for_job(job["id"])
+        assert job["status"] == "succeeded", job
+        assert [r["status"] for r in swarm.rounds(job["id"])] == ["closed"] * 3
+        assert "unreachable" in swarm.log_of(0) + swarm.log_of(1)
