@@ -26,7 +26,15 @@ from swarm.protocol.errors import (
     PermissionDeniedError,
     ProtocolError,
 )
-from swarm.scheduler import JobSpec, JobStatus, LeaseOutcome, LeasePolicy, RoundStatus, TaskStatus
+from swarm.scheduler import (
+    JobSpec,
+    JobStatus,
+    LeaseOutcome,
+    LeasePolicy,
+    RoundStatus,
+    TaskStatus,
+    tokens_per_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +279,7 @@ class TaskService:
                 raise MessageTooLargeError(
                     f"result of {header.payload_size} bytes exceeds this task's limit of {limit}"
                 )
-            expected_tokens = spec.inner_steps * spec.batch_size * spec.seq_len
+            expected_tokens = tokens_per_task(spec)
             if header.metrics.tokens != expected_tokens or header.metrics.steps != spec.inner_steps:
                 raise ProtocolError(
                     f"metrics claim {header.metrics.tokens} tokens in {header.metrics.steps} "

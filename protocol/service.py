@@ -252,8 +252,3 @@ def new_server(max_workers: int) -> grpc.Server:
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=CHANNEL_OPTIONS,
     )
-
-
-def is_retryable(error: SwarmError) -> bool:
-    """Only an unreachable or slow coordinator is worth retrying."""
-    return isinstance(error, TransportError)

@@ -13,8 +13,21 @@ import pytest
 
 from swarm.coordinator.server import Services, build_services
 from swarm.coordinator.settings import CoordinatorSettings
+from swarm.scheduler import JobSpec
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+MICRO_SPEC = JobSpec(
+    model="micro-llama",
+    num_rounds=2,
+    inner_steps=2,
+    warmup_steps=1,
+    batch_size=2,
+    seq_len=16,
+    min_clients=2,
+    num_shards=4,
+)
+"""The smallest job the coordinator runs: 2 rounds of 2 tasks of 64 tokens each."""
 
 
 @pytest.fixture

@@ -33,23 +33,15 @@ from swarm.protocol.generated import worker_pb2_grpc as pb_grpc
 from swarm.protocol.limits import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from swarm.protocol.service import WorkerClient, open_channel
 from swarm.protocol.version import PROTOCOL_VERSION
-from swarm.scheduler import JobSpec
 
 if TYPE_CHECKING:
     from tests.conftest import LiveCoordinator
 
+from tests.conftest import MICRO_SPEC
+
 pytestmark = pytest.mark.integration
 
-SPEC = JobSpec(
-    model="micro-llama",
-    num_rounds=2,
-    inner_steps=2,
-    batch_size=2,
-    seq_len=16,
-    warmup_steps=1,
-    min_clients=2,
-    num_shards=4,
-)
+SPEC = MICRO_SPEC
 METRICS = m.TaskMetrics(
     loss_first=5.5, loss_last=5.1, loss_mean=5.3, tokens=64, compute_s=0.2, steps=2
 )

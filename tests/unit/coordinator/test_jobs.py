@@ -25,18 +25,10 @@ from swarm.models import state_from_bytes
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ConfigError, NotFoundError
 from swarm.protocol.version import PROTOCOL_VERSION
-from swarm.scheduler import JobSpec, LeasePolicy
+from swarm.scheduler import LeasePolicy
+from tests.conftest import MICRO_SPEC
 
-SPEC = JobSpec(
-    model="micro-llama",
-    num_rounds=2,
-    inner_steps=2,
-    warmup_steps=1,
-    batch_size=2,
-    seq_len=16,
-    min_clients=2,
-    num_shards=4,
-)
+SPEC = MICRO_SPEC
 
 
 @dataclass
