@@ -1,19 +1,44 @@
-"""Codecs for updates and activations, and the self-describing wire payload that carries them."""
+"""Codecs for updates and activations, error feedback, and the streaming wire payload."""
 
-from swarm.compression.codecs import CODECS, Codec, get_codec
+from swarm.compression.chains import CHAIN_PRESETS, Chain, EncodedTensor, parse_chain
+from swarm.compression.feedback import ErrorFeedback
 from swarm.compression.payload import (
     decode_payload,
     encode_payload,
+    encode_stream,
+    iter_payload,
     payload_size_bound,
     read_header,
+    tensor_seed,
 )
+from swarm.compression.policy import CompressionPolicy
+from swarm.compression.powersgd import PowerSGD
+from swarm.compression.quantization import BlockQuant, Cast, RowQuant
+from swarm.compression.sparsification import RandomK, TopK, random_subset_mask
+from swarm.compression.stages import Stage, TransformStage, ValueStage
 
 __all__ = [
-    "CODECS",
-    "Codec",
+    "CHAIN_PRESETS",
+    "BlockQuant",
+    "Cast",
+    "Chain",
+    "CompressionPolicy",
+    "EncodedTensor",
+    "ErrorFeedback",
+    "PowerSGD",
+    "RandomK",
+    "RowQuant",
+    "Stage",
+    "TopK",
+    "TransformStage",
+    "ValueStage",
     "decode_payload",
     "encode_payload",
-    "get_codec",
+    "encode_stream",
+    "iter_payload",
+    "parse_chain",
     "payload_size_bound",
+    "random_subset_mask",
     "read_header",
+    "tensor_seed",
 ]

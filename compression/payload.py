@@ -1,138 +1,251 @@
-"""The wire payload: a self-describing frame that carries named tensors.
+"""The wire payload: named tensors, each encoded by its codec chain, framed for streaming.
 
-Layout (all integers little-endian):
+Layout (integers little-endian, headers JSON in UTF-8):
 
-    b"SWPL" | u8 format version | u32 header length | header (JSON, UTF-8) | body
+    b"SWPL" | u8 format version | u32 length | header {format, policy, seed, num_tensors}
+    then num_tensors records:
+        u32 length | record {name, shape, dtype, chain, meta, zstd, raw, size, crc32} | body
 
-The header names the codec and, per tensor, its name, shape, byte offset and length in the
-body, plus the SHA-256 of the body. A decoder checks every field against what it expects
-(names, shapes, sizes) before it allocates anything, so a hostile payload cannot make it
-build huge tensors or read out of bounds.
+The header records the compression policy; each record its chain (with block sizes), per-stage
+metadata (seeds, counts, ranks), the raw and stored sizes and a CRC-32 of the raw bytes. The
+encoder yields one record at a time and the decoder reads one at a time from any byte source,
+so neither side holds more than one tensor's encoding: a coordinator can sum a hundred updates
+straight from disk. The decoder checks each number against what the job expects before it
+allocates anything, and anything wrong is a `CompressionError` naming the tensor.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import struct
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import torch
 
-from swarm.compression.codecs import get_codec
+from swarm.compression.feedback import ErrorFeedback
+from swarm.compression.policy import CompressionPolicy
+from swarm.compression.stages import TensorState
 from swarm.protocol.errors import CompressionError
 
 MAGIC = b"SWPL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_NAME = "swarm.tensors"
 _PREFIX = struct.Struct("<4sBI")
-MAX_HEADER_BYTES = 1 << 20
+_LENGTH = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 16
+MAX_RECORD_HEADER_BYTES = 1 << 16
+
+Shapes = Mapping[str, tuple[int, ...]]
 
 
-def encode_payload(tensors: Mapping[str, torch.Tensor], codec_name: str) -> bytes:
-    """Encode named tensors with one codec into a single payload."""
-    codec = get_codec(codec_name)
-    entries: list[dict[str, Any]] = []
-    parts: list[bytes] = []
-    offset = 0
-    for name in sorted(tensors):
-        data = codec.encode(tensors[name])
-        entries.append(
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def tensor_seed(seed: int, index: int) -> int:
+    """The seed of the `index`-th tensor (by name order) of a payload seeded with `seed`."""
+    return (seed + (index + 1) * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def encode_stream(
+    tensors: Mapping[str, torch.Tensor],
+    policy: CompressionPolicy,
+    *,
+    seed: int = 0,
+    feedback: ErrorFeedback | None = None,
+) -> Iterator[bytes]:
+    """Yield the payload for `tensors` piece by piece (the header, then one record per tensor).
+
+    With `feedback`, each tensor's residual is added before encoding and the new residuals are
+    staged in it once the last record is out; the caller commits or discards them.
+    """
+    header = _json(
+        {
+            "format": FORMAT_NAME,
+            "policy": policy.to_dict(),
+            "seed": seed,
+            "num_tensors": len(tensors),
+        }
+    )
+    yield _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+    residuals: dict[str, torch.Tensor] = {}
+    states: dict[str, TensorState] = {}
+    for index, name in enumerate(sorted(tensors)):
+        tensor = tensors[name]
+        shape = tuple(tensor.shape)
+        chain = policy.chain_for(shape)
+        if not torch.isfinite(tensor).all():
+            raise CompressionError(f"tensor {name} contains NaN or infinite values")
+        if feedback is None or chain.lossless:
+            encoded = chain.encode(tensor, seed=tensor_seed(seed, index))
+        else:
+            target = feedback.compensate(name, tensor)
+            state = feedback.working_state(name)
+            encoded, decoded = chain.roundtrip(target, seed=tensor_seed(seed, index), state=state)
+            residuals[name] = target.sub_(decoded)
+            states[name] = state
+        record = _json(
             {
                 "name": name,
-                "shape": list(tensors[name].shape),
-                "offset": offset,
-                "nbytes": len(data),
+                "shape": list(shape),
+                "dtype": "float32",
+                "chain": encoded.chain,
+                "meta": encoded.meta,
+                "zstd": encoded.zstd,
+                "raw": encoded.raw_bytes,
+                "size": len(encoded.body),
+                "crc32": encoded.crc32,
             }
         )
-        parts.append(data)
-        offset += len(data)
-    body = b"".join(parts)
-    header = json.dumps(
-        {"codec": codec.name, "tensors": entries, "body_sha256": hashlib.sha256(body).hexdigest()},
-        separators=(",", ":"),
-    ).encode()
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + body
+        yield _LENGTH.pack(len(record)) + record + encoded.body
+    if feedback is not None:
+        feedback.stage(residuals, states)
 
 
-def read_header(payload: bytes) -> tuple[dict[str, Any], int]:
-    """Parse and sanity-check the header; return it and the offset where the body starts."""
-    if len(payload) < _PREFIX.size:
-        raise CompressionError(f"payload of {len(payload)} bytes is too short for a header")
-    magic, version, header_len = _PREFIX.unpack_from(payload)
+def encode_payload(
+    tensors: Mapping[str, torch.Tensor],
+    policy: CompressionPolicy,
+    *,
+    seed: int = 0,
+    feedback: ErrorFeedback | None = None,
+) -> bytes:
+    """The whole payload as one bytes object (for small payloads and tests)."""
+    return b"".join(encode_stream(tensors, policy, seed=seed, feedback=feedback))
+
+
+class _Reader:
+    def __init__(self, source: bytes | BinaryIO) -> None:
+        self._read: Callable[[int], bytes] = (
+            io.BytesIO(source).read
+            if isinstance(source, bytes | bytearray | memoryview)
+            else source.read
+        )
+
+    def exactly(self, size: int, what: str) -> bytes:
+        data = self._read(size)
+        if len(data) != size:
+            raise CompressionError(f"payload is truncated in {what} ({len(data)} of {size} bytes)")
+        return data
+
+    def at_end(self) -> bool:
+        return self._read(1) == b""
+
+
+def _load_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge numbers, deep nesting
+        raise CompressionError(f"{what} is not valid JSON: {exc!r:.200}") from None
+    if not isinstance(value, dict):
+        raise CompressionError(f"{what} is not a JSON object")
+    return value
+
+
+def read_header(source: bytes | BinaryIO) -> dict[str, Any]:
+    """Parse and check the payload header (for tools that only want to know what is inside)."""
+    return _read_header(_Reader(source))
+
+
+def _read_header(reader: _Reader) -> dict[str, Any]:
+    magic, version, length = _PREFIX.unpack(reader.exactly(_PREFIX.size, "the prefix"))
     if magic != MAGIC:
         raise CompressionError("not a swarm payload (bad magic bytes)")
     if version != FORMAT_VERSION:
         raise CompressionError(
             f"payload format {version} is not supported (expected {FORMAT_VERSION})"
         )
-    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
-        raise CompressionError(f"payload header length {header_len} is out of bounds")
-    try:
-        header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
-    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, huge integers, deep nesting
-        raise CompressionError(f"payload header is not valid JSON: {exc!r:.200}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("tensors"), list):
-        raise CompressionError("payload header lacks a tensor list")
-    for entry in header["tensors"]:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("name"), str)
-            and isinstance(entry.get("shape"), list)
-        ):
-            raise CompressionError("payload header has a tensor entry without a name and shape")
-    return header, _PREFIX.size + header_len
+    if length > MAX_HEADER_BYTES:
+        raise CompressionError(f"payload header length {length} is out of bounds")
+    header = _load_json(reader.exactly(length, "the header"), "payload header")
+    if header.get("format") != FORMAT_NAME:
+        raise CompressionError(f"payload format {header.get('format')!r} is not {FORMAT_NAME!r}")
+    return header
+
+
+def iter_payload(
+    source: bytes | BinaryIO, expected_shapes: Shapes, policy: CompressionPolicy
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Decode a payload tensor by tensor, insisting on exactly `expected_shapes` and `policy`.
+
+    Raises:
+        CompressionError: the payload is malformed, corrupt, or not what the job expects.
+    """
+    reader = _Reader(source)
+    header = _read_header(reader)
+    sent_policy = CompressionPolicy.from_dict(header.get("policy"))
+    if sent_policy != policy:
+        raise CompressionError(
+            f"payload policy {sent_policy.to_dict()} is not the job's {policy.to_dict()}"
+        )
+    count = header.get("num_tensors")
+    if count != len(expected_shapes):
+        raise CompressionError(
+            f"payload holds {count!r} tensors, the job has {len(expected_shapes)}"
+        )
+    seen: set[str] = set()
+    for _ in range(len(expected_shapes)):
+        (length,) = _LENGTH.unpack(reader.exactly(_LENGTH.size, "a record length"))
+        if length > MAX_RECORD_HEADER_BYTES:
+            raise CompressionError(f"record header length {length} is out of bounds")
+        record = _load_json(reader.exactly(length, "a record header"), "record header")
+        name = record.get("name")
+        if not isinstance(name, str) or name not in expected_shapes:
+            raise CompressionError(f"payload has an unexpected tensor {str(name)[:100]!r}")
+        if name in seen:
+            raise CompressionError(f"payload has tensor {name} twice")
+        seen.add(name)
+        shape = tuple(expected_shapes[name])
+        if record.get("shape") != list(shape):
+            raise CompressionError(
+                f"tensor {name}: shape {record.get('shape')} != expected {list(shape)}"
+            )
+        if record.get("dtype") != "float32":
+            raise CompressionError(f"tensor {name}: dtype {record.get('dtype')!r} is not float32")
+        chain = policy.chain_for(shape)
+        if record.get("chain") != chain.spec:
+            raise CompressionError(
+                f"tensor {name}: encoded with {record.get('chain')!r}, the job's policy says "
+                f"{chain.spec!r}"
+            )
+        size, raw, crc, zstd = (record.get(k) for k in ("size", "raw", "crc32", "zstd"))
+        limit = chain.max_body_bytes(shape)
+        for key, value in (("size", size), ("raw", raw), ("crc32", crc)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= max(limit, 2**32)
+            ):
+                raise CompressionError(f"tensor {name}: record field {key}={value!r} is invalid")
+        assert isinstance(size, int) and isinstance(raw, int) and isinstance(crc, int)
+        if size > limit or raw > limit or not isinstance(zstd, bool):
+            raise CompressionError(f"tensor {name}: {size} stored bytes exceed the bound {limit}")
+        body = reader.exactly(size, f"tensor {name}")
+        try:
+            tensor = chain.decode(shape, record.get("meta"), zstd, raw, crc, body)  # type: ignore[arg-type]
+        except CompressionError as exc:
+            raise CompressionError(f"tensor {name}: {exc}") from None
+        if not torch.isfinite(tensor).all():
+            raise CompressionError(f"tensor {name} contains NaN or infinite values")
+        yield name, tensor
+    if not reader.at_end():
+        raise CompressionError("payload has trailing bytes after its last tensor")
 
 
 def decode_payload(
-    payload: bytes, expected_shapes: Mapping[str, tuple[int, ...]]
+    source: bytes | BinaryIO, expected_shapes: Shapes, policy: CompressionPolicy
 ) -> dict[str, torch.Tensor]:
-    """Decode a payload, insisting it holds exactly `expected_shapes` and nothing else.
-
-    Raises:
-        CompressionError: the payload is malformed, corrupt, or does not match the shapes.
-    """
-    header, body_start = read_header(payload)
-    codec = get_codec(str(header.get("codec")))
-    body = memoryview(payload)[body_start:]
-    if hashlib.sha256(body).hexdigest() != header.get("body_sha256"):
-        raise CompressionError("payload body does not match its checksum")
-    entries = header["tensors"]
-    names = [e["name"] for e in entries]
-    if sorted(names) != sorted(expected_shapes) or len(set(names)) != len(names):
-        missing = sorted(set(expected_shapes) - set(names))
-        extra = sorted(set(names) - set(expected_shapes))
-        raise CompressionError(
-            f"payload tensors do not match the job: missing {missing[:5]}, unexpected {extra[:5]}"
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    for entry in entries:
-        name = entry["name"]
-        shape = tuple(expected_shapes[name])
-        if entry.get("shape") != list(shape):
-            raise CompressionError(
-                f"tensor {name}: shape {entry.get('shape')} != expected {list(shape)}"
-            )
-        offset, nbytes = entry.get("offset"), entry.get("nbytes")
-        if (
-            not isinstance(offset, int)
-            or not isinstance(nbytes, int)
-            or offset < 0
-            or nbytes < 0
-            or offset + nbytes > len(body)
-        ):
-            raise CompressionError(f"tensor {name}: byte range is out of bounds")
-        tensor = codec.decode(bytes(body[offset : offset + nbytes]), shape)
-        if not torch.isfinite(tensor).all():
-            raise CompressionError(f"tensor {name} contains NaN or infinite values")
-        tensors[name] = tensor
-    return tensors
+    """Decode a whole payload into a dict (see `iter_payload`)."""
+    return dict(iter_payload(source, expected_shapes, policy))
 
 
-def payload_size_bound(shapes: Mapping[str, tuple[int, ...]], codec_name: str) -> int:
+def payload_size_bound(shapes: Shapes, policy: CompressionPolicy) -> int:
     """An upper bound on the size of a valid payload for these shapes, to reject oversize input."""
-    codec = get_codec(codec_name)
-    body = sum(codec.encoded_size(int(torch.Size(s).numel())) for s in shapes.values())
-    # Per tensor: the JSON-escaped name plus its shape, offset and size fields.
-    header = 256 + sum(len(json.dumps(n)) + 96 + 21 * len(s) for n, s in shapes.items())
-    return _PREFIX.size + header + body
+    total = _PREFIX.size + 512 + len(_json(policy.to_dict()))
+    for name, shape in shapes.items():
+        chain = policy.chain_for(tuple(shape))
+        stages = len(chain.transforms) + 1
+        record = 256 + len(_json(name)) + 21 * len(shape) + len(chain.spec) + 96 * stages
+        total += _LENGTH.size + record + chain.max_body_bytes(tuple(shape))
+    return total
