@@ -31,6 +31,22 @@ class BlobCache:
             raise ProtocolError(f"coordinator named a blob {sha256[:80]!r} that is not a SHA-256")
         return self.root / sha256
 
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def put(self, data: bytes) -> str:
+        """Add bytes this worker built itself (a rebuilt version); returns their SHA-256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        final = self.path(sha256)
+        if not final.exists():
+            partial = final.with_suffix(".new")
+            partial.write_bytes(data)
+            os.replace(partial, final)
+        return sha256
+
+    def discard(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
+
     def get(self, sha256: str, transport: Transport, timeout_s: float = 600.0) -> bytes:
         """The blob's bytes, from the cache or downloaded (resuming) and verified."""
         final = self.path(sha256)

@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 from swarm.protocol import messages as m
@@ -145,14 +146,21 @@ class Transport:
             yield chunk
 
     def submit_result(
-        self, header: m.ResultHeader, payload: bytes, chunk_bytes: int, timeout_s: float
+        self, header: m.ResultHeader, payload: bytes | Path, chunk_bytes: int, timeout_s: float
     ) -> m.SubmitResultResponse:
+        """Stream a result; `payload` is the bytes or a file holding them (read chunk by chunk)."""
+
         def chunks() -> Iterator[bytes]:
-            for start in range(0, len(payload), chunk_bytes):
-                yield payload[start : start + chunk_bytes]
+            if isinstance(payload, Path):
+                with payload.open("rb") as source:
+                    while data := source.read(chunk_bytes):
+                        yield data
+            else:
+                for start in range(0, len(payload), chunk_bytes):
+                    yield payload[start : start + chunk_bytes]
 
         response = self._client.submit_result(header, chunks(), timeout_s=timeout_s)
-        self.bytes_up += len(payload)
+        self.bytes_up += header.payload_size
         return response
 
     def close(self) -> None:

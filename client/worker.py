@@ -7,21 +7,26 @@ lease; a lease the coordinator revokes (someone else finished the task) is aband
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from swarm.client.cache import BlobCache
+from swarm.client.feedback import FeedbackStore
 from swarm.client.hardware import profile_with_benchmark
 from swarm.client.identity import load_or_create_key, public_key_bytes
 from swarm.client.settings import ClientSettings
 from swarm.client.transport import Stopped, Transport
-from swarm.compression import encode_payload
+from swarm.client.versions import VersionStore
+from swarm.compression import CompressionPolicy, encode_stream
 from swarm.models import (
     InnerLoopConfig,
     InnerLoopInterrupted,
@@ -30,7 +35,6 @@ from swarm.models import (
     decode_shard,
     load_trainable_state,
     run_inner_loop,
-    state_from_bytes,
 )
 from swarm.protocol import PROTOCOL_VERSION, SwarmError, TransportError
 from swarm.protocol import messages as m
@@ -56,6 +60,9 @@ class Worker:
         self._revoked = threading.Event()
         self._current_task: str | None = None
         self._cache = BlobCache(settings.data_dir / "blobs")
+        self._versions = VersionStore(self._cache)
+        self._feedback = FeedbackStore(settings.data_dir / "feedback")
+        self._outbox = settings.data_dir / "outbox"
         self._models: dict[str, torch.nn.Module] = {}
         self._transport: Transport | None = None
 
@@ -132,9 +139,7 @@ class Worker:
             config = config_from_bytes(self._cache.get(spec.model_config_sha256, transport))
             model = self._models.get(spec.model_config_sha256) or build_model(config)
             self._models = {spec.model_config_sha256: model}
-            load_trainable_state(
-                model, state_from_bytes(self._cache.get(spec.params_sha256, transport))
-            )
+            load_trainable_state(model, self._versions.params(task, transport))
             tokens = decode_shard(
                 self._cache.get(spec.tokens_sha256, transport), config["vocab_size"]
             )
@@ -154,7 +159,12 @@ class Worker:
                 ),
                 on_step=self._on_step(task),
             )
-            payload = encode_payload(result.pseudo_gradient, spec.codec)
+            policy = CompressionPolicy(**dataclasses.asdict(spec.update_policy))
+            feedback = self._feedback.get(task.job_id)
+            payload, digest, size = self._spool(
+                task,
+                encode_stream(result.pseudo_gradient, policy, seed=spec.seed, feedback=feedback),
+            )
             metrics = m.TaskMetrics(
                 loss_first=result.losses[0],
                 loss_last=result.losses[-1],
@@ -163,7 +173,15 @@ class Worker:
                 compute_s=result.compute_s,
                 steps=len(result.losses),
             )
-            self._submit(transport, task, payload, metrics)
+            try:
+                accepted = self._submit(transport, task, payload, digest, size, metrics)
+            finally:
+                payload.unlink(missing_ok=True)
+            if accepted:  # the coordinator has what was sent: the rest is the new residual
+                feedback.commit()
+                self._feedback.save(task.job_id, feedback)
+            else:
+                feedback.discard()
             logger.info(
                 "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, fetch %.1fs, "
                 "compute %.1fs, %.1f KB up",
@@ -175,7 +193,7 @@ class Worker:
                 metrics.tokens,
                 fetch_s,
                 result.compute_s,
-                len(payload) / 1e3,
+                size / 1e3,
             )
         except InnerLoopInterrupted as exc:
             if self._revoked.is_set():
@@ -206,10 +224,29 @@ class Worker:
 
         return on_step
 
+    def _spool(self, task: m.Task, pieces: Iterator[bytes]) -> tuple[Path, str, int]:
+        """Write an encoded result to the outbox, hashing as it goes; (path, digest, size)."""
+        self._outbox.mkdir(parents=True, exist_ok=True)
+        path = self._outbox / f"{hashlib.sha256(task.task_id.encode()).hexdigest()[:32]}.payload"
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("wb") as out:
+            for piece in pieces:
+                out.write(piece)
+                digest.update(piece)
+                size += len(piece)
+        return path, digest.hexdigest(), size
+
     def _submit(
-        self, transport: Transport, task: m.Task, payload: bytes, metrics: m.TaskMetrics
-    ) -> None:
-        digest = hashlib.sha256(payload).hexdigest()
+        self,
+        transport: Transport,
+        task: m.Task,
+        payload: Path,
+        digest: str,
+        size: int,
+        metrics: m.TaskMetrics,
+    ) -> bool:
+        """Send a result; True if the coordinator accepted it."""
         signature = self._key.sign(m.result_signing_bytes(task.task_id, digest, metrics))
 
         def attempt(session: m.Session) -> m.SubmitResultResponse:
@@ -218,7 +255,7 @@ class Worker:
                 task_id=task.task_id,
                 metrics=metrics,
                 payload_sha256=digest,
-                payload_size=len(payload),
+                payload_size=size,
                 signature=signature,
             )
             return transport.submit_result(header, payload, CHUNK_BYTES, timeout_s=300.0)
@@ -238,6 +275,7 @@ class Worker:
             self.stats.tokens += metrics.tokens
         else:
             logger.info("task %s: %s", task.task_id, response.message)
+        return response.accepted
 
     def _hand_back(
         self, transport: Transport, task: m.Task, kind: m.FailureKind, message: str

@@ -1,6 +1,7 @@
 """Codecs for updates and activations, error feedback, and the streaming wire payload."""
 
 from swarm.compression.chains import CHAIN_PRESETS, Chain, EncodedTensor, parse_chain
+from swarm.compression.deltas import apply_delta, make_delta
 from swarm.compression.feedback import ErrorFeedback
 from swarm.compression.payload import (
     decode_payload,
@@ -32,10 +33,12 @@ __all__ = [
     "TopK",
     "TransformStage",
     "ValueStage",
+    "apply_delta",
     "decode_payload",
     "encode_payload",
     "encode_stream",
     "iter_payload",
+    "make_delta",
     "parse_chain",
     "payload_size_bound",
     "random_subset_mask",

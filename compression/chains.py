@@ -186,7 +186,8 @@ class Chain:
         sizes = self.part_sizes(shape, metas)
         if raw_bytes != sum(sizes):
             raise CompressionError(
-                f"{self.spec}: the record declares {raw_bytes} raw bytes, its stages need {sum(sizes)}"
+                f"{self.spec}: the record declares {raw_bytes} raw bytes, "
+                f"its stages need {sum(sizes)}"
             )
         if zstd:
             if not self.zstd:

@@ -112,7 +112,8 @@ class PowerSGD(TransformStage):
             return 0.0
         p, q = self._factors(x, shape, seed, dict(state))
         inner = torch.cat([p.reshape(-1), q.reshape(-1)])
-        # With e = ||[P^;Q^] - [P;Q]||: ||P^Q^T - PQ^T|| <= e ||Q^|| + ||P|| e <= e(||Q|| + e + ||P||).
+        # With e = ||[P^;Q^] - [P;Q]||:
+        # ||P^Q^T - PQ^T|| <= e ||Q^|| + ||P|| e <= e (||Q|| + e + ||P||).
         e = rest(inner)
         norm_p = float(torch.linalg.vector_norm(p.double()))
         norm_q = float(torch.linalg.vector_norm(q.double()))

@@ -12,10 +12,12 @@ can be stored as a blob between rounds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import BinaryIO
 
 import torch
 
+from swarm.compression import CompressionPolicy, iter_payload
 from swarm.protocol.errors import ConfigError
 
 
@@ -38,6 +40,29 @@ def weighted_average(
         )
         for name in names
     }
+
+
+def average_payloads(
+    sources: Sequence[tuple[Callable[[], BinaryIO], float]],
+    shapes: Mapping[str, tuple[int, ...]],
+    policy: CompressionPolicy,
+) -> dict[str, torch.Tensor]:
+    """Weighted average of encoded updates, decoded one tensor at a time.
+
+    `sources` pairs a function that opens an update payload with its weight. Only the sum and
+    one decoded tensor are in memory at once, however many updates a round has.
+    """
+    if not sources:
+        raise ConfigError("need at least one update to average")
+    total = float(sum(w for _, w in sources))
+    if total <= 0:
+        raise ConfigError("the weights of the updates sum to zero")
+    average = {name: torch.zeros(shape) for name, shape in shapes.items()}
+    for open_source, weight in sources:
+        with open_source() as source:
+            for name, tensor in iter_payload(source, shapes, policy):
+                average[name].add_(tensor, alpha=weight / total)
+    return average
 
 
 def nesterov_step(

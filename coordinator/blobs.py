@@ -14,6 +14,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from swarm.protocol.errors import (
     IntegrityError,
@@ -107,6 +108,13 @@ class BlobStore:
     def read(self, sha256: str) -> bytes:
         try:
             return self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {sha256} is not in this coordinator's store") from None
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob as a binary file object, for decoders that read it piece by piece."""
+        try:
+            return self.path(sha256).open("rb")
         except FileNotFoundError:
             raise NotFoundError(f"blob {sha256} is not in this coordinator's store") from None
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,8 @@ import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from swarm.compression import decode_payload
-from swarm.coordinator.aggregation import nesterov_step, weighted_average
+from swarm.compression import make_delta
+from swarm.coordinator.aggregation import average_payloads, nesterov_step
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.storage import Database, Event, Job, Lease, Round, Task, Worker
 from swarm.models import (
@@ -44,6 +46,17 @@ from swarm.scheduler import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Version:
+    """The blobs of one published version."""
+
+    params_sha256: str
+    momentum_sha256: str | None = None
+    worker_params_sha256: str | None = None
+    delta_sha256: str | None = None
+    delta_bytes: int | None = None
+
+
 def evaluate_version(model: torch.nn.Module, heldout: np.ndarray, seq_len: int) -> float:
     return evaluate_loss(model, heldout, seq_len, batch_size=16, max_batches=8)
 
@@ -60,16 +73,10 @@ class RoundService:
         check_job_move(JobStatus(job.status), JobStatus.RUNNING)
         job.status = JobStatus.RUNNING.value
         job.started_at = now
-        self.open_round(session, job, 0, params_sha256, None, now)
+        self.open_round(session, job, 0, Version(params_sha256=params_sha256), now)
 
     def open_round(
-        self,
-        session: Session,
-        job: Job,
-        index: int,
-        params_sha256: str,
-        momentum_sha256: str | None,
-        now: float,
+        self, session: Session, job: Job, index: int, version: Version, now: float
     ) -> Round:
         spec = JobSpec(**job.spec)
         online = (
@@ -85,8 +92,11 @@ class RoundService:
             job_id=job.id,
             index=index,
             status=RoundStatus.OPEN.value,
-            params_sha256=params_sha256,
-            momentum_sha256=momentum_sha256,
+            params_sha256=version.params_sha256,
+            momentum_sha256=version.momentum_sha256,
+            worker_params_sha256=version.worker_params_sha256 or version.params_sha256,
+            delta_sha256=version.delta_sha256,
+            delta_bytes=version.delta_bytes,
             num_tasks=num_tasks,
             opened_at=now,
             tokens=0,
@@ -168,13 +178,12 @@ class RoundService:
         spec = JobSpec(**job.spec)
         try:
             new_params, new_momentum, eval_loss = self._outer_step(job, spec, round_, tasks)
-            params_sha = self._blobs.put_bytes(state_to_bytes(new_params))
-            momentum_sha = self._blobs.put_bytes(state_to_bytes(new_momentum))
+            version = self._publish(spec, round_, new_params, new_momentum)
         except Exception as exc:  # a platform fault: fail the job loudly, never strand the round
             logger.exception("job %s round %d: the outer step failed", job.id, round_.index)
             self._fail_job(round_id, f"the outer step of round {round_.index} failed: {exc}")
             return True
-        self._commit_round(round_id, tasks, eval_loss, params_sha, momentum_sha)
+        self._commit_round(round_id, tasks, eval_loss, version)
         logger.info(
             "job %s round %d closed in %.2fs: held-out loss %.4f",
             job.id,
@@ -203,8 +212,17 @@ class RoundService:
         self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
         shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
-        updates = [decode_payload(self._blobs.read(t.result_sha256 or ""), shapes) for t in tasks]
-        weights = [float((t.metrics or {}).get("tokens", 1)) for t in tasks]
+        average = average_payloads(
+            [
+                (
+                    partial(self._blobs.open, t.result_sha256 or ""),
+                    float((t.metrics or {}).get("tokens", 1)),
+                )
+                for t in tasks
+            ],
+            shapes,
+            spec.update_policy(),
+        )
         params = state_from_bytes(self._blobs.read(round_.params_sha256))
         momentum = (
             state_from_bytes(self._blobs.read(round_.momentum_sha256))
@@ -213,7 +231,7 @@ class RoundService:
         )
         new_params, new_momentum = nesterov_step(
             params,
-            weighted_average(updates, weights),
+            average,
             momentum,
             lr=spec.outer_lr,
             momentum=spec.outer_momentum,
@@ -224,6 +242,27 @@ class RoundService:
             eval_loss = evaluate_version(model, heldout, spec.seq_len)
         return new_params, new_momentum, eval_loss
 
+    def _publish(
+        self,
+        spec: JobSpec,
+        round_: Round,
+        params: dict[str, torch.Tensor],
+        momentum: dict[str, torch.Tensor],
+    ) -> Version:
+        """Store the next version and the broadcast delta workers of this version apply."""
+        held_sha = round_.worker_params_sha256 or round_.params_sha256
+        held = state_from_bytes(self._blobs.read(held_sha))
+        delta, worker_params = make_delta(
+            held, params, spec.broadcast_policy(), seed=task_seed(spec.seed, round_.index + 1, 0)
+        )
+        return Version(
+            params_sha256=self._blobs.put_bytes(state_to_bytes(params)),
+            momentum_sha256=self._blobs.put_bytes(state_to_bytes(momentum)),
+            worker_params_sha256=self._blobs.put_bytes(state_to_bytes(worker_params)),
+            delta_sha256=self._blobs.put_bytes(delta),
+            delta_bytes=len(delta),
+        )
+
     def _job_model(self, job: Job) -> tuple[torch.nn.Module, np.ndarray]:
         if job.id not in self._models:
             config = config_from_bytes(self._blobs.read(job.model_config_sha256))
@@ -233,7 +272,7 @@ class RoundService:
         return self._models[job.id]
 
     def _commit_round(
-        self, round_id: int, tasks: list[Task], eval_loss: float, params_sha: str, momentum_sha: str
+        self, round_id: int, tasks: list[Task], eval_loss: float, version: Version
     ) -> None:
         now = time.time()
         with self._db.transaction() as session:
@@ -276,7 +315,7 @@ class RoundService:
             if round_.index + 1 >= spec.num_rounds:
                 job.status = JobStatus.SUCCEEDED.value
                 job.finished_at = now
-                job.result_params_sha256 = params_sha
+                job.result_params_sha256 = version.params_sha256
                 session.add(
                     Event(
                         job_id=job.id,
@@ -290,7 +329,7 @@ class RoundService:
                 with self._models_lock:
                     self._models.pop(job.id, None)
             else:
-                self.open_round(session, job, round_.index + 1, params_sha, momentum_sha, now)
+                self.open_round(session, job, round_.index + 1, version, now)
 
 
 def round_summary(round_: Round) -> dict[str, Any]:
@@ -305,6 +344,7 @@ def round_summary(round_: Round) -> dict[str, Any]:
         "bytes_down": round_.bytes_down,
         "num_clients": round_.num_clients,
         "num_tasks": round_.num_tasks,
+        "delta_bytes": round_.delta_bytes,
         "opened_at": round_.opened_at,
         "closed_at": round_.closed_at,
     }

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from swarm.compression import decode_payload
+from swarm.compression import CompressionPolicy, iter_payload
 from swarm.coordinator.blobs import BlobStore, check_sha256
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry, verify_signature
@@ -115,7 +115,7 @@ class WorkerServicer:
                 max_bytes=submission.max_bytes,
                 expected_sha256=header.payload_sha256,
                 expected_size=header.payload_size,
-                check=lambda path: _check_payload(path, submission.param_shapes),
+                check=lambda path: _check_payload(path, submission.param_shapes, submission.policy),
             )
         except SwarmError:
             self.count("results_rejected")
@@ -132,5 +132,10 @@ class WorkerServicer:
         return m.ReportFailureResponse()
 
 
-def _check_payload(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    decode_payload(path.read_bytes(), shapes)
+def _check_payload(
+    path: Path, shapes: dict[str, tuple[int, ...]], policy: CompressionPolicy
+) -> None:
+    """Decode the whole payload once, one tensor at a time, so nothing bad is ever stored."""
+    with path.open("rb") as source:
+        for _ in iter_payload(source, shapes, policy):
+            pass

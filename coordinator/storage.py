@@ -92,7 +92,13 @@ class Round(Base):
     index: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)
     params_sha256: Mapped[str] = mapped_column(String(64))
+    """The coordinator's parameters of this version (what the outer step updates)."""
     momentum_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_params_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """What workers train from: the previous version's plus the decoded broadcast delta. It
+    differs from `params_sha256` by the coordinator's broadcast residual (None: identical)."""
+    delta_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    delta_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     num_tasks: Mapped[int] = mapped_column(Integer)
     opened_at: Mapped[float] = mapped_column(Float)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)

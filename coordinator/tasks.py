@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from swarm.compression import payload_size_bound
+from swarm.compression import CompressionPolicy, payload_size_bound
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import (
@@ -39,6 +39,8 @@ from swarm.scheduler import (
 logger = logging.getLogger(__name__)
 
 CANDIDATES_PER_LEASE = 64
+# How many versions back a worker may be and still catch up from deltas, not full parameters.
+MAX_PARAM_DELTAS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +50,7 @@ class Submission:
     task_id: str
     job_id: str
     param_shapes: dict[str, tuple[int, ...]]
-    codec: str
+    policy: CompressionPolicy
     max_bytes: int
     decided: str | None = None
     """Why the result will be ignored (already accepted, round closed), if it will."""
@@ -158,7 +160,7 @@ class TaskService:
             max_result_bytes=_max_result_bytes(job, spec),
             train=m.TrainTask(
                 model_config_sha256=job.model_config_sha256,
-                params_sha256=round_.params_sha256,
+                params_sha256=round_.worker_params_sha256 or round_.params_sha256,
                 tokens_sha256=job.shard_sha256s[task.shard_index],
                 inner_steps=spec.inner_steps,
                 batch_size=spec.batch_size,
@@ -168,7 +170,9 @@ class TaskService:
                 max_grad_norm=spec.max_grad_norm,
                 warmup_steps=spec.warmup_steps,
                 seed=task.seed,
-                codec=spec.codec,
+                update_policy=m.CompressionPolicy(**spec.update_policy().to_dict()),
+                broadcast_policy=m.CompressionPolicy(**spec.broadcast_policy().to_dict()),
+                param_deltas=_param_deltas(session, round_),
             ),
         )
 
@@ -290,7 +294,7 @@ class TaskService:
                 task_id=task.id,
                 job_id=job.id,
                 param_shapes={n: tuple(s) for n, s in job.param_shapes.items()},
-                codec=spec.codec,
+                policy=spec.update_policy(),
                 max_bytes=limit,
                 decided=_ignore_reason(task, session.get_one(Round, task.round_id), job),
             )
@@ -358,4 +362,33 @@ def _active_lease(session: Session, task_id: str, worker_id: str) -> Lease | Non
 
 
 def _max_result_bytes(job: Job, spec: JobSpec) -> int:
-    return payload_size_bound({n: tuple(s) for n, s in job.param_shapes.items()}, spec.codec)
+    return payload_size_bound(
+        {n: tuple(s) for n, s in job.param_shapes.items()}, spec.update_policy()
+    )
+
+
+def _param_deltas(session: Session, round_: Round) -> list[m.ParamDelta]:
+    """The deltas of the last `MAX_PARAM_DELTAS` versions up to this round's, oldest first."""
+    rounds = session.scalars(
+        select(Round)
+        .where(
+            Round.job_id == round_.job_id,
+            Round.index > round_.index - MAX_PARAM_DELTAS,
+            Round.index <= round_.index,
+        )
+        .order_by(Round.index)
+    )
+    deltas = [
+        m.ParamDelta(
+            version=r.index,
+            delta_sha256=r.delta_sha256,
+            size_bytes=r.delta_bytes or 0,
+            params_sha256=r.worker_params_sha256 or r.params_sha256,
+        )
+        for r in rounds
+        if r.delta_sha256
+    ]
+    # Only an unbroken run ending at this version is useful to a worker.
+    while deltas and deltas[0].version != round_.index - len(deltas) + 1:
+        deltas.pop(0)
+    return deltas

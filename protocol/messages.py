@@ -80,6 +80,21 @@ class LeaseTaskRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CompressionPolicy:
+    chain: str
+    small_chain: str
+    small_elements: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParamDelta:
+    version: int
+    delta_sha256: str
+    size_bytes: int
+    params_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainTask:
     model_config_sha256: str
     params_sha256: str
@@ -92,7 +107,9 @@ class TrainTask:
     max_grad_norm: float
     warmup_steps: int
     seed: int
-    codec: str
+    update_policy: CompressionPolicy
+    broadcast_policy: CompressionPolicy
+    param_deltas: list[ParamDelta] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,7 +193,9 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _dataclass_in(hint: Any) -> type | None:
-    """The dataclass inside `X` or `X | None`, if any."""
+    """The dataclass inside `X` or `X | None`, if any (not inside `list[X]`)."""
+    if typing.get_origin(hint) is list:
+        return None
     candidates = typing.get_args(hint) or (hint,)
     for candidate in candidates:
         if dataclasses.is_dataclass(candidate):
@@ -194,6 +213,11 @@ def to_proto(obj: Any, message_cls: type[Message]) -> Message:
         if dataclasses.is_dataclass(value):
             nested_cls = type(getattr(message, f.name))
             getattr(message, f.name).CopyFrom(to_proto(value, nested_cls))
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            repeated = getattr(message, f.name)
+            for item in value:
+                element = repeated.add()
+                element.CopyFrom(to_proto(item, type(element)))
         elif isinstance(value, list):
             getattr(message, f.name).extend(value)
         else:
@@ -216,7 +240,10 @@ def from_proto(message: Message, cls: type[T]) -> T:
             raw = getattr(message, name)
             kwargs[name] = hint(raw) if raw in hint._value2member_map_ else hint(0)
         elif typing.get_origin(hint) is list:
-            kwargs[name] = list(getattr(message, name))
+            (item_hint,) = typing.get_args(hint)
+            item_cls = _dataclass_in(item_hint)
+            items = getattr(message, name)
+            kwargs[name] = [from_proto(i, item_cls) for i in items] if item_cls else list(items)
         else:
             kwargs[name] = getattr(message, name)
     return cls(**kwargs)

@@ -7,8 +7,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from swarm.compression import CODECS
-from swarm.protocol.errors import ConfigError, SchedulingError
+from swarm.compression import CompressionPolicy, parse_chain
+from swarm.protocol.errors import CompressionError, ConfigError, SchedulingError
 
 
 class JobStatus(str, enum.Enum):
@@ -95,7 +95,14 @@ class JobSpec:
         max_clients: train tasks per round at most, however many workers are online.
         num_shards: contiguous shards the training tokens are split into.
         heldout_fraction: tail of the text kept for held-out evaluation.
-        codec: how workers encode pseudo-gradients.
+        codec: the codec chain for pseudo-gradients of large tensors: a preset (`none`, `fp16`,
+            `bf16`, `int8`, `int4`, `topk`, `cocktail`, `powersgd`) or a chain such as
+            `topk:0.05+int8+zstd` (see `swarm.compression.chains`).
+        small_tensor_codec: the chain for norms, biases and other tensors under
+            `small_tensor_elements` elements.
+        small_tensor_elements: the size under which a tensor counts as small.
+        broadcast_codec: the chain for the deltas between published versions that workers
+            download instead of the full parameters (small tensors travel as fp32).
         seed: seeds model init, data order and every task.
     """
 
@@ -115,7 +122,10 @@ class JobSpec:
     max_clients: int = 64
     num_shards: int = 16
     heldout_fraction: float = 0.05
-    codec: str = "fp16"
+    codec: str = "int8"
+    small_tensor_codec: str = "fp16"
+    small_tensor_elements: int = 4096
+    broadcast_codec: str = "int8+zstd"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +144,7 @@ class JobSpec:
             "max_clients": (1, 10_000),
             "num_shards": (1, 100_000),
             "heldout_fraction": (0.001, 0.5),
+            "small_tensor_elements": (0, 2**40),
             "seed": (0, 2**63 - 1),
         }
         for name, (low, high) in limits.items():
@@ -151,8 +162,11 @@ class JobSpec:
                 raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
             if f.type == "str" and not isinstance(value, str):
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
-        if self.codec not in CODECS:
-            raise ConfigError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
+        for name in ("codec", "small_tensor_codec", "broadcast_codec"):
+            try:
+                parse_chain(getattr(self, name))
+            except CompressionError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
         if self.warmup_steps > self.inner_steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must not exceed inner_steps "
@@ -174,3 +188,19 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def update_policy(self) -> CompressionPolicy:
+        """How workers encode pseudo-gradients."""
+        return CompressionPolicy(
+            chain=self.codec,
+            small_chain=self.small_tensor_codec,
+            small_elements=self.small_tensor_elements,
+        )
+
+    def broadcast_policy(self) -> CompressionPolicy:
+        """How the coordinator encodes deltas between versions (small tensors exactly)."""
+        return CompressionPolicy(
+            chain=self.broadcast_codec,
+            small_chain="fp32",
+            small_elements=self.small_tensor_elements,
+        )

@@ -26,6 +26,7 @@ MICRO_SPEC = JobSpec(
     seq_len=16,
     min_clients=2,
     num_shards=4,
+    codec="fp16",
 )
 """The smallest job the coordinator runs: 2 rounds of 2 tasks of 64 tokens each."""
 

@@ -94,8 +94,30 @@ class LeaseTaskRequest(_message.Message):
     session: Session
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
 
+class CompressionPolicy(_message.Message):
+    __slots__ = ("chain", "small_chain", "small_elements")
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    SMALL_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    SMALL_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    chain: str
+    small_chain: str
+    small_elements: int
+    def __init__(self, chain: _Optional[str] = ..., small_chain: _Optional[str] = ..., small_elements: _Optional[int] = ...) -> None: ...
+
+class ParamDelta(_message.Message):
+    __slots__ = ("version", "delta_sha256", "size_bytes", "params_sha256")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELTA_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    delta_sha256: str
+    size_bytes: int
+    params_sha256: str
+    def __init__(self, version: _Optional[int] = ..., delta_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
+
 class TrainTask(_message.Message):
-    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "codec")
+    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas")
     MODEL_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     TOKENS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +129,9 @@ class TrainTask(_message.Message):
     MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    CODEC_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PARAM_DELTAS_FIELD_NUMBER: _ClassVar[int]
     model_config_sha256: str
     params_sha256: str
     tokens_sha256: str
@@ -119,8 +143,10 @@ class TrainTask(_message.Message):
     max_grad_norm: float
     warmup_steps: int
     seed: int
-    codec: str
-    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., codec: _Optional[str] = ...) -> None: ...
+    update_policy: CompressionPolicy
+    broadcast_policy: CompressionPolicy
+    param_deltas: _containers.RepeatedCompositeFieldContainer[ParamDelta]
+    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("task_id", "job_id", "round", "version", "lease_deadline_unix_s", "max_result_bytes", "train")

@@ -102,7 +102,7 @@ def make_payload(shapes: dict[str, tuple[int, ...]], seed: int = 0, scale: float
     tensors = {
         name: torch.randn(shape, generator=generator) * scale for name, shape in shapes.items()
     }
-    return encode_payload(tensors, "fp16")
+    return encode_payload(tensors, MICRO_SPEC.update_policy())
 
 
 def sha256_hex(data: bytes) -> str:
@@ -640,7 +640,7 @@ def _corrupt_payloads(shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, byt
         ("empty", b"", "too short"),
         ("wrong shape", make_payload(transposed), f"tensor {first}: shape"),
         ("missing tensor", make_payload(missing), f"missing ['{names[-1]}']"),
-        ("NaN", encode_payload(nan, "fp16"), f"tensor {first} contains NaN"),
+        ("NaN", encode_payload(nan, MICRO_SPEC.update_policy()), f"tensor {first} contains NaN"),
         (
             "body does not match its checksum",
             honest[:-1] + bytes([honest[-1] ^ 0x01]),

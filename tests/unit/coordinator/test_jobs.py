@@ -69,7 +69,7 @@ class Coordinator:
         """Lease a task as `worker_id` and submit `gradient` as its pseudo-gradient."""
         response = self.tasks.lease(worker_id, now=time.time() + 3600)
         assert response.task is not None, response.reason
-        payload = encode_payload(gradient, "fp16")
+        payload = encode_payload(gradient, SPEC.update_policy())
         sha = self.blobs.put_bytes(payload)
         header = m.ResultHeader(
             session=m.Session(worker_id=worker_id, token=b""),
@@ -220,7 +220,7 @@ def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None
     assert task is not None
     assert (task.round, task.version) == (1, 1)
     assert task.train is not None
-    assert task.train.params_sha256 == round_1.params_sha256
+    assert task.train.params_sha256 == round_1.worker_params_sha256
 
 
 def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator) -> None:

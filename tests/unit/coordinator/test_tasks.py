@@ -29,7 +29,7 @@ from swarm.protocol.errors import (
     ProtocolError,
 )
 from swarm.protocol.version import PROTOCOL_VERSION
-from swarm.scheduler import LeasePolicy
+from swarm.scheduler import JobSpec, LeasePolicy
 from tests.conftest import MICRO_SPEC
 
 SPEC = MICRO_SPEC
@@ -87,7 +87,8 @@ class Coordinator:
     ) -> m.ResultHeader:
         """Store a valid fp16 pseudo-gradient for the job and describe it."""
         payload = encode_payload(
-            {n: torch.full(tuple(s), fill) for n, s in self.job.param_shapes.items()}, "fp16"
+            {n: torch.full(tuple(s), fill) for n, s in self.job.param_shapes.items()},
+            JobSpec(**self.job.spec).update_policy(),
         )
         sha = self.blobs.put_bytes(payload)
         return m.ResultHeader(
@@ -154,11 +155,14 @@ def test_two_workers_get_distinct_tasks_of_round_zero(coordinator: Coordinator) 
     assert first.round == second.round == 0
     assert first.train is not None and second.train is not None
     assert first.train.tokens_sha256 != second.train.tokens_sha256
-    assert first.train.params_sha256 == coordinator.round(0).params_sha256
+    assert first.train.params_sha256 == coordinator.round(0).worker_params_sha256
     assert first.train.tokens_sha256 in coordinator.job.shard_sha256s
     assert first.train.model_config_sha256 == coordinator.job.model_config_sha256
     assert (first.train.inner_steps, first.train.batch_size, first.train.seq_len) == (2, 2, 16)
-    assert first.train.codec == "fp16"
+    assert first.train.update_policy == m.CompressionPolicy(
+        chain="fp16", small_chain="fp16", small_elements=4096
+    )
+    assert first.train.param_deltas == []  # version 0 has no predecessor
     assert first.max_result_bytes > 0
     assert coordinator.task(first.task_id).status == "leased"
     assert coordinator.task(first.task_id).worker_id == w1
@@ -437,7 +441,7 @@ def test_check_submission_describes_the_task(coordinator: Coordinator) -> None:
     submission = coordinator.tasks.check_submission(w1, header)
     assert submission.task_id == task_id
     assert submission.job_id == coordinator.job.id
-    assert submission.codec == "fp16"
+    assert submission.policy.chain == "fp16"
     assert submission.param_shapes == {n: tuple(s) for n, s in coordinator.job.param_shapes.items()}
     assert header.payload_size <= submission.max_bytes
     assert submission.decided is None

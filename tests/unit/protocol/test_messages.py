@@ -36,6 +36,8 @@ _INT_RANGES = {
 
 
 def _nested_dataclass(hint: Any) -> type | None:
+    if typing.get_origin(hint) is list:
+        return None
     for candidate in typing.get_args(hint) or (hint,):
         if dataclasses.is_dataclass(candidate):
             return candidate
@@ -71,7 +73,9 @@ def instances(cls: type) -> st.SearchStrategy[Any]:
             if type(None) in typing.get_args(hint):
                 strategy = st.none() | strategy
         elif typing.get_origin(hint) is list:
-            strategy = st.lists(_scalar(descriptor, typing.get_args(hint)[0]), max_size=4)
+            (item,) = typing.get_args(hint)
+            items = instances(item) if dataclasses.is_dataclass(item) else _scalar(descriptor, item)
+            strategy = st.lists(items, max_size=4)
         else:
             strategy = _scalar(descriptor, hint)
         kwargs[name] = strategy
@@ -116,7 +120,15 @@ def _train_task() -> m.TrainTask:
         max_grad_norm=1.0,
         warmup_steps=2,
         seed=2**63 - 1,
-        codec="fp16",
+        update_policy=m.CompressionPolicy(
+            chain="int8:block=64", small_chain="fp16", small_elements=4096
+        ),
+        broadcast_policy=m.CompressionPolicy(
+            chain="int8:block=64+zstd", small_chain="fp32", small_elements=4096
+        ),
+        param_deltas=[
+            m.ParamDelta(version=3, delta_sha256="d" * 64, size_bytes=123, params_sha256="e" * 64)
+        ],
     )
 
 
@@ -158,7 +170,8 @@ def test_train_spec_with_all_default_values_is_still_present() -> None:
         max_grad_norm=0.0,
         warmup_steps=0,
         seed=0,
-        codec="",
+        update_policy=m.CompressionPolicy(chain="", small_chain="", small_elements=0),
+        broadcast_policy=m.CompressionPolicy(chain="", small_chain="", small_elements=0),
     )
     assert wire_round_trip(_task(empty)).train == empty
 

@@ -1,0 +1,115 @@
+"""The parameter versions a worker holds, and catching up to a new one from deltas.
+
+A task names the version to train from by digest and lists the deltas of the last few versions.
+A worker that holds one of them (in memory, or rebuilt earlier and kept in the blob cache, so a
+restart does not lose it) downloads only the deltas after it, applies them exactly as the
+coordinator did, and checks the digest of the result; anything else falls back to downloading
+the full parameters. Superseded versions of a job leave the cache as new ones arrive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import torch
+
+from swarm.client.cache import BlobCache
+from swarm.client.transport import Transport
+from swarm.compression import CompressionPolicy, apply_delta
+from swarm.models import state_from_bytes, state_to_bytes
+from swarm.protocol import messages as m
+from swarm.protocol.errors import CompressionError, SwarmError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class VersionStats:
+    full_downloads: int = 0
+    delta_catch_ups: int = 0
+    delta_failures: int = 0
+
+
+class VersionStore:
+    def __init__(self, cache: BlobCache) -> None:
+        self._cache = cache
+        self._held: dict[str, tuple[int, str, dict[str, torch.Tensor]]] = {}
+        self.stats = VersionStats()
+
+    def params(self, task: m.Task, transport: Transport) -> dict[str, torch.Tensor]:
+        """The trainable parameters `task` starts from."""
+        assert task.train is not None
+        spec = task.train
+        held = self._held.get(task.job_id)
+        if held is not None and held[1] == spec.params_sha256:
+            return held[2]
+        state = self._catch_up(task, transport)
+        if state is None:
+            state = state_from_bytes(self._cache.get(spec.params_sha256, transport))
+            self.stats.full_downloads += 1
+        self._forget_older(task)
+        self._held = {task.job_id: (task.version, spec.params_sha256, state)}
+        return state
+
+    def _catch_up(self, task: m.Task, transport: Transport) -> dict[str, torch.Tensor] | None:
+        assert task.train is not None
+        deltas = task.train.param_deltas
+        if not deltas or deltas[-1].params_sha256 != task.train.params_sha256:
+            return None
+        start = self._starting_point(task.job_id, deltas)
+        if start is None:
+            return None
+        index, state = start
+        policy = CompressionPolicy(**dataclasses.asdict(task.train.broadcast_policy))
+        try:
+            for delta in deltas[index:]:
+                state = apply_delta(state, self._cache.get(delta.delta_sha256, transport), policy)
+            data = state_to_bytes(state)
+            if hashlib.sha256(data).hexdigest() != task.train.params_sha256:
+                raise CompressionError("the rebuilt version does not match its digest")
+        except SwarmError as exc:
+            logger.warning(
+                "task %s: could not catch up to version %d from deltas (%s); downloading it",
+                task.task_id,
+                task.version,
+                exc,
+            )
+            self.stats.delta_failures += 1
+            return None
+        self._cache.put(data)
+        self.stats.delta_catch_ups += 1
+        logger.info(
+            "task %s: caught up to version %d with %d delta(s), %.1f KB",
+            task.task_id,
+            task.version,
+            len(deltas) - index,
+            sum(d.size_bytes for d in deltas[index:]) / 1e3,
+        )
+        return state
+
+    def _starting_point(
+        self, job_id: str, deltas: list[m.ParamDelta]
+    ) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """Index of the first delta to apply, and the state it applies to."""
+        held = self._held.get(job_id)
+        if held is not None and held[0] == deltas[0].version - 1:
+            return 0, held[2]
+        for i in range(len(deltas) - 2, -1, -1):
+            known = self._held.get(job_id)
+            if known is not None and known[1] == deltas[i].params_sha256:
+                return i + 1, known[2]
+            if self._cache.has(deltas[i].params_sha256):
+                return i + 1, state_from_bytes(
+                    self._cache.path(deltas[i].params_sha256).read_bytes()
+                )
+        return None
+
+    def _forget_older(self, task: m.Task) -> None:
+        assert task.train is not None
+        held = self._held.get(task.job_id)
+        if held is not None and held[1] != task.train.params_sha256:
+            self._cache.discard(held[1])
+        for delta in task.train.param_deltas[:-1]:
+            self._cache.discard(delta.params_sha256)
