@@ -20,7 +20,14 @@ import zstandard
 from swarm.compression.powersgd import PowerSGD
 from swarm.compression.quantization import BlockQuant, Cast
 from swarm.compression.sparsification import RandomK, TopK
-from swarm.compression.stages import Meta, TensorState, TransformStage, ValueStage, as_vector
+from swarm.compression.stages import (
+    Buffer,
+    Meta,
+    TensorState,
+    TransformStage,
+    ValueStage,
+    as_vector,
+)
 from swarm.protocol.errors import CompressionError
 
 CHAIN_PRESETS: dict[str, str] = {
@@ -139,7 +146,7 @@ class Chain:
         state = {} if state is None else state
         shape: tuple[int, ...] = tuple(tensor.shape)
         metas: list[Meta] = []
-        parts: list[bytes] = []
+        parts: list[Buffer] = []
         for i, stage in enumerate(self.transforms):
             x, own, meta = stage.encode(x, shape, _stage_seed(seed, i), state)
             shape = (x.numel(),)
@@ -199,9 +206,11 @@ class Chain:
             raw = body
         if zlib.crc32(raw) != crc:
             raise CompressionError(f"{self.spec}: checksum mismatch (corrupt tensor data)")
-        parts, offset = [], 0
+        parts: list[Buffer] = []
+        offset = 0
+        view = memoryview(raw)
         for size in sizes:
-            parts.append(raw[offset : offset + size])
+            parts.append(view[offset : offset + size])
             offset += size
         numels = [_numel(shape)]
         inner_shapes = [shape]

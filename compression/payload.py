@@ -26,7 +26,7 @@ import torch
 
 from swarm.compression.feedback import ErrorFeedback
 from swarm.compression.policy import CompressionPolicy
-from swarm.compression.stages import TensorState
+from swarm.compression.stages import TensorState, all_finite
 from swarm.protocol.errors import CompressionError
 
 MAGIC = b"SWPL"
@@ -76,7 +76,7 @@ def encode_stream(
         tensor = tensors[name]
         shape = tuple(tensor.shape)
         chain = policy.chain_for(shape)
-        if not torch.isfinite(tensor).all():
+        if not all_finite(tensor):
             raise CompressionError(f"tensor {name} contains NaN or infinite values")
         if feedback is None or chain.lossless:
             encoded = chain.encode(tensor, seed=tensor_seed(seed, index))
@@ -99,7 +99,8 @@ def encode_stream(
                 "crc32": encoded.crc32,
             }
         )
-        yield _LENGTH.pack(len(record)) + record + encoded.body
+        yield _LENGTH.pack(len(record)) + record
+        yield encoded.body
     if feedback is not None:
         feedback.stage(residuals, states)
 
@@ -226,7 +227,7 @@ def iter_payload(
             tensor = chain.decode(shape, record.get("meta"), zstd, raw, crc, body)  # type: ignore[arg-type]
         except CompressionError as exc:
             raise CompressionError(f"tensor {name}: {exc}") from None
-        if not torch.isfinite(tensor).all():
+        if not all_finite(tensor):
             raise CompressionError(f"tensor {name} contains NaN or infinite values")
         yield name, tensor
     if not reader.at_end():

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from swarm.compression.stages import Meta, RestBound, TensorState, TransformStage, meta_int
+from swarm.compression.stages import Buffer, Meta, RestBound, TensorState, TransformStage, meta_int
 from swarm.protocol.errors import CompressionError
 
 
@@ -63,7 +63,7 @@ class PowerSGD(TransformStage):
 
     def encode(
         self, x: torch.Tensor, shape: tuple[int, ...], seed: int, state: TensorState
-    ) -> tuple[torch.Tensor, list[bytes], Meta]:
+    ) -> tuple[torch.Tensor, list[Buffer], Meta]:
         rows, cols = matrix_dims(shape, x.numel())
         p, q = self._factors(x, shape, seed, state)
         # A zero Q would stall the power iteration forever; start afresh next time instead.
@@ -87,7 +87,7 @@ class PowerSGD(TransformStage):
     def decode(
         self,
         inner: torch.Tensor,
-        parts: list[bytes],
+        parts: list[Buffer],
         numel: int,
         shape: tuple[int, ...],
         meta: Meta,

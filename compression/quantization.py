@@ -18,6 +18,7 @@ import torch
 
 from swarm.compression.stages import (
     MAX_SEED,
+    Buffer,
     Meta,
     ValueStage,
     meta_int,
@@ -50,7 +51,7 @@ class Cast(ValueStage):
     def spec(self) -> str:
         return self.dtype
 
-    def encode(self, x: torch.Tensor, seed: int) -> tuple[list[bytes], Meta]:
+    def encode(self, x: torch.Tensor, seed: int) -> tuple[list[Buffer], Meta]:
         wire = _CAST_DTYPES[self.dtype]
         if wire is torch.float32:
             return [tensor_bytes(x)], {}
@@ -66,7 +67,7 @@ class Cast(ValueStage):
     def part_sizes(self, numel: int, meta: Meta) -> list[int]:
         return [numel * _CAST_DTYPES[self.dtype].itemsize]
 
-    def decode(self, parts: list[bytes], numel: int, meta: Meta) -> torch.Tensor:
+    def decode(self, parts: list[Buffer], numel: int, meta: Meta) -> torch.Tensor:
         wire = _CAST_DTYPES[self.dtype]
         return tensor_from_bytes(parts[0], wire, numel).to(torch.float32)
 
@@ -129,19 +130,23 @@ class BlockQuant(ValueStage):
             x = torch.cat([x, x.new_zeros(pad)])
         return x.view(-1, self.block)
 
-    def encode(self, x: torch.Tensor, seed: int) -> tuple[list[bytes], Meta]:
+    def encode(self, x: torch.Tensor, seed: int) -> tuple[list[Buffer], Meta]:
         blocks = self._blocks(x)
-        scale_bits = _scales_bf16_up(blocks.abs().amax(dim=1), self.qmax)
+        scale_bits = _scales_bf16_up(_block_absmax(blocks), self.qmax)
         scales = _scales_to_float(scale_bits).unsqueeze(1)
-        scaled = torch.where(scales > 0, blocks / scales, 0.0)
+        inverse = torch.where(scales > 0, 1.0 / scales, 0.0)
+        if torch.isinf(inverse).any():  # subnormal scales: divide instead of multiplying
+            scaled = torch.where(scales > 0, blocks / scales, 0.0)
+        else:
+            scaled = blocks * inverse
         meta: Meta = {}
         if self.stochastic:
             generator = torch.Generator().manual_seed(seed)
             noise = torch.rand(scaled.shape, generator=generator)
-            codes = torch.floor(scaled + noise)
+            codes = scaled.add_(noise).floor_()
             meta["seed"] = seed
         else:
-            codes = torch.round(scaled)
+            codes = scaled.round_()
         codes = codes.clamp_(-self.qmax, self.qmax).to(torch.int8).reshape(-1)[: x.numel()]
         if self.bits == 4:
             codes = _pack_int4(codes)
@@ -154,7 +159,7 @@ class BlockQuant(ValueStage):
         codes = numel if self.bits == 8 else -(-numel // 2)
         return [2 * num_blocks, codes]
 
-    def decode(self, parts: list[bytes], numel: int, meta: Meta) -> torch.Tensor:
+    def decode(self, parts: list[Buffer], numel: int, meta: Meta) -> torch.Tensor:
         num_blocks = -(-numel // self.block)
         scales = _scales_to_float(tensor_from_bytes(parts[0], torch.int16, num_blocks))
         if not torch.isfinite(scales).all() or (scales < 0).any():
@@ -163,7 +168,9 @@ class BlockQuant(ValueStage):
             codes = tensor_from_bytes(parts[1], torch.int8, numel)
         else:
             codes = _unpack_int4(tensor_from_bytes(parts[1], torch.uint8, -(-numel // 2)), numel)
-        if codes.numel() and int(codes.abs().max()) > self.qmax:
+        if (
+            codes.numel() and int(codes.min()) < -self.qmax
+        ):  # -128 and -8: the only codes out of range
             raise CompressionError(f"{self.spec()}: a code is outside [-{self.qmax}, {self.qmax}]")
         values = self._blocks(codes.to(torch.float32)) * scales.unsqueeze(1)
         return values.reshape(-1)[:numel]
@@ -171,12 +178,17 @@ class BlockQuant(ValueStage):
     def max_abs_errors(self, x: torch.Tensor) -> torch.Tensor:
         """Per-element bound on |x - decode(encode(x))|: half a scale, or a whole one."""
         blocks = self._blocks(x)
-        scales = _scales_to_float(_scales_bf16_up(blocks.abs().amax(dim=1), self.qmax))
+        scales = _scales_to_float(_scales_bf16_up(_block_absmax(blocks), self.qmax))
         per_block = scales * (1.0 if self.stochastic else 0.5) * (1 + 2.0**-20) + _FLOAT32_TINY
         return per_block.repeat_interleave(self.block)[: x.numel()]
 
     def error_bound(self, x: torch.Tensor) -> float:
         return float(torch.linalg.vector_norm(self.max_abs_errors(x).double()))
+
+
+def _block_absmax(blocks: torch.Tensor) -> torch.Tensor:
+    # Two reductions without a temporary beat abs().amax() and vector_norm(inf) several times.
+    return torch.maximum(blocks.amax(dim=1), blocks.amin(dim=1).neg_())
 
 
 def _pack_int4(codes: torch.Tensor) -> torch.Tensor:

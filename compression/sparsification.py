@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from swarm.compression.stages import (
     MAX_SEED,
+    Buffer,
     Meta,
     RestBound,
     TensorState,
@@ -60,7 +62,7 @@ class TopK(TransformStage):
 
     def encode(
         self, x: torch.Tensor, shape: tuple[int, ...], seed: int, state: TensorState
-    ) -> tuple[torch.Tensor, list[bytes], Meta]:
+    ) -> tuple[torch.Tensor, list[Buffer], Meta]:
         k = self.count(x.numel())
         if k == x.numel():
             return x, [], {"k": k, "index": "all"}
@@ -87,7 +89,7 @@ class TopK(TransformStage):
     def decode(
         self,
         inner: torch.Tensor,
-        parts: list[bytes],
+        parts: list[Buffer],
         numel: int,
         shape: tuple[int, ...],
         meta: Meta,
@@ -144,7 +146,7 @@ def _encode_indices(indices: torch.Tensor, numel: int) -> tuple[str, bytes]:
     return coding, tensor_bytes(indices.to(torch.int32))
 
 
-def _decode_indices(coding: str, data: bytes, k: int, numel: int) -> torch.Tensor:
+def _decode_indices(coding: str, data: Buffer, k: int, numel: int) -> torch.Tensor:
     if coding == "bitmap":
         bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=numel, bitorder="little")
         indices = torch.from_numpy(np.flatnonzero(bits))
@@ -165,23 +167,40 @@ def _decode_indices(coding: str, data: bytes, k: int, numel: int) -> torch.Tenso
     return indices
 
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+def _fmix32(z: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, in place on a uint32 array."""
+    z ^= z >> np.uint32(16)
+    z *= np.uint32(0x85EBCA6B)
+    z ^= z >> np.uint32(13)
+    z *= np.uint32(0xC2B2AE35)
+    z ^= z >> np.uint32(16)
+    return z
 
 
 def random_subset_mask(seed: int, numel: int, fraction: float) -> np.ndarray:
     """Which of `numel` positions a seeded random subset of about `fraction` keeps.
 
-    Position i is kept when splitmix64(seed, i) falls below fraction * 2**64; the hash is
-    computed here in plain 64-bit integer arithmetic, so it never changes between versions.
+    Position i is kept when fmix32(i * golden + key(seed)) falls below fraction * 2**32: plain
+    32-bit integer arithmetic, so it is the same on every platform and never changes.
     """
+    if numel >= 2**32:
+        raise CompressionError("random: tensors of 2**32 elements or more are not supported")
+    if fraction >= 1.0:
+        return np.ones(numel, dtype=bool)
+    folded = np.array([(seed ^ (seed >> 32)) & 0xFFFFFFFF], dtype=np.uint32)
+    key = _fmix32(folded)[0]
     with np.errstate(over="ignore"):
-        z = np.arange(numel, dtype=np.uint64) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
-        z = z * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E5F5)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    threshold = np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
-    return z < threshold if fraction < 1.0 else np.ones(numel, dtype=bool)
+        z = np.arange(numel, dtype=np.uint32)
+        z *= np.uint32(0x9E3779B1)
+        z += key
+        _fmix32(z)
+    return z < np.uint32(min(int(fraction * 2.0**32), 2**32 - 1))
+
+
+@lru_cache(maxsize=4)
+def _subset_indices(seed: int, numel: int, fraction: float) -> torch.Tensor:
+    # Cached: decoding asks for the same subset to size, then to place, the inner vector.
+    return torch.from_numpy(np.flatnonzero(random_subset_mask(seed, numel, fraction)))
 
 
 @dataclass(frozen=True)
@@ -198,16 +217,16 @@ class RandomK(TransformStage):
         return f"random:{_fraction_spec(self.fraction)}"
 
     def _indices(self, seed: int, numel: int) -> torch.Tensor:
-        return torch.from_numpy(np.flatnonzero(random_subset_mask(seed, numel, self.fraction)))
+        return _subset_indices(seed, numel, self.fraction)
 
     def encode(
         self, x: torch.Tensor, shape: tuple[int, ...], seed: int, state: TensorState
-    ) -> tuple[torch.Tensor, list[bytes], Meta]:
+    ) -> tuple[torch.Tensor, list[Buffer], Meta]:
         return x[self._indices(seed, x.numel())], [], {"seed": seed}
 
     def inner_numel(self, numel: int, shape: tuple[int, ...], meta: Meta) -> int:
         seed = meta_int(meta, "seed", 0, MAX_SEED, stage=self.spec())
-        return int(random_subset_mask(seed, numel, self.fraction).sum())
+        return self._indices(seed, numel).numel()
 
     def part_sizes(self, numel: int, shape: tuple[int, ...], meta: Meta) -> list[int]:
         return []
@@ -215,7 +234,7 @@ class RandomK(TransformStage):
     def decode(
         self,
         inner: torch.Tensor,
-        parts: list[bytes],
+        parts: list[Buffer],
         numel: int,
         shape: tuple[int, ...],
         meta: Meta,

@@ -17,6 +17,7 @@ and says how many bytes each part must have, so nothing is allocated from unchec
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ import torch
 from swarm.protocol.errors import CompressionError
 
 Meta = dict[str, Any]
+Buffer = bytes | memoryview
 TensorState = dict[str, torch.Tensor]
 RestBound = Callable[[torch.Tensor], float]
 
@@ -48,7 +50,7 @@ class ValueStage(Stage):
     """The last lossy stage: a dense float vector to bytes."""
 
     @abstractmethod
-    def encode(self, x: torch.Tensor, seed: int) -> tuple[list[bytes], Meta]:
+    def encode(self, x: torch.Tensor, seed: int) -> tuple[list[Buffer], Meta]:
         """Encode a 1-D float32 vector."""
 
     @abstractmethod
@@ -56,7 +58,7 @@ class ValueStage(Stage):
         """Byte length of each part for a vector of `numel` elements; checks `meta`."""
 
     @abstractmethod
-    def decode(self, parts: list[bytes], numel: int, meta: Meta) -> torch.Tensor:
+    def decode(self, parts: list[Buffer], numel: int, meta: Meta) -> torch.Tensor:
         """Decode parts of the sizes `part_sizes` gave into a 1-D float32 vector."""
 
     @abstractmethod
@@ -74,7 +76,7 @@ class TransformStage(Stage):
     @abstractmethod
     def encode(
         self, x: torch.Tensor, shape: tuple[int, ...], seed: int, state: TensorState
-    ) -> tuple[torch.Tensor, list[bytes], Meta]:
+    ) -> tuple[torch.Tensor, list[Buffer], Meta]:
         """Return the inner vector, this stage's parts and its metadata.
 
         `state` is this tensor's codec state (a warm start); the stage may replace its entries.
@@ -92,7 +94,7 @@ class TransformStage(Stage):
     def decode(
         self,
         inner: torch.Tensor,
-        parts: list[bytes],
+        parts: list[Buffer],
         numel: int,
         shape: tuple[int, ...],
         meta: Meta,
@@ -137,21 +139,29 @@ def meta_choice(meta: Meta, key: str, choices: tuple[str, ...], *, stage: str) -
     return str(value)
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether no element is NaN or infinite (min and max propagate both; one pass, no copy)."""
+    if not x.numel():
+        return True
+    low, high = torch.aminmax(x)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
 def as_vector(x: torch.Tensor) -> torch.Tensor:
     """A contiguous float32 CPU view (or copy) of `x`, flattened."""
     return x.detach().to(device="cpu", dtype=torch.float32).contiguous().reshape(-1)
 
 
-def tensor_from_bytes(data: bytes, dtype: torch.dtype, count: int) -> torch.Tensor:
+def tensor_from_bytes(data: Buffer, dtype: torch.dtype, count: int) -> torch.Tensor:
     """`count` little-endian elements of `dtype`, copied out of `data` (never aliasing it)."""
     if count == 0:
         return torch.empty(0, dtype=dtype)
     return torch.frombuffer(bytearray(data), dtype=dtype, count=count)
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """The raw little-endian bytes of a tensor."""
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor, without copying them."""
     t = t.contiguous()
     if t.numel() == 0:
-        return b""
-    return t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes()
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]

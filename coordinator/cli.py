@@ -35,6 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--work-dir", type=Path, help="keep logs and data here")
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
 
+    bench = commands.add_parser("bench", help="measure the system (prints a table, or JSON)")
+    benches = bench.add_subparsers(dest="bench_command", required=True)
+    compression = benches.add_parser(
+        "compression", help="codec ratios, speed and error; loss against bytes per codec chain"
+    )
+    compression.add_argument("--json", action="store_true", help="print the report as JSON")
+    compression.add_argument(
+        "--quick", action="store_true", help="a tiny model and two rounds (a smoke test, seconds)"
+    )
+    compression.add_argument("--rounds", type=int, help="outer rounds per run (default 5)")
+    compression.add_argument("--inner-steps", type=int, help="inner steps per task (default 100)")
+    compression.add_argument(
+        "--chains", help="comma-separated chains for the convergence runs (default: the presets)"
+    )
+    compression.add_argument("--processes", type=int, help="runs in parallel (default 2)")
+    compression.add_argument("--plot", type=Path, help="write a PNG of loss against bytes here")
+    compression.add_argument("--output", type=Path, help="also write the JSON report here")
+
     jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
     jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -160,9 +178,42 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from swarm.coordinator.bench import compression as bench
+    from swarm.protocol.errors import SwarmError
+
+    config = bench.QUICK if args.quick else bench.BenchConfig()
+    spec_changes: dict[str, Any] = {}
+    if args.rounds is not None:
+        spec_changes["num_rounds"] = args.rounds
+    if args.inner_steps is not None:
+        spec_changes["inner_steps"] = args.inner_steps
+    try:
+        config = replace(
+            config,
+            spec=replace(config.spec, **spec_changes),
+            **({"processes": args.processes} if args.processes else {}),
+            **({"convergence_chains": tuple(args.chains.split(","))} if args.chains else {}),
+        )
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        report = bench.run_bench(config, progress)
+    except (SwarmError, ValueError) as exc:
+        print(f"swarm bench compression: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=None if args.json else 2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    if args.plot:
+        bench.plot(report, str(args.plot))
+    print(text if args.json else bench.render_tables(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"coordinator": _coordinator, "demo": _demo, "jobs": _jobs}
+    handlers = {"coordinator": _coordinator, "demo": _demo, "jobs": _jobs, "bench": _bench}
     return handlers[args.command](args)
 
 

@@ -48,6 +48,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
+def prepare_tokens(spec: JobSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    """Tokenize a job's dataset into its training shards and its held-out tail."""
+    tokens = encode_text(load_builtin_text(spec.dataset))
+    num_heldout = max(int(len(tokens) * spec.heldout_fraction), spec.seq_len + 1)
+    shards = split_tokens(tokens[:-num_heldout], spec.num_shards)
+    if min(len(s) for s in shards) < spec.seq_len + 1:
+        raise ConfigError(
+            f"num_shards={spec.num_shards} leaves shards shorter than seq_len + 1 = "
+            f"{spec.seq_len + 1} tokens; use fewer shards or a shorter seq_len"
+        )
+    return shards, tokens[-num_heldout:]
+
+
 class JobService:
     def __init__(self, db: Database, blobs: BlobStore, rounds: RoundService) -> None:
         self._db = db
@@ -57,18 +70,8 @@ class JobService:
     def create_job(self, spec: JobSpec, metadata: dict[str, str] | None = None) -> Job:
         """Validate and prepare a job, then queue it with round 0 open."""
         config = preset_config(spec.model)
-        tokens = encode_text(load_builtin_text(spec.dataset))
-        num_heldout = max(int(len(tokens) * spec.heldout_fraction), spec.seq_len + 1)
-        train_tokens = tokens[:-num_heldout]
-        shards = split_tokens(train_tokens, spec.num_shards)
-        if min(len(s) for s in shards) < spec.seq_len + 1:
-            raise ConfigError(
-                f"num_shards={spec.num_shards} leaves shards shorter than seq_len + 1 = "
-                f"{spec.seq_len + 1} tokens; use fewer shards or a shorter seq_len"
-            )
-
+        shards, heldout = prepare_tokens(spec)
         model = build_model(config, seed=spec.seed)
-        heldout = tokens[-num_heldout:]
         config_sha = self._blobs.put_bytes(config_to_bytes(config))
         heldout_sha = self._blobs.put_bytes(encode_shard(heldout))
         shard_shas = [self._blobs.put_bytes(encode_shard(s)) for s in shards]
@@ -99,7 +102,7 @@ class JobService:
             add_event(
                 session,
                 job.id,
-                f"validated {len(tokens)} tokens into {len(shards)} "
+                f"validated {sum(len(s) for s in shards) + len(heldout)} tokens into {len(shards)} "
                 f"shards and {len(heldout)} held-out tokens; model {spec.model} has "
                 f"{job.num_trainable_params} trainable parameters",
             )

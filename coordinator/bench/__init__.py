@@ -1,0 +1,1 @@
+"""Benchmarks behind `swarm bench ...`: each prints JSON and a table of what it measured."""
