@@ -38,6 +38,7 @@ from swarm.models import (
 )
 from swarm.protocol import PROTOCOL_VERSION, SwarmError, TransportError
 from swarm.protocol import messages as m
+from swarm.protocol.errors import CompressionError
 from swarm.protocol.limits import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
@@ -161,10 +162,25 @@ class Worker:
             )
             policy = CompressionPolicy(**dataclasses.asdict(spec.update_policy))
             feedback = self._feedback.get(task.job_id)
-            payload, digest, size = self._spool(
-                task,
-                encode_stream(result.pseudo_gradient, policy, seed=spec.seed, feedback=feedback),
-            )
+            try:
+                payload, digest, size = self._spool(
+                    task,
+                    encode_stream(
+                        result.pseudo_gradient, policy, seed=spec.seed, feedback=feedback
+                    ),
+                )
+            except CompressionError as exc:
+                if not len(feedback):
+                    raise
+                # A residual gone bad (overflow, a damaged file) must not block every task.
+                logger.warning("job %s: %s; dropping the residuals", task.job_id, exc)
+                feedback.clear()
+                payload, digest, size = self._spool(
+                    task,
+                    encode_stream(
+                        result.pseudo_gradient, policy, seed=spec.seed, feedback=feedback
+                    ),
+                )
             metrics = m.TaskMetrics(
                 loss_first=result.losses[0],
                 loss_last=result.losses[-1],

@@ -51,11 +51,12 @@ def _parse_args(stage: str, text: str, main: str) -> dict[str, str]:
     args: dict[str, str] = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
         if not sep:
             key, value = (main, key) if key[:1].isdigit() or key[:1] == "." else (key, "1")
         if key in args:
             raise CompressionError(f"{stage}: argument {key!r} is given twice")
-        args[key.strip()] = value.strip()
+        args[key] = value
     return args
 
 
@@ -300,13 +301,17 @@ def _decompress(body: bytes, raw_bytes: int) -> bytes:
     return out
 
 
-@lru_cache(maxsize=256)
 def parse_chain(spec: str) -> Chain:
     """Parse a chain spec or preset name; raises `CompressionError` naming what is wrong."""
     if not isinstance(spec, str) or not spec.strip():
         raise CompressionError(
             "a codec chain must be a non-empty string such as 'int8' or 'cocktail'"
         )
+    return _parse_chain(spec)
+
+
+@lru_cache(maxsize=256)
+def _parse_chain(spec: str) -> Chain:
     text = CHAIN_PRESETS.get(spec.strip(), spec.strip())
     transforms: list[TransformStage] = []
     value: ValueStage | None = None

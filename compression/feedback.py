@@ -67,6 +67,12 @@ class ErrorFeedback:
     def discard(self) -> None:
         self._staged = None
 
+    def clear(self) -> None:
+        """Forget every residual and codec state (after they went bad, or a policy change)."""
+        self._residuals.clear()
+        self._states.clear()
+        self._staged = None
+
     def norm(self) -> float:
         """The L2 norm of all residuals (for logs and tests)."""
         total = sum(float(r.double().pow(2).sum()) for r in self._residuals.values())

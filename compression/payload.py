@@ -82,6 +82,11 @@ def encode_stream(
             encoded = chain.encode(tensor, seed=tensor_seed(seed, index))
         else:
             target = feedback.compensate(name, tensor)
+            if not all_finite(target):
+                raise CompressionError(
+                    f"tensor {name}: the update plus its error-feedback residual is not finite; "
+                    "clear the residuals (ErrorFeedback.clear) and encode again"
+                )
             state = feedback.working_state(name)
             encoded, decoded = chain.roundtrip(target, seed=tensor_seed(seed, index), state=state)
             residuals[name] = target.sub_(decoded)
@@ -220,7 +225,9 @@ def iter_payload(
             ):
                 raise CompressionError(f"tensor {name}: record field {key}={value!r} is invalid")
         assert isinstance(size, int) and isinstance(raw, int) and isinstance(crc, int)
-        if size > limit or raw > limit or not isinstance(zstd, bool):
+        if not isinstance(zstd, bool):
+            raise CompressionError(f"tensor {name}: record field zstd={zstd!r} is not a boolean")
+        if size > limit or raw > limit:
             raise CompressionError(f"tensor {name}: {size} stored bytes exceed the bound {limit}")
         body = reader.exactly(size, f"tensor {name}")
         try:

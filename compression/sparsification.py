@@ -41,7 +41,7 @@ def _check_fraction(stage: str, fraction: float) -> None:
 
 
 def _fraction_spec(fraction: float) -> str:
-    return f"{fraction:g}"
+    return repr(float(fraction))  # the shortest text that parses back to the same float
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,10 @@ class TopK(TransformStage):
         if not numel:
             return 0.0
         k = self.count(numel)
-        kept = torch.topk(x.abs(), k, sorted=False).indices
+        if k == numel:
+            return rest(x)
+        # The next stage sees the kept values in position order, as `encode` sends them.
+        kept = torch.topk(x.abs(), k, sorted=False).indices.sort().values
         dropped = math.sqrt(max(0.0, 1.0 - k / numel)) * float(torch.linalg.vector_norm(x.double()))
         return dropped + rest(x[kept])
 

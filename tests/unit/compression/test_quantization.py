@@ -160,7 +160,7 @@ def test_block_quant_error_is_within_its_per_element_bound(
     padded = torch.cat([x.abs(), x.new_zeros(-x.numel() % block)]).view(-1, block)
     absmax = padded.amax(dim=1).double().repeat_interleave(block)[: x.numel()]
     steps = 1.0 if stochastic else 0.5
-    assert (bound.double() <= absmax / qmax * steps * (1 + 2.0**-7) + 2 * FLOAT32_TINY).all()
+    assert (bound.double() <= absmax / qmax * steps * (1 + 2.0**-6) + 2 * FLOAT32_TINY).all()
 
 
 @settings(max_examples=50, deadline=None)
@@ -274,25 +274,30 @@ def test_int8_decode_accepts_the_full_code_range() -> None:
     stage, parts = _one_block()
     step = float(stage.decode([parts[0], bytes([1, 0])], 2, {})[0])  # the code 1
     # 0x81 is -127 and 0x7f is 127, the extreme codes.
-    assert stage.decode([parts[0], bytes([0x81, 0x7F])], 2, {}).tolist() == [-127 * step, 127 * step]
+    assert stage.decode([parts[0], bytes([0x81, 0x7F])], 2, {}).tolist() == [
+        -127 * step,
+        127 * step,
+    ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BlockQuant.decode checks codes with int8 abs(), which wraps -128 to -128, "
-    "so the out-of-range int8 code -128 is accepted and decodes to -128 * scale",
-)
 def test_int8_decode_rejects_the_code_minus_128() -> None:
     stage, parts = _one_block()
     with pytest.raises(CompressionError, match="outside"):
         stage.decode([parts[0], bytes([0x80, 0x01])], 2, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BlockQuant rounds the block scale up to bfloat16, so for |x| near the float32 "
-    "maximum qmax * scale overflows and int4 decodes a finite input to inf",
+@pytest.mark.parametrize(
+    "x",
+    [[3.0, 0.3907471001148224], [3.0, 0.2012939602136612], [3.0, 0.4854736626148224]],
 )
+def test_values_just_above_a_half_step_round_to_the_nearer_code(x: list[float]) -> None:
+    """0.39074710 is one float32 ulp above 16.5 steps of the scale 3/127 (rounded up)."""
+    stage = BlockQuant(bits=8, block=2)
+    vector = torch.tensor(x)
+    decoded = _roundtrip(stage, vector)
+    assert (_errors(vector, decoded) <= stage.max_abs_errors(vector).double()).all()
+
+
 def test_int4_decodes_values_near_the_float32_maximum_to_finite_values() -> None:
     x = torch.tensor([3.4e38, -1.0, 0.5, 2.0])
     stage = BlockQuant(bits=4, block=4)
@@ -319,7 +324,7 @@ def test_row_quant_round_trips_within_half_a_row_step(x: torch.Tensor, bits: int
     if x.numel():
         qmax = 127 if bits == 8 else 7
         row_max = x.abs().reshape(-1, x.shape[-1]).amax(dim=1, keepdim=True).double()
-        limit = row_max / qmax * 0.5 * (1 + 2.0**-7) + 2 * FLOAT32_TINY
+        limit = row_max / qmax * 0.5 * (1 + 2.0**-6) + 2 * FLOAT32_TINY
         assert (bound.reshape(-1, x.shape[-1]).double() <= limit).all()
 
 
@@ -330,11 +335,6 @@ def test_row_quant_keeps_each_row_precise_despite_an_outlier_row() -> None:
     assert float((decoded[0] - small).abs().max()) <= 1.0 / 254 * 1.01
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RowQuant.encode/decode reshape to (-1, 0) for a last dimension of 0, which "
-    "raises RuntimeError instead of encoding the empty tensor",
-)
 @pytest.mark.parametrize("shape", [(3, 0), (2, 4, 0)])
 def test_row_quant_round_trips_a_zero_width_tensor(shape: tuple[int, ...]) -> None:
     codec = RowQuant()

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from swarm.compression import encode_payload
+from swarm.compression import apply_delta, encode_payload
 from swarm.coordinator.aggregation import nesterov_step, weighted_average
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.jobs import JobService
@@ -21,7 +21,7 @@ from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Database, Job, Round, Task, sqlite_url
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
-from swarm.models import state_from_bytes
+from swarm.models import state_from_bytes, state_to_bytes
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ConfigError, NotFoundError
 from swarm.protocol.version import PROTOCOL_VERSION
@@ -310,3 +310,39 @@ def test_list_jobs_pages_jobs_created_in_the_same_instant(coordinator: Coordinat
 def test_list_jobs_after_an_unknown_id_is_not_found(coordinator: Coordinator) -> None:
     with pytest.raises(NotFoundError):
         coordinator.jobs.list_jobs(after="ftjob-unknown")
+
+
+def test_the_next_version_is_broadcast_as_a_delta_workers_can_apply(
+    coordinator: Coordinator,
+) -> None:
+    job = coordinator.jobs.create_job(SPEC)
+    w1, w2 = coordinator.register(), coordinator.register()
+    [round_0] = coordinator.rounds_of(job.id)
+    assert round_0.worker_params_sha256 == round_0.params_sha256  # version 0 is sent whole
+    for worker in (w1, w2):
+        coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64)
+    [round_id] = coordinator.rounds.rounds_ready()
+    coordinator.rounds.close_round(round_id)
+    round_1 = coordinator.rounds_of(job.id)[1]
+    assert round_1.delta_sha256 is not None and round_1.worker_params_sha256 is not None
+    assert round_1.delta_bytes == coordinator.blobs.size(round_1.delta_sha256)
+
+    # A worker holding version 0 rebuilds version 1 bit for bit from the delta alone.
+    held = state_from_bytes(coordinator.blobs.read(round_0.params_sha256))
+    rebuilt = apply_delta(
+        held, coordinator.blobs.read(round_1.delta_sha256), SPEC.broadcast_policy()
+    )
+    assert state_to_bytes(rebuilt) == coordinator.blobs.read(round_1.worker_params_sha256)
+    # ... which is the coordinator's version 1 up to the int8 broadcast's error.
+    exact = state_from_bytes(coordinator.blobs.read(round_1.params_sha256))
+    for name in exact:
+        change = (exact[name] - held[name]).abs().max()
+        assert (rebuilt[name] - exact[name]).abs().max() <= change / 127 + 1e-7
+    assert round_1.delta_bytes < 0.8 * len(state_to_bytes(exact))  # micro-llama: many small tensors
+
+    task = coordinator.tasks.lease(w1).task
+    assert task is not None and task.train is not None
+    assert task.train.params_sha256 == round_1.worker_params_sha256
+    assert [d.version for d in task.train.param_deltas] == [1]
+    assert task.train.param_deltas[0].delta_sha256 == round_1.delta_sha256
+    assert task.train.param_deltas[0].params_sha256 == round_1.worker_params_sha256

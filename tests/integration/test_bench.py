@@ -1,0 +1,71 @@
+"""`swarm bench compression --quick`: the benchmark runs and reports what it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_compression_bench_prints_json_and_writes_a_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "plot.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "swarm.coordinator",
+            "bench",
+            "compression",
+            "--quick",
+            "--json",
+            "--plot",
+            str(plot),
+            "--processes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    chains = [row["chain"] for row in report["codecs"]["codecs"]]
+    assert "random:0.2+topk:0.1+int4:block=64+zstd" in chains
+    for row in report["codecs"]["codecs"]:
+        assert row["bytes"] > 0 and row["encode_mb_s"] > 0 and row["relative_error"] >= 0
+    fp32 = next(r for r in report["codecs"]["codecs"] if r["chain"] == "fp32")
+    assert fp32["relative_error"] < 1e-3  # only the small tensors go through fp16
+    runs = {run["label"]: run for run in report["convergence"]["runs"]}
+    assert {"fp32", "data-parallel fp32, per step", "int8", "cocktail"} <= set(runs)
+    assert runs["cocktail"]["bytes_up"] < runs["int8"]["bytes_up"] < runs["fp32"]["bytes_up"]
+    for run in runs.values():
+        assert run["curve"][-1]["eval_loss"] < run["curve"][0]["eval_loss"]
+    assert report["targets"] and all(isinstance(t["met"], bool) for t in report["targets"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_an_unknown_chain() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "swarm.coordinator",
+            "bench",
+            "compression",
+            "--quick",
+            "--chains",
+            "int9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown codec stage 'int9'" in result.stderr
