@@ -88,6 +88,7 @@ class Worker:
             max_backoff_s=self.settings.max_backoff_s,
         )
         self._transport = transport
+        heartbeat: threading.Thread | None = None
         try:
             transport.register()
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -102,6 +103,11 @@ class Worker:
         except Stopped:
             pass
         finally:
+            # gRPC aborts the process if a channel closes under a call still in flight on
+            # another thread, so the heartbeat thread ends before the channel does.
+            self.stop.set()
+            if heartbeat is not None:
+                heartbeat.join(timeout=self.settings.rpc_timeout_s + 1.0)
             transport.close()
             logger.info(
                 "worker stopped: %d tasks done, %d handed back, %.1f MB down, %.1f MB up",
