@@ -32,33 +32,46 @@ class VersionStats:
     delta_failures: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Held:
+    job_id: str
+    version: int
+    params_sha256: str
+    state: dict[str, torch.Tensor]
+
+
 class VersionStore:
     def __init__(self, cache: BlobCache) -> None:
         self._cache = cache
-        self._held: dict[str, tuple[int, str, dict[str, torch.Tensor]]] = {}
+        self._held: _Held | None = None  # one job at a time stays in memory
         self.stats = VersionStats()
 
     def params(self, task: m.Task, transport: Transport) -> dict[str, torch.Tensor]:
         """The trainable parameters `task` starts from."""
         assert task.train is not None
         spec = task.train
-        held = self._held.get(task.job_id)
-        if held is not None and held[1] == spec.params_sha256:
-            return held[2]
-        state = self._catch_up(task, transport)
+        held = self._held if self._held and self._held.job_id == task.job_id else None
+        if held is not None and held.params_sha256 == spec.params_sha256:
+            return held.state
+        state = self._catch_up(task, held, transport)
         if state is None:
             state = state_from_bytes(self._cache.get(spec.params_sha256, transport))
             self.stats.full_downloads += 1
-        self._forget_older(task)
-        self._held = {task.job_id: (task.version, spec.params_sha256, state)}
+        if held is not None:
+            self._cache.discard(held.params_sha256)
+        for delta in spec.param_deltas[:-1]:  # superseded versions leave the cache
+            self._cache.discard(delta.params_sha256)
+        self._held = _Held(task.job_id, task.version, spec.params_sha256, state)
         return state
 
-    def _catch_up(self, task: m.Task, transport: Transport) -> dict[str, torch.Tensor] | None:
+    def _catch_up(
+        self, task: m.Task, held: _Held | None, transport: Transport
+    ) -> dict[str, torch.Tensor] | None:
         assert task.train is not None
         deltas = task.train.param_deltas
         if not deltas or deltas[-1].params_sha256 != task.train.params_sha256:
             return None
-        start = self._starting_point(task.job_id, deltas)
+        start = self._starting_point(deltas, held, transport)
         if start is None:
             return None
         index, state = start
@@ -90,26 +103,14 @@ class VersionStore:
         return state
 
     def _starting_point(
-        self, job_id: str, deltas: list[m.ParamDelta]
+        self, deltas: list[m.ParamDelta], held: _Held | None, transport: Transport
     ) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """Index of the first delta to apply, and the state it applies to."""
-        held = self._held.get(job_id)
-        if held is not None and held[0] == deltas[0].version - 1:
-            return 0, held[2]
+        """Index of the first delta to apply, and the state it applies to: the version held in
+        memory, else the newest listed version rebuilt earlier and kept in the cache."""
+        if held is not None and 0 <= held.version + 1 - deltas[0].version < len(deltas):
+            return held.version + 1 - deltas[0].version, held.state
         for i in range(len(deltas) - 2, -1, -1):
-            known = self._held.get(job_id)
-            if known is not None and known[1] == deltas[i].params_sha256:
-                return i + 1, known[2]
             if self._cache.has(deltas[i].params_sha256):
-                return i + 1, state_from_bytes(
-                    self._cache.path(deltas[i].params_sha256).read_bytes()
-                )
+                data = self._cache.get(deltas[i].params_sha256, transport)
+                return i + 1, state_from_bytes(data)
         return None
-
-    def _forget_older(self, task: m.Task) -> None:
-        assert task.train is not None
-        held = self._held.get(task.job_id)
-        if held is not None and held[1] != task.train.params_sha256:
-            self._cache.discard(held[1])
-        for delta in task.train.param_deltas[:-1]:
-            self._cache.discard(delta.params_sha256)

@@ -26,7 +26,7 @@ from swarm.client.identity import load_or_create_key, public_key_bytes
 from swarm.client.settings import ClientSettings
 from swarm.client.transport import Stopped, Transport
 from swarm.client.versions import VersionStore
-from swarm.compression import CompressionPolicy, encode_stream
+from swarm.compression import CompressionPolicy, ErrorFeedback, encode_stream
 from swarm.models import (
     InnerLoopConfig,
     InnerLoopInterrupted,
@@ -110,11 +110,15 @@ class Worker:
                 heartbeat.join(timeout=self.settings.rpc_timeout_s + 1.0)
             transport.close()
             logger.info(
-                "worker stopped: %d tasks done, %d handed back, %.1f MB down, %.1f MB up",
+                "worker stopped: %d tasks done, %d handed back, %.1f MB down, %.1f MB up; "
+                "parameters: %d full downloads, %d caught up from deltas (%d failed)",
                 self.stats.tasks_done,
                 self.stats.tasks_handed_back,
                 transport.bytes_down / 1e6,
                 transport.bytes_up / 1e6,
+                self._versions.stats.full_downloads,
+                self._versions.stats.delta_catch_ups,
+                self._versions.stats.delta_failures,
             )
 
     def _heartbeat_loop(self) -> None:
@@ -166,27 +170,7 @@ class Worker:
                 ),
                 on_step=self._on_step(task),
             )
-            policy = CompressionPolicy(**dataclasses.asdict(spec.update_policy))
-            feedback = self._feedback.get(task.job_id)
-            try:
-                payload, digest, size = self._spool(
-                    task,
-                    encode_stream(
-                        result.pseudo_gradient, policy, seed=spec.seed, feedback=feedback
-                    ),
-                )
-            except CompressionError as exc:
-                if not len(feedback):
-                    raise
-                # A residual gone bad (overflow, a damaged file) must not block every task.
-                logger.warning("job %s: %s; dropping the residuals", task.job_id, exc)
-                feedback.clear()
-                payload, digest, size = self._spool(
-                    task,
-                    encode_stream(
-                        result.pseudo_gradient, policy, seed=spec.seed, feedback=feedback
-                    ),
-                )
+            payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)
             metrics = m.TaskMetrics(
                 loss_first=result.losses[0],
                 loss_last=result.losses[-1],
@@ -245,6 +229,33 @@ class Worker:
             return not (self.stop.is_set() or self._revoked.is_set())
 
         return on_step
+
+    def _encode(
+        self, task: m.Task, update: dict[str, torch.Tensor]
+    ) -> tuple[Path, str, int, ErrorFeedback]:
+        """Compress `update` with the job's policy and residuals into the outbox.
+
+        Returns the spool file, its digest and size, and the job's error feedback with the new
+        residuals staged. A residual gone bad (overflow, a damaged file) is dropped once rather
+        than blocking every later task.
+        """
+        assert task.train is not None
+        policy = CompressionPolicy(**dataclasses.asdict(task.train.update_policy))
+        feedback = self._feedback.get(task.job_id)
+
+        def spool() -> tuple[Path, str, int]:
+            assert task.train is not None
+            stream = encode_stream(update, policy, seed=task.train.seed, feedback=feedback)
+            return self._spool(task, stream)
+
+        try:
+            return (*spool(), feedback)
+        except CompressionError as exc:
+            if not len(feedback):
+                raise
+            logger.warning("job %s: %s; dropping the residuals", task.job_id, exc)
+            feedback.clear()
+        return (*spool(), feedback)
 
     def _spool(self, task: m.Task, pieces: Iterator[bytes]) -> tuple[Path, str, int]:
         """Write an encoded result to the outbox, hashing as it goes; (path, digest, size)."""

@@ -110,6 +110,9 @@ def _parse_stage(text: str) -> TransformStage | ValueStage | str:
     return PowerSGD(rank=int(_number(name, "rank", args.get("rank", "4"), int)))
 
 
+StageLayout = tuple[int, tuple[int, ...], list[int]]
+
+
 @dataclass(frozen=True)
 class EncodedTensor:
     """One tensor's encoding: the packed body and the metadata a header records."""
@@ -137,12 +140,11 @@ class Chain:
 
     @property
     def lossless(self) -> bool:
-        return not self.transforms and not self.value.biased and self.value.spec() == "fp32"
+        return not self.transforms and self.value.spec() == "fp32"
 
-    def encode(
-        self, tensor: torch.Tensor, *, seed: int = 0, state: TensorState | None = None
-    ) -> EncodedTensor:
-        """Encode one tensor; `state` (its warm starts) is updated in place."""
+    def _encode_raw(
+        self, tensor: torch.Tensor, seed: int, state: TensorState | None
+    ) -> tuple[list[Meta], bytes]:
         x = as_vector(tensor)
         state = {} if state is None else state
         shape: tuple[int, ...] = tuple(tensor.shape)
@@ -154,9 +156,9 @@ class Chain:
             parts += own
             metas.append(meta)
         own, meta = self.value.encode(x, _stage_seed(seed, len(self.transforms)))
-        parts += own
-        metas.append(meta)
-        raw = b"".join(parts)
+        return [*metas, meta], b"".join(parts + own)
+
+    def _pack(self, metas: list[Meta], raw: bytes) -> EncodedTensor:
         crc = zlib.crc32(raw)
         if self.zstd and len(raw) >= _ZSTD_MIN_BYTES:
             packed = _compressor().compress(raw)
@@ -164,8 +166,14 @@ class Chain:
                 return EncodedTensor(self.spec, metas, True, len(raw), crc, packed)
         return EncodedTensor(self.spec, metas, False, len(raw), crc, raw)
 
-    def part_sizes(self, shape: tuple[int, ...], metas: object) -> list[int]:
-        """Check untrusted per-stage metadata and return the byte size of every part."""
+    def encode(
+        self, tensor: torch.Tensor, *, seed: int = 0, state: TensorState | None = None
+    ) -> EncodedTensor:
+        """Encode one tensor; `state` (its warm starts) is updated in place."""
+        return self._pack(*self._encode_raw(tensor, seed, state))
+
+    def _stage_sizes(self, shape: tuple[int, ...], metas: object) -> list[StageLayout]:
+        """Check untrusted per-stage metadata; per stage: input numel, input shape, part sizes."""
         if not isinstance(metas, list) or len(metas) != len(self.transforms) + 1:
             raise CompressionError(
                 f"{self.spec}: expected {len(self.transforms) + 1} stage metadata"
@@ -173,13 +181,17 @@ class Chain:
         if not all(isinstance(m, dict) for m in metas):
             raise CompressionError(f"{self.spec}: stage metadata must be objects")
         numel, inner_shape = _numel(shape), shape
-        sizes: list[int] = []
+        layout = []
         for stage, meta in zip(self.transforms, metas, strict=False):
             inner = stage.inner_numel(numel, inner_shape, meta)
-            sizes += stage.part_sizes(numel, inner_shape, meta)
+            layout.append((numel, inner_shape, stage.part_sizes(numel, inner_shape, meta)))
             numel, inner_shape = inner, (inner,)
-        sizes += self.value.part_sizes(numel, metas[-1])
-        return sizes
+        layout.append((numel, inner_shape, self.value.part_sizes(numel, metas[-1])))
+        return layout
+
+    def part_sizes(self, shape: tuple[int, ...], metas: object) -> list[int]:
+        """Check untrusted per-stage metadata and return the byte size of every part."""
+        return [size for _, _, sizes in self._stage_sizes(shape, metas) for size in sizes]
 
     def decode(
         self,
@@ -191,11 +203,12 @@ class Chain:
         body: bytes,
     ) -> torch.Tensor:
         """Decode one tensor of `shape`; every number in the arguments may be hostile."""
-        sizes = self.part_sizes(shape, metas)
-        if raw_bytes != sum(sizes):
+        layout = self._stage_sizes(shape, metas)
+        expected = sum(size for _, _, sizes in layout for size in sizes)
+        if raw_bytes != expected:
             raise CompressionError(
                 f"{self.spec}: the record declares {raw_bytes} raw bytes, "
-                f"its stages need {sum(sizes)}"
+                f"its stages need {expected}"
             )
         if zstd:
             if not self.zstd:
@@ -207,41 +220,41 @@ class Chain:
             raw = body
         if zlib.crc32(raw) != crc:
             raise CompressionError(f"{self.spec}: checksum mismatch (corrupt tensor data)")
-        parts: list[Buffer] = []
-        offset = 0
-        view = memoryview(raw)
-        for size in sizes:
-            parts.append(view[offset : offset + size])
-            offset += size
-        numels = [_numel(shape)]
-        inner_shapes = [shape]
-        for stage, meta in zip(self.transforms, metas, strict=False):
-            numels.append(stage.inner_numel(numels[-1], inner_shapes[-1], meta))
-            inner_shapes.append((numels[-1],))
-        value_parts = len(self.value.part_sizes(numels[-1], metas[-1]))
-        x = self.value.decode(parts[len(parts) - value_parts :], numels[-1], metas[-1])
-        parts = parts[: len(parts) - value_parts]
+        return self._decode_raw(shape, metas, layout, raw)
+
+    def _decode_raw(
+        self,
+        shape: tuple[int, ...],
+        metas: list[Meta],
+        layout: list[StageLayout],
+        raw: bytes,
+    ) -> torch.Tensor:
+        view, offset = memoryview(raw), 0
+        stage_parts: list[list[Buffer]] = []
+        for _, _, sizes in layout:
+            stage_parts.append([])
+            for size in sizes:
+                stage_parts[-1].append(view[offset : offset + size])
+                offset += size
+        numel = layout[-1][0]
+        x = self.value.decode(stage_parts[-1], numel, metas[-1])
         for i in reversed(range(len(self.transforms))):
-            stage = self.transforms[i]
-            own = len(stage.part_sizes(numels[i], inner_shapes[i], metas[i]))
-            x = stage.decode(x, parts[len(parts) - own :], numels[i], inner_shapes[i], metas[i])
-            parts = parts[: len(parts) - own]
+            numel, inner_shape, _ = layout[i]
+            x = self.transforms[i].decode(x, stage_parts[i], numel, inner_shape, metas[i])
         return x.reshape(shape)
 
     def roundtrip(
         self, tensor: torch.Tensor, *, seed: int = 0, state: TensorState | None = None
     ) -> tuple[EncodedTensor, torch.Tensor]:
-        """Encode, then decode what was encoded (what error feedback needs)."""
-        encoded = self.encode(tensor, seed=seed, state=state)
-        decoded = self.decode(
-            tuple(tensor.shape),
-            encoded.meta,
-            encoded.zstd,
-            encoded.raw_bytes,
-            encoded.crc32,
-            encoded.body,
-        )
-        return encoded, decoded
+        """Encode, and decode what the receiver will see (what error feedback needs).
+
+        Decodes the packed bytes before zstd and without re-checking what this process just
+        wrote, so error feedback costs one decode, not a decompression and two checks more.
+        """
+        metas, raw = self._encode_raw(tensor, seed, state)
+        shape = tuple(tensor.shape)
+        decoded = self._decode_raw(shape, metas, self._stage_sizes(shape, metas), raw)
+        return self._pack(metas, raw), decoded
 
     def error_bound(
         self, tensor: torch.Tensor, *, seed: int = 0, state: TensorState | None = None

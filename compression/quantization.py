@@ -220,8 +220,12 @@ class RowQuant:
 
     bits: int = 8
 
-    def _stage(self, row: int) -> BlockQuant:
-        return BlockQuant(bits=self.bits, block=max(2, row + row % 2))
+    def _layout(self, shape: tuple[int, ...]) -> tuple[BlockQuant, int, int]:
+        """The quantizer, the row length padded to even (the int4 packer pairs values), and the
+        padded element count."""
+        width = shape[-1] + shape[-1] % 2
+        numel = int(torch.Size(shape).numel()) // max(shape[-1], 1) * width
+        return BlockQuant(bits=self.bits, block=max(2, width)), width, numel
 
     def encode(self, x: torch.Tensor) -> bytes:
         """Encode a tensor of shape (..., d)."""
@@ -229,7 +233,7 @@ class RowQuant:
             raise CompressionError("activation codec: a scalar has no rows")
         if x.numel() == 0:
             return b""
-        stage = self._stage(x.shape[-1])
+        stage, _, _ = self._layout(tuple(x.shape))
         rows = x.detach().to(torch.float32).reshape(-1, x.shape[-1])
         if x.shape[-1] % 2:  # pad each row to the even block length the packer needs
             rows = torch.cat([rows, rows.new_zeros(rows.shape[0], 1)], dim=1)
@@ -244,9 +248,7 @@ class RowQuant:
             if data:
                 raise CompressionError(f"activation codec: {len(data)} bytes for an empty tensor")
             return torch.zeros(shape)
-        stage = self._stage(shape[-1])
-        width = shape[-1] + shape[-1] % 2
-        numel = int(torch.Size(shape).numel()) // max(shape[-1], 1) * width
+        stage, width, numel = self._layout(shape)
         sizes = stage.part_sizes(numel, {})
         if len(data) != sum(sizes):
             raise CompressionError(
@@ -260,13 +262,13 @@ class RowQuant:
     def encoded_size(self, shape: tuple[int, ...]) -> int:
         if int(torch.Size(shape).numel()) == 0:
             return 0
-        width = shape[-1] + shape[-1] % 2
-        numel = int(torch.Size(shape).numel()) // max(shape[-1], 1) * width
-        return sum(self._stage(shape[-1]).part_sizes(numel, {}))
+        stage, _, numel = self._layout(shape)
+        return sum(stage.part_sizes(numel, {}))
 
     def max_abs_errors(self, x: torch.Tensor) -> torch.Tensor:
         """Per-element error bound: half the row's scale."""
         rows = x.detach().to(torch.float32).reshape(-1, x.shape[-1])
-        scales = _scales_to_float(_scales_bf16_up(rows.abs().amax(dim=1), self._stage(1).qmax))
+        qmax = 127 if self.bits == 8 else 7
+        scales = _scales_to_float(_scales_bf16_up(_block_absmax(rows), qmax))
         bound = scales * (0.5 + 2.0**-10) + _FLOAT32_TINY
         return bound.unsqueeze(1).expand_as(rows).reshape(x.shape)

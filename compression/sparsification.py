@@ -35,27 +35,29 @@ from swarm.protocol.errors import CompressionError
 _INDEX_CODINGS = ("bitmap", "gap16", "u32")
 
 
-def _check_fraction(stage: str, fraction: float) -> None:
-    if not (isinstance(fraction, float | int) and 0.0 < fraction <= 1.0):
-        raise CompressionError(f"{stage}: fraction must be in (0, 1], got {fraction!r}")
+@dataclass(frozen=True)
+class _FractionStage(TransformStage):
+    """A stage whose one argument is the fraction of elements it keeps."""
 
+    fraction: float
 
-def _fraction_spec(fraction: float) -> str:
-    return repr(float(fraction))  # the shortest text that parses back to the same float
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fraction, float | int) and 0.0 < self.fraction <= 1.0):
+            raise CompressionError(
+                f"{self.name}: fraction must be in (0, 1], got {self.fraction!r}"
+            )
+
+    def spec(self) -> str:
+        # repr: the shortest text that parses back to the same float.
+        return f"{self.name}:{float(self.fraction)!r}"
 
 
 @dataclass(frozen=True)
-class TopK(TransformStage):
+class TopK(_FractionStage):
     """Keep the `fraction` of elements with the largest magnitude (at least one)."""
 
     name: ClassVar[str] = "topk"
     fraction: float = 0.01
-
-    def __post_init__(self) -> None:
-        _check_fraction("topk", self.fraction)
-
-    def spec(self) -> str:
-        return f"topk:{_fraction_spec(self.fraction)}"
 
     def count(self, numel: int) -> int:
         return min(numel, max(1, math.ceil(self.fraction * numel))) if numel else 0
@@ -207,17 +209,11 @@ def _subset_indices(seed: int, numel: int, fraction: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class RandomK(TransformStage):
+class RandomK(_FractionStage):
     """Keep a seeded random subset of about `fraction` of the elements; only the seed travels."""
 
     name: ClassVar[str] = "random"
     fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        _check_fraction("random", self.fraction)
-
-    def spec(self) -> str:
-        return f"random:{_fraction_spec(self.fraction)}"
 
     def _indices(self, seed: int, numel: int) -> torch.Tensor:
         return _subset_indices(seed, numel, self.fraction)

@@ -21,44 +21,26 @@ from swarm.compression import CompressionPolicy, iter_payload
 from swarm.protocol.errors import ConfigError
 
 
-def weighted_average(
-    updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+def average_payloads(
+    sources: Sequence[Callable[[], BinaryIO]],
+    weights: Sequence[float],
+    shapes: Mapping[str, tuple[int, ...]],
+    policy: CompressionPolicy,
 ) -> dict[str, torch.Tensor]:
-    """Average named tensors with non-negative weights (for example tokens per update)."""
-    if not updates or len(updates) != len(weights):
+    """Weighted average of encoded updates (for example by tokens), decoded tensor by tensor.
+
+    Each source is a function that opens one update payload. Only the sum and one decoded
+    tensor are in memory at once, however many updates a round has.
+    """
+    if not sources or len(sources) != len(weights):
         raise ConfigError(
-            f"need one weight per update, got {len(updates)} updates and {len(weights)} weights"
+            f"need one weight per update, got {len(sources)} updates and {len(weights)} weights"
         )
     total = float(sum(weights))
     if total <= 0:
         raise ConfigError("the weights of the updates sum to zero")
-    names = updates[0].keys()
-    return {
-        name: sum(
-            (u[name] * (w / total) for u, w in zip(updates, weights, strict=True)),
-            torch.zeros_like(updates[0][name]),
-        )
-        for name in names
-    }
-
-
-def average_payloads(
-    sources: Sequence[tuple[Callable[[], BinaryIO], float]],
-    shapes: Mapping[str, tuple[int, ...]],
-    policy: CompressionPolicy,
-) -> dict[str, torch.Tensor]:
-    """Weighted average of encoded updates, decoded one tensor at a time.
-
-    `sources` pairs a function that opens an update payload with its weight. Only the sum and
-    one decoded tensor are in memory at once, however many updates a round has.
-    """
-    if not sources:
-        raise ConfigError("need at least one update to average")
-    total = float(sum(w for _, w in sources))
-    if total <= 0:
-        raise ConfigError("the weights of the updates sum to zero")
     average = {name: torch.zeros(shape) for name, shape in shapes.items()}
-    for open_source, weight in sources:
+    for open_source, weight in zip(sources, weights, strict=True):
         with open_source() as source:
             for name, tensor in iter_payload(source, shapes, policy):
                 average[name].add_(tensor, alpha=weight / total)

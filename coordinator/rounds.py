@@ -51,8 +51,8 @@ class Version:
     """The blobs of one published version."""
 
     params_sha256: str
+    worker_params_sha256: str
     momentum_sha256: str | None = None
-    worker_params_sha256: str | None = None
     delta_sha256: str | None = None
     delta_bytes: int | None = None
 
@@ -73,7 +73,13 @@ class RoundService:
         check_job_move(JobStatus(job.status), JobStatus.RUNNING)
         job.status = JobStatus.RUNNING.value
         job.started_at = now
-        self.open_round(session, job, 0, Version(params_sha256=params_sha256), now)
+        self.open_round(
+            session,
+            job,
+            0,
+            Version(params_sha256=params_sha256, worker_params_sha256=params_sha256),
+            now,
+        )
 
     def open_round(
         self, session: Session, job: Job, index: int, version: Version, now: float
@@ -94,7 +100,7 @@ class RoundService:
             status=RoundStatus.OPEN.value,
             params_sha256=version.params_sha256,
             momentum_sha256=version.momentum_sha256,
-            worker_params_sha256=version.worker_params_sha256 or version.params_sha256,
+            worker_params_sha256=version.worker_params_sha256,
             delta_sha256=version.delta_sha256,
             delta_bytes=version.delta_bytes,
             num_tasks=num_tasks,
@@ -213,13 +219,8 @@ class RoundService:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
         shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
         average = average_payloads(
-            [
-                (
-                    partial(self._blobs.open, t.result_sha256 or ""),
-                    float((t.metrics or {}).get("tokens", 1)),
-                )
-                for t in tasks
-            ],
+            [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
+            [float((t.metrics or {}).get("tokens", 1)) for t in tasks],
             shapes,
             spec.update_policy(),
         )
@@ -250,8 +251,7 @@ class RoundService:
         momentum: dict[str, torch.Tensor],
     ) -> Version:
         """Store the next version and the broadcast delta workers of this version apply."""
-        held_sha = round_.worker_params_sha256 or round_.params_sha256
-        held = state_from_bytes(self._blobs.read(held_sha))
+        held = state_from_bytes(self._blobs.read(round_.worker_params_sha256))
         delta, worker_params = make_delta(
             held, params, spec.broadcast_policy(), seed=task_seed(spec.seed, round_.index + 1, 0)
         )

@@ -94,9 +94,9 @@ class Round(Base):
     params_sha256: Mapped[str] = mapped_column(String(64))
     """The coordinator's parameters of this version (what the outer step updates)."""
     momentum_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    worker_params_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_params_sha256: Mapped[str] = mapped_column(String(64))
     """What workers train from: the previous version's plus the decoded broadcast delta. It
-    differs from `params_sha256` by the coordinator's broadcast residual (None: identical)."""
+    differs from `params_sha256` by the coordinator's broadcast residual."""
     delta_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     delta_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     num_tasks: Mapped[int] = mapped_column(Integer)

@@ -160,7 +160,7 @@ class TaskService:
             max_result_bytes=_max_result_bytes(job, spec),
             train=m.TrainTask(
                 model_config_sha256=job.model_config_sha256,
-                params_sha256=round_.worker_params_sha256 or round_.params_sha256,
+                params_sha256=round_.worker_params_sha256,
                 tokens_sha256=job.shard_sha256s[task.shard_index],
                 inner_steps=spec.inner_steps,
                 batch_size=spec.batch_size,
@@ -368,27 +368,27 @@ def _max_result_bytes(job: Job, spec: JobSpec) -> int:
 
 
 def _param_deltas(session: Session, round_: Round) -> list[m.ParamDelta]:
-    """The deltas of the last `MAX_PARAM_DELTAS` versions up to this round's, oldest first."""
+    """The deltas of the last `MAX_PARAM_DELTAS` versions up to this round's, oldest first.
+
+    Every round but the first of a job has a delta (rounds from before deltas existed come
+    first), so the run is unbroken and ends at this version.
+    """
     rounds = session.scalars(
         select(Round)
         .where(
             Round.job_id == round_.job_id,
             Round.index > round_.index - MAX_PARAM_DELTAS,
             Round.index <= round_.index,
+            Round.delta_sha256.is_not(None),
         )
         .order_by(Round.index)
     )
-    deltas = [
+    return [
         m.ParamDelta(
             version=r.index,
-            delta_sha256=r.delta_sha256,
+            delta_sha256=r.delta_sha256 or "",
             size_bytes=r.delta_bytes or 0,
-            params_sha256=r.worker_params_sha256 or r.params_sha256,
+            params_sha256=r.worker_params_sha256,
         )
         for r in rounds
-        if r.delta_sha256
     ]
-    # Only an unbroken run ending at this version is useful to a worker.
-    while deltas and deltas[0].version != round_.index - len(deltas) + 1:
-        deltas.pop(0)
-    return deltas

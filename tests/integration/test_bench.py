@@ -12,27 +12,16 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
+def _bench(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "swarm.coordinator", "bench", "compression", "--quick"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
 def test_quick_compression_bench_prints_json_and_writes_a_plot(tmp_path: Path) -> None:
     plot = tmp_path / "plot.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "swarm.coordinator",
-            "bench",
-            "compression",
-            "--quick",
-            "--json",
-            "--plot",
-            str(plot),
-            "--processes",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = _bench("--json", "--plot", str(plot), "--processes", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     chains = [row["chain"] for row in report["codecs"]["codecs"]]
@@ -51,21 +40,6 @@ def test_quick_compression_bench_prints_json_and_writes_a_plot(tmp_path: Path) -
 
 
 def test_bench_rejects_an_unknown_chain() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "swarm.coordinator",
-            "bench",
-            "compression",
-            "--quick",
-            "--chains",
-            "int9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _bench("--chains", "int9", timeout_s=120)
     assert result.returncode == 2
     assert "unknown codec stage 'int9'" in result.stderr

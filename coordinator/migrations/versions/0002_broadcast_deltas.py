@@ -21,6 +21,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("worker_params_sha256", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("delta_sha256", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("delta_bytes", sa.BigInteger(), nullable=True))
+    # Rounds opened before broadcast deltas sent workers the coordinator's own parameters.
+    op.execute("UPDATE rounds SET worker_params_sha256 = params_sha256")
+    with op.batch_alter_table("rounds", schema=None) as batch_op:
+        batch_op.alter_column(
+            "worker_params_sha256", existing_type=sa.String(length=64), nullable=False
+        )
 
 
 def downgrade() -> None:

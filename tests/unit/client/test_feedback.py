@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from swarm.client.feedback import FeedbackStore
@@ -41,3 +42,46 @@ def test_a_job_id_cannot_escape_the_feedback_folder(tmp_path: Path) -> None:
         path = store.path(hostile)
         assert path.parent == tmp_path / "feedback", hostile
     assert store.path("ftjob-abc").name == "ftjob-abc.safetensors"
+
+
+def test_a_residual_that_overflows_is_dropped_and_the_update_still_goes_out(
+    tmp_path: Path,
+) -> None:
+    from swarm.client.settings import ClientSettings
+    from swarm.client.worker import Worker
+    from swarm.compression import decode_payload
+    from swarm.protocol import messages as m
+
+    policy = m.CompressionPolicy(chain="topk:0.1+fp32", small_chain="fp32", small_elements=0)
+    train = m.TrainTask(
+        model_config_sha256="",
+        params_sha256="",
+        tokens_sha256="",
+        inner_steps=1,
+        batch_size=1,
+        seq_len=8,
+        learning_rate=0.0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        warmup_steps=0,
+        seed=3,
+        update_policy=policy,
+        broadcast_policy=policy,
+    )
+    task = m.Task(
+        task_id="task-1",
+        job_id="ftjob-abc",
+        round=0,
+        version=0,
+        lease_deadline_unix_s=0.0,
+        max_result_bytes=0,
+        train=train,
+    )
+    update = {"w": torch.full((4, 8), 3e38)}
+    worker = Worker(ClientSettings(data_dir=tmp_path))
+    _, _, _, feedback = worker._encode(task, update)
+    feedback.commit()  # 90% of 3e38 per element is left behind
+    path, _, size, feedback = worker._encode(task, update)  # plus 3e38 more: inf
+    assert size == path.stat().st_size
+    decoded = decode_payload(path.read_bytes(), {"w": (4, 8)}, CompressionPolicy(**policy.__dict__))
+    assert decoded["w"].abs().max() == pytest.approx(3e38)

@@ -1,12 +1,29 @@
-"""The DiLoCo outer step: token-weighted averaging and Nesterov SGD."""
+"""The DiLoCo outer step: token-weighted averaging of encoded updates and Nesterov SGD."""
 
 from __future__ import annotations
+
+import io
+from functools import partial
 
 import pytest
 import torch
 
-from swarm.coordinator.aggregation import nesterov_step, weighted_average
+from swarm.compression import CompressionPolicy, encode_payload
+from swarm.coordinator.aggregation import average_payloads, nesterov_step
 from swarm.protocol.errors import ConfigError
+
+LOSSLESS = CompressionPolicy(chain="fp32", small_chain="fp32")
+
+
+def weighted_average(
+    updates: list[dict[str, torch.Tensor]], weights: list[float]
+) -> dict[str, torch.Tensor]:
+    """Average in-memory updates through the coordinator's streaming path (lossless codec)."""
+    shapes = {
+        n: tuple(t.shape) for n, t in (updates[0] if updates else {"w": torch.zeros(1)}).items()
+    }
+    payloads = [encode_payload(u, LOSSLESS) for u in updates]
+    return average_payloads([partial(io.BytesIO, p) for p in payloads], weights, shapes, LOSSLESS)
 
 
 def make_params(seed: int) -> dict[str, torch.Tensor]:

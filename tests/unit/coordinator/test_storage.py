@@ -189,3 +189,40 @@ def test_database_uses_psycopg_for_postgres_urls() -> None:
         assert not db.is_sqlite
     finally:
         db.dispose()
+
+
+def test_rounds_from_before_broadcast_deltas_send_workers_the_coordinators_parameters(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+
+    from swarm.coordinator.migrations import alembic_config
+
+    db = Database(sqlite_url(tmp_path))
+    try:
+        command.upgrade(alembic_config(db.engine), "0001")
+        with db.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, status, model, spec, created_at, model_config_sha256, "
+                    "heldout_sha256, shard_sha256s, param_shapes, num_trainable_params, "
+                    "tasks_created, rounds_completed, trained_tokens) VALUES ('ftjob-old', "
+                    "'running', 'tiny-llama', '{}', 0, 'c', 'h', '[]', '{}', 1, 0, 0, 0)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO rounds (job_id, \"index\", status, params_sha256, num_tasks, "
+                    "opened_at, tokens, bytes_up, bytes_down, num_clients) VALUES "
+                    "('ftjob-old', 0, 'open', 'p0', 2, 0, 0, 0, 0, 0)"
+                )
+            )
+        db.migrate()
+        with db.engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT worker_params_sha256, delta_sha256 FROM rounds")
+            ).one()
+        assert tuple(row) == ("p0", None)
+        assert alembic_revision(db) == "0002"
+    finally:
+        db.dispose()
