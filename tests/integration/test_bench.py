@@ -28,6 +28,8 @@ def test_quick_compression_bench_prints_json_and_writes_a_plot(tmp_path: Path) -
     assert "random:0.2+topk:0.1+int4:block=64+zstd" in chains
     for row in report["codecs"]["codecs"]:
         assert row["bytes"] > 0 and row["encode_mb_s"] > 0 and row["relative_error"] >= 0
+    [large] = report["codecs"]["large_matrix"]
+    assert large["chain"] == "int8:block=64" and 3.8 < large["ratio"] < 4.0
     fp32 = next(r for r in report["codecs"]["codecs"] if r["chain"] == "fp32")
     assert fp32["relative_error"] < 1e-3  # only the small tensors go through fp16
     runs = {run["label"]: run for run in report["convergence"]["runs"]}

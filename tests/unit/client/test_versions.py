@@ -130,3 +130,24 @@ def test_a_gap_in_the_deltas_means_a_full_download(tmp_path: Path) -> None:
     latest = _task(cache, held, range(3, 4))  # only version 2 -> 3 is listed
     assert _equal(store.params(latest, NO_TRANSPORT), held[3])
     assert (store.stats.full_downloads, store.stats.delta_catch_ups) == (2, 0)
+
+
+def test_a_delta_that_rebuilds_the_wrong_version_falls_back_to_the_full_parameters(
+    tmp_path: Path,
+) -> None:
+    cache = BlobCache(tmp_path)
+    held = _versions(3)
+    store = VersionStore(cache)
+    store.params(_task(cache, held[:2], range(1, 2)), NO_TRANSPORT)
+    latest = _task(cache, held, range(2, 3))
+    assert latest.train is not None
+    wrong = latest.train.param_deltas[0]
+    # A well-formed delta, but the one from version 0 to 1: the digest check must catch it.
+    latest.train.param_deltas[0] = m.ParamDelta(
+        version=2,
+        delta_sha256=cache.put(DELTAS[1]),
+        size_bytes=wrong.size_bytes,
+        params_sha256=wrong.params_sha256,
+    )
+    assert _equal(store.params(latest, NO_TRANSPORT), held[2])
+    assert (store.stats.delta_failures, store.stats.full_downloads) == (1, 2)
