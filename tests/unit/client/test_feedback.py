@@ -51,32 +51,10 @@ def test_a_residual_that_overflows_is_dropped_and_the_update_still_goes_out(
     from swarm.client.worker import Worker
     from swarm.compression import decode_payload
     from swarm.protocol import messages as m
+    from tests.unit.client.train_tasks import train_task
 
     policy = m.CompressionPolicy(chain="topk:0.1+fp32", small_chain="fp32", small_elements=0)
-    train = m.TrainTask(
-        model_config_sha256="",
-        params_sha256="",
-        tokens_sha256="",
-        inner_steps=1,
-        batch_size=1,
-        seq_len=8,
-        learning_rate=0.0,
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        warmup_steps=0,
-        seed=3,
-        update_policy=policy,
-        broadcast_policy=policy,
-    )
-    task = m.Task(
-        task_id="task-1",
-        job_id="ftjob-abc",
-        round=0,
-        version=0,
-        lease_deadline_unix_s=0.0,
-        max_result_bytes=0,
-        train=train,
-    )
+    task = train_task(job_id="ftjob-abc", version=0, params_sha256="", policy=policy, seed=3)
     update = {"w": torch.full((4, 8), 3e38)}
     worker = Worker(ClientSettings(data_dir=tmp_path))
     _, _, _, feedback = worker._encode(task, update)

@@ -17,6 +17,7 @@ from swarm.client.versions import VersionStore
 from swarm.compression import CompressionPolicy, make_delta
 from swarm.models import state_to_bytes
 from swarm.protocol import messages as m
+from tests.unit.client.train_tasks import train_task
 
 BROADCAST = CompressionPolicy(chain="int8+zstd", small_chain="fp32")
 NO_TRANSPORT: Any = None
@@ -49,30 +50,12 @@ def _task(cache: BlobCache, held: list[dict[str, torch.Tensor]], versions: range
         )
         for v in versions
     ]
-    policy = m.CompressionPolicy(**BROADCAST.to_dict())
-    return m.Task(
-        task_id=f"task-{len(held) - 1}",
+    return train_task(
         job_id="ftjob-x",
-        round=len(held) - 1,
         version=len(held) - 1,
-        lease_deadline_unix_s=0.0,
-        max_result_bytes=0,
-        train=m.TrainTask(
-            model_config_sha256="",
-            params_sha256=cache.put(state_to_bytes(held[-1])),
-            tokens_sha256="",
-            inner_steps=1,
-            batch_size=1,
-            seq_len=8,
-            learning_rate=0.0,
-            weight_decay=0.0,
-            max_grad_norm=0.0,
-            warmup_steps=0,
-            seed=0,
-            update_policy=policy,
-            broadcast_policy=policy,
-            param_deltas=deltas,
-        ),
+        params_sha256=cache.put(state_to_bytes(held[-1])),
+        policy=m.CompressionPolicy(**BROADCAST.to_dict()),
+        deltas=deltas,
     )
 
 
