@@ -212,7 +212,7 @@ def test_rounds_from_before_broadcast_deltas_send_workers_the_coordinators_param
             )
             connection.execute(
                 text(
-                    "INSERT INTO rounds (job_id, \"index\", status, params_sha256, num_tasks, "
+                    'INSERT INTO rounds (job_id, "index", status, params_sha256, num_tasks, '
                     "opened_at, tokens, bytes_up, bytes_down, num_clients) VALUES "
                     "('ftjob-old', 0, 'open', 'p0', 2, 0, 0, 0, 0, 0)"
                 )
