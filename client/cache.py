@@ -49,9 +49,13 @@ class BlobCache:
 
     def get(self, sha256: str, transport: Transport, timeout_s: float = 600.0) -> bytes:
         """The blob's bytes, from the cache or downloaded (resuming) and verified."""
+        return self.fetch(sha256, transport, timeout_s).read_bytes()
+
+    def fetch(self, sha256: str, transport: Transport, timeout_s: float = 600.0) -> Path:
+        """The blob's path in the cache, downloading (resuming) and verifying it if needed."""
         final = self.path(sha256)
         if final.exists():
-            return final.read_bytes()
+            return final
         partial = final.with_suffix(".part")
         for attempt in range(MAX_RESUMES):
             offset = partial.stat().st_size if partial.exists() else 0
@@ -75,9 +79,12 @@ class BlobCache:
                 transport.pause(attempt)
         else:
             raise TransportError(f"could not download blob {sha256} after {MAX_RESUMES} tries")
-        data = partial.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
+        digest = hashlib.sha256()
+        with partial.open("rb") as source:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256:
             partial.unlink(missing_ok=True)
             raise IntegrityError(f"blob {sha256} arrived corrupted (SHA-256 mismatch); discarded")
         os.replace(partial, final)
-        return data
+        return final

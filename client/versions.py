@@ -48,8 +48,7 @@ class VersionStore:
 
     def params(self, task: m.Task, transport: Transport) -> dict[str, torch.Tensor]:
         """The trainable parameters `task` starts from."""
-        assert task.train is not None
-        spec = task.train
+        spec = _spec(task)
         held = self._held if self._held and self._held.job_id == task.job_id else None
         if held is not None and held.params_sha256 == spec.params_sha256:
             return held.state
@@ -67,20 +66,20 @@ class VersionStore:
     def _catch_up(
         self, task: m.Task, held: _Held | None, transport: Transport
     ) -> dict[str, torch.Tensor] | None:
-        assert task.train is not None
-        deltas = task.train.param_deltas
-        if not deltas or deltas[-1].params_sha256 != task.train.params_sha256:
+        spec = _spec(task)
+        deltas = spec.param_deltas
+        if not deltas or deltas[-1].params_sha256 != spec.params_sha256:
             return None
         start = self._starting_point(deltas, held, transport)
         if start is None:
             return None
         index, state = start
-        policy = CompressionPolicy(**dataclasses.asdict(task.train.broadcast_policy))
+        policy = CompressionPolicy(**dataclasses.asdict(spec.broadcast_policy))
         try:
             for delta in deltas[index:]:
                 state = apply_delta(state, self._cache.get(delta.delta_sha256, transport), policy)
             data = state_to_bytes(state)
-            if hashlib.sha256(data).hexdigest() != task.train.params_sha256:
+            if hashlib.sha256(data).hexdigest() != spec.params_sha256:
                 raise CompressionError("the rebuilt version does not match its digest")
         except SwarmError as exc:
             logger.warning(
@@ -114,3 +113,10 @@ class VersionStore:
                 data = self._cache.get(deltas[i].params_sha256, transport)
                 return i + 1, state_from_bytes(data)
         return None
+
+
+def _spec(task: m.Task) -> m.TrainTask | m.EvaluateTask:
+    spec = task.train or task.evaluate
+    if spec is None:
+        raise SwarmError(f"task {task.task_id} names no parameters")
+    return spec

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +29,19 @@ from swarm.client.transport import Stopped, Transport
 from swarm.client.versions import VersionStore
 from swarm.compression import CompressionPolicy, ErrorFeedback, encode_stream
 from swarm.models import (
+    AdapterConfig,
     InnerLoopConfig,
     InnerLoopInterrupted,
+    Objective,
+    apply_adapter,
     build_model,
     config_from_bytes,
-    decode_shard,
+    is_lora,
     load_trainable_state,
     run_inner_loop,
 )
+from swarm.models.objectives import build_objective
+from swarm.models.sources import load_weights
 from swarm.protocol import PROTOCOL_VERSION, SwarmError, TransportError
 from swarm.protocol import messages as m
 from swarm.protocol.errors import CompressionError
@@ -64,7 +70,7 @@ class Worker:
         self._versions = VersionStore(self._cache)
         self._feedback = FeedbackStore(settings.data_dir / "feedback")
         self._outbox = settings.data_dir / "outbox"
-        self._models: dict[str, torch.nn.Module] = {}
+        self._models: dict[Any, tuple[torch.nn.Module, torch.nn.Module | None]] = {}
         self._transport: Transport | None = None
 
     def run(self) -> None:
@@ -136,71 +142,24 @@ class Worker:
                 logger.debug("heartbeat failed: %s", exc)
 
     def _run_task(self, transport: Transport, task: m.Task) -> None:
-        if task.train is None:
+        spec = task.train or task.evaluate
+        if spec is None:
             logger.error(
                 "task %s has a kind this client does not know; handing it back", task.task_id
             )
             self._hand_back(transport, task, m.FailureKind.ERROR, "unsupported task kind")
             return
-        spec = task.train
         self._current_task = task.task_id
         self._revoked.clear()
         try:
             began = time.perf_counter()
-            config = config_from_bytes(self._cache.get(spec.model_config_sha256, transport))
-            model = self._models.get(spec.model_config_sha256) or build_model(config)
-            self._models = {spec.model_config_sha256: model}
-            load_trainable_state(model, self._versions.params(task, transport))
-            tokens = decode_shard(
-                self._cache.get(spec.tokens_sha256, transport), config["vocab_size"]
-            )
+            model, objective = self._prepare(transport, task, spec)
             fetch_s = time.perf_counter() - began
-            result = run_inner_loop(
-                model,
-                tokens,
-                InnerLoopConfig(
-                    steps=spec.inner_steps,
-                    batch_size=spec.batch_size,
-                    seq_len=spec.seq_len,
-                    learning_rate=spec.learning_rate,
-                    weight_decay=spec.weight_decay,
-                    max_grad_norm=spec.max_grad_norm,
-                    warmup_steps=spec.warmup_steps,
-                    seed=spec.seed,
-                ),
-                on_step=self._on_step(task),
-            )
-            payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)
-            metrics = m.TaskMetrics(
-                loss_first=result.losses[0],
-                loss_last=result.losses[-1],
-                loss_mean=float(np.mean(result.losses)),
-                tokens=result.tokens,
-                compute_s=result.compute_s,
-                steps=len(result.losses),
-            )
-            try:
-                accepted = self._submit(transport, task, payload, digest, size, metrics)
-            finally:
-                payload.unlink(missing_ok=True)
-            if accepted:  # the coordinator has what was sent: the rest is the new residual
-                feedback.commit()
-                self._feedback.save(task.job_id, feedback)
+            if task.evaluate is not None:
+                self._evaluate(transport, task, task.evaluate, model, objective, fetch_s)
             else:
-                feedback.discard()
-            logger.info(
-                "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, fetch %.1fs, "
-                "compute %.1fs, %.1f KB up",
-                task.task_id,
-                task.job_id,
-                task.round,
-                metrics.loss_first,
-                metrics.loss_last,
-                metrics.tokens,
-                fetch_s,
-                result.compute_s,
-                size / 1e3,
-            )
+                assert task.train is not None
+                self._train(transport, task, task.train, model, objective, fetch_s)
         except InnerLoopInterrupted as exc:
             if self._revoked.is_set():
                 logger.info("abandoned task %s: %s", task.task_id, exc)
@@ -217,6 +176,148 @@ class Worker:
             self._hand_back(transport, task, m.FailureKind.ERROR, str(exc))
         finally:
             self._current_task = None
+
+    def _prepare(
+        self, transport: Transport, task: m.Task, spec: m.TrainTask | m.EvaluateTask
+    ) -> tuple[torch.nn.Module, Objective]:
+        """The task's model at its version, and its objective over its data."""
+        config = config_from_bytes(self._cache.get(spec.model_config_sha256, transport))
+        model, reference = self._model(transport, config, spec)
+        load_trainable_state(model, self._versions.params(task, transport))
+        shard = self._cache.get(
+            spec.tokens_sha256 if isinstance(spec, m.TrainTask) else spec.data_sha256, transport
+        )
+        objective = build_objective(
+            spec.recipe.objective,
+            shard,
+            vocab_size=config["vocab_size"],
+            seq_len=spec.seq_len,
+            dpo_beta=spec.recipe.dpo_beta,
+            reference=reference,
+        )
+        return model, objective
+
+    def _model(
+        self, transport: Transport, config: dict[str, Any], spec: m.TrainTask | m.EvaluateTask
+    ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The job's model (kept between tasks) and, for full-weight DPO, its frozen reference."""
+        key = (spec.model_config_sha256, tuple(spec.base_sha256s), repr(spec.recipe))
+        if key in self._models:
+            return self._models[key]
+        self._models.clear()  # one job's model in memory at a time
+        adapter = spec.recipe.adapter
+
+        def base() -> torch.nn.Module:
+            model = build_model(config)
+            if spec.base_sha256s:
+                load_weights(model, [self._cache.fetch(s, transport) for s in spec.base_sha256s])
+            return model
+
+        model = apply_adapter(
+            base(),
+            AdapterConfig(
+                kind=adapter.kind,
+                rank=adapter.rank or 8,
+                alpha=adapter.alpha or 16.0,
+                dropout=adapter.dropout,
+                target_modules=tuple(adapter.target_modules),
+            ),
+        )
+        reference = None
+        if spec.recipe.objective == "dpo" and not is_lora(model):
+            reference = base().eval().requires_grad_(False)
+        self._models[key] = (model, reference)
+        return model, reference
+
+    def _evaluate(
+        self,
+        transport: Transport,
+        task: m.Task,
+        spec: m.EvaluateTask,
+        model: torch.nn.Module,
+        objective: Objective,
+        fetch_s: float,
+    ) -> None:
+        began = time.perf_counter()
+        values = objective.evaluate(model, spec.batch_size, spec.max_examples)
+        metrics = m.TaskMetrics(
+            compute_s=time.perf_counter() - began,
+            eval_loss=values["loss"],
+            token_accuracy=values.get("token_accuracy", 0.0),
+            reward_accuracy=values.get("reward_accuracy", 0.0),
+            reward_margin=values.get("reward_margin", 0.0),
+            examples=int(values["examples"]),
+        )
+        empty = self._outbox / "empty.payload"
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        empty.write_bytes(b"")
+        self._submit(transport, task, empty, hashlib.sha256(b"").hexdigest(), 0, metrics)
+        logger.info(
+            "task %s (job %s): evaluated version %d on %d held-out examples: %s; fetch %.1fs, "
+            "compute %.1fs",
+            task.task_id,
+            task.job_id,
+            task.version,
+            metrics.examples,
+            ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "examples"),
+            fetch_s,
+            metrics.compute_s,
+        )
+
+    def _train(
+        self,
+        transport: Transport,
+        task: m.Task,
+        spec: m.TrainTask,
+        model: torch.nn.Module,
+        objective: Objective,
+        fetch_s: float,
+    ) -> None:
+        result = run_inner_loop(
+            model,
+            objective,
+            InnerLoopConfig(
+                steps=spec.inner_steps,
+                batch_size=spec.batch_size,
+                learning_rate=spec.learning_rate,
+                weight_decay=spec.weight_decay,
+                max_grad_norm=spec.max_grad_norm,
+                warmup_steps=spec.warmup_steps,
+                seed=spec.seed,
+            ),
+            on_step=self._on_step(task),
+        )
+        payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)
+        metrics = m.TaskMetrics(
+            loss_first=result.losses[0],
+            loss_last=result.losses[-1],
+            loss_mean=float(np.mean(result.losses)),
+            tokens=result.tokens,
+            compute_s=result.compute_s,
+            steps=len(result.losses),
+        )
+        try:
+            accepted = self._submit(transport, task, payload, digest, size, metrics)
+        finally:
+            payload.unlink(missing_ok=True)
+        if accepted:  # the coordinator has what was sent: the rest is the new residual
+            feedback.commit()
+            self._feedback.save(task.job_id, feedback)
+        else:
+            feedback.discard()
+        logger.info(
+            "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, fetch %.1fs, "
+            "compute %.1fs, %.1f KB up",
+            task.task_id,
+            task.job_id,
+            task.round,
+            metrics.loss_first,
+            metrics.loss_last,
+            metrics.tokens,
+            fetch_s,
+            result.compute_s,
+            size / 1e3,
+        )
 
     def _on_step(self, task: m.Task):  # type: ignore[no-untyped-def]
         assert task.train is not None

@@ -105,6 +105,13 @@ class BlobStore:
             if os.path.exists(temp_name):
                 os.unlink(temp_name)
 
+    def put_file(self, path: Path) -> str:
+        """Store a copy of the file at `path` and return its SHA-256."""
+        with path.open("rb") as source:
+            return self.put_stream(
+                iter(lambda: source.read(CHUNK_BYTES), b""), max_bytes=path.stat().st_size
+            )
+
     def read(self, sha256: str) -> bytes:
         try:
             return self.path(sha256).read_bytes()

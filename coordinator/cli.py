@@ -1,4 +1,4 @@
-"""`swarm`: the operator's and researcher's command line (coordinator, demo, jobs)."""
+"""`swarm`: the operator's and researcher's command line (coordinator, demo, jobs, models)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
 
-    demo = commands.add_parser("demo", help="train a model with local clients, end to end")
+    demo = commands.add_parser(
+        "demo", help="fine-tune SmolLM2 (SFT, then DPO) with local clients, end to end"
+    )
     demo.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
-    demo.add_argument("--rounds", type=int, help="outer rounds (default 10)")
-    demo.add_argument("--inner-steps", type=int, help="inner steps per task (default 24)")
+    demo.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="base model (default smollm2-135m-instruct; tiny-llama for a quick look)",
+    )
+    demo.add_argument("--rounds", type=int, help="outer rounds of each job")
+    demo.add_argument("--inner-steps", type=int, help="inner steps per task")
     demo.add_argument("--db", help="database URL for the demo's coordinator")
     demo.add_argument("--work-dir", type=Path, help="keep logs and data here")
     demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
@@ -53,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     compression.add_argument("--plot", type=Path, help="write a PNG of loss against bytes here")
     compression.add_argument("--output", type=Path, help="also write the JSON report here")
 
+    models = commands.add_parser("models", help="the models a coordinator serves")
+    models.add_argument("--data-dir", type=Path, help="the coordinator's data directory")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser("list", help="pulled, pullable and preset models")
+    pull = model_commands.add_parser(
+        "pull", help="prepare a model (name, HF folder, .gguf file or hf:ORG/NAME) for jobs"
+    )
+    pull.add_argument("name")
+    pull.add_argument("--as", dest="alias", help="store it under this name")
+
     jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
     jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -61,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("job_id")
     create = job_commands.add_parser("create", help="create a job")
     create.add_argument("--model", default="tiny-llama")
-    create.add_argument("--training-file", default="builtin:tiny_corpus")
+    create.add_argument("--method", choices=["lm", "sft", "dpo"], default="lm")
+    create.add_argument("--training-file", default="", help="default: the method's built-in")
+    create.add_argument("--validation-file", default=None)
+    download = job_commands.add_parser("download", help="download a job's result files")
+    download.add_argument("job_id")
+    download.add_argument("--kind", choices=["adapter", "merged"], default="merged")
+    download.add_argument("--output", type=Path, help="folder (default ./<job_id>-<kind>)")
     create.add_argument(
         "--set",
         action="append",
@@ -107,6 +130,7 @@ def _coordinator(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from swarm.coordinator.demo import DemoConfig, run_demo
+    from swarm.protocol.errors import SwarmError
 
     hyperparameters: dict[str, Any] = {}
     if args.rounds is not None:
@@ -117,13 +141,14 @@ def _demo(args: argparse.Namespace) -> int:
         summary = run_demo(
             DemoConfig(
                 num_clients=args.clients,
+                model=args.model,
                 hyperparameters=hyperparameters,
                 work_dir=args.work_dir,
                 db=args.db,
             ),
             quiet=args.json,
         )
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, SwarmError) as exc:
         print(f"swarm demo failed: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -138,11 +163,66 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def _models(args: argparse.Namespace) -> int:
+    from swarm.coordinator.blobs import BlobStore
+    from swarm.coordinator.catalog import ModelCatalog
+    from swarm.coordinator.settings import CoordinatorSettings
+    from swarm.protocol.errors import SwarmError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = CoordinatorSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    catalog = ModelCatalog(settings.data_dir / "models", BlobStore(settings.data_dir / "blobs"))
+    try:
+        if args.models_command == "pull":
+            manifest = catalog.pull(args.name, alias=args.alias)
+            print(
+                f"{manifest['name']}: {manifest['model_type']}, "
+                f"{manifest['num_parameters']:,} parameters from {manifest['source']}; "
+                f"jobs can now use --model {manifest['name']}"
+            )
+            return 0
+    except SwarmError as exc:
+        print(f"swarm models pull: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'name':<26} {'status':<16} {'family':<9} {'parameters':>13}  source")
+    for row in catalog.list():
+        params = f"{row['num_parameters']:,}" if row["num_parameters"] else "-"
+        print(
+            f"{row['name']:<26} {row['status']:<16} {row['family'] or '-':<9} {params:>13}  "
+            f"{row['source']}"
+        )
+    return 0
+
+
+def _download(http: Any, job_id: str, kind: str, output: Path | None) -> int:
+    response = http.get(f"/v1/swarm/jobs/{job_id}/artifacts")
+    if response.status_code != 200:
+        print(f"swarm jobs download: {response.json()['error']['message']}", file=sys.stderr)
+        return 1
+    artifact = next((a for a in response.json()["data"] if a["kind"] == kind), None)
+    if artifact is None:
+        print(f"swarm jobs download: job {job_id} has no {kind} artifact", file=sys.stderr)
+        return 1
+    folder = output or Path(f"{job_id}-{kind}")
+    for entry in artifact["files"]:
+        target = folder / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with http.stream("GET", f"/v1/swarm/jobs/{job_id}/artifacts/{kind}/{entry['path']}") as r:
+            r.raise_for_status()
+            with target.open("wb") as out:
+                for chunk in r.iter_bytes():
+                    out.write(chunk)
+        print(f"{target} ({entry['bytes']:,} bytes)")
+    return 0
+
+
 def _jobs(args: argparse.Namespace) -> int:
     import httpx
 
     with httpx.Client(base_url=args.url, timeout=60.0) as http:
         try:
+            if args.jobs_command == "download":
+                return _download(http, args.job_id, args.kind, args.output)
             if args.jobs_command == "list":
                 response = http.get("/v1/fine_tuning/jobs")
             elif args.jobs_command == "get":
@@ -162,7 +242,11 @@ def _jobs(args: argparse.Namespace) -> int:
                     json={
                         "model": args.model,
                         "training_file": args.training_file,
-                        "hyperparameters": {k: _parse_value(v) for k, v in pairs},
+                        "validation_file": args.validation_file,
+                        "hyperparameters": {
+                            "method": args.method,
+                            **{k: _parse_value(v) for k, v in pairs},
+                        },
                     },
                 )
         except httpx.HTTPError as exc:
@@ -213,7 +297,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"coordinator": _coordinator, "demo": _demo, "jobs": _jobs, "bench": _bench}
+    handlers = {
+        "coordinator": _coordinator,
+        "demo": _demo,
+        "jobs": _jobs,
+        "models": _models,
+        "bench": _bench,
+    }
     return handlers[args.command](args)
 
 

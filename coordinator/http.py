@@ -11,10 +11,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.storage import Database, Job, Worker
@@ -27,8 +29,13 @@ class CreateJobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(default="tiny-llama", description="model preset to train")
-    training_file: str = Field(default="builtin:tiny_corpus", description="dataset")
+    model: str = Field(default="tiny-llama", description="a model from GET /v1/models")
+    training_file: str = Field(default="", description="dataset; empty: the method's built-in")
+    validation_file: str | None = Field(default=None, description="held-out dataset")
+    method: dict[str, Any] | None = Field(
+        default=None,
+        description='OpenAI\'s {"type": "supervised" | "dpo", "<type>": {"hyperparameters": ...}}',
+    )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="any JobSpec field, e.g. num_rounds, inner_steps"
     )
@@ -45,11 +52,11 @@ def job_object(job: Job) -> dict[str, Any]:
         "model": job.model,
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": None,
+        "fine_tuned_model": job.id if job.artifacts else None,
         "organization_id": "swarm",
         "status": job.status,
         "training_file": spec.get("dataset"),
-        "validation_file": None,
+        "validation_file": spec.get("validation_dataset") or None,
         "hyperparameters": {
             "n_epochs": "auto",
             "batch_size": spec.get("batch_size"),
@@ -67,6 +74,9 @@ def job_object(job: Job) -> dict[str, Any]:
             "num_trainable_params": job.num_trainable_params,
             "initial_eval_loss": job.initial_eval_loss,
             "eval_loss": job.eval_loss,
+            "initial_eval_metrics": job.initial_eval_metrics,
+            "eval_metrics": job.eval_metrics,
+            "artifacts": sorted(job.artifacts or {}),
             "result_params_sha256": job.result_params_sha256,
         },
     }
@@ -81,7 +91,40 @@ def _error(
     )
 
 
-def create_app(db: Database, jobs: JobService, *, started_at: float | None = None) -> FastAPI:
+METHOD_TYPES = {"supervised": "sft", "dpo": "dpo", "lm": "lm"}
+
+
+def _job_values(body: CreateJobRequest) -> dict[str, Any]:
+    """JobSpec fields from a request: OpenAI's `method` object, then swarm's hyperparameters."""
+    values: dict[str, Any] = {"model": body.model}
+    if body.training_file:
+        values["dataset"] = body.training_file
+    if body.validation_file:
+        values["validation_dataset"] = body.validation_file
+    if body.method is not None:
+        kind = body.method.get("type")
+        if kind not in METHOD_TYPES:
+            raise ConfigError(f"method.type must be one of {sorted(METHOD_TYPES)}, got {kind!r}")
+        values["method"] = METHOD_TYPES[kind]
+        settings = body.method.get(kind) or {}
+        hyper = settings.get("hyperparameters") or {} if isinstance(settings, dict) else {}
+        for key, value in hyper.items():
+            if value != "auto":
+                values[{"beta": "dpo_beta"}.get(key, key)] = value
+    values.update(body.hyperparameters)
+    if body.seed is not None:
+        values["seed"] = body.seed
+    return values
+
+
+def create_app(
+    db: Database,
+    jobs: JobService,
+    catalog: ModelCatalog,
+    blobs: BlobStore,
+    *,
+    started_at: float | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="swarm coordinator",
         version="0.1.0",
@@ -138,10 +181,7 @@ def create_app(db: Database, jobs: JobService, *, started_at: float | None = Non
     @app.post("/v1/fine_tuning/jobs", tags=["jobs"])
     def create_job(body: CreateJobRequest) -> dict[str, Any]:
         """Validate the data and queue a training job."""
-        values = {"model": body.model, "dataset": body.training_file, **body.hyperparameters}
-        if body.seed is not None:
-            values["seed"] = body.seed
-        return job_object(jobs.create_job(JobSpec.from_dict(values), body.metadata))
+        return job_object(jobs.create_job(JobSpec.from_dict(_job_values(body)), body.metadata))
 
     @app.get("/v1/fine_tuning/jobs", tags=["jobs"])
     def list_jobs(after: str | None = None, limit: int = 20) -> dict[str, Any]:
@@ -184,6 +224,53 @@ def create_app(db: Database, jobs: JobService, *, started_at: float | None = Non
     def list_rounds(job_id: str) -> dict[str, Any]:
         """Per-round numbers: losses, tokens, bytes up and down, clients."""
         return {"object": "list", "data": [round_summary(r) for r in jobs.list_rounds(job_id)]}
+
+    @app.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
+    def list_artifacts(job_id: str) -> dict[str, Any]:
+        """The results of a succeeded job: `adapter` (PEFT) and `merged` (HF folder) files."""
+        job = jobs.get_job(job_id)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "kind": kind,
+                    "files": [
+                        {"path": path, "sha256": sha, "bytes": blobs.size(sha)}
+                        for path, sha in sorted(artifact["files"].items())
+                    ],
+                }
+                for kind, artifact in sorted((job.artifacts or {}).items())
+            ],
+        }
+
+    @app.get("/v1/swarm/jobs/{job_id}/artifacts/{kind}/{path:path}", tags=["swarm"])
+    def download_artifact(job_id: str, kind: str, path: str) -> FileResponse:
+        """One file of an artifact, e.g. `merged/model.safetensors`."""
+        files = ((jobs.get_job(job_id).artifacts or {}).get(kind) or {}).get("files", {})
+        if path not in files:
+            raise NotFoundError(f"job {job_id} has no artifact file {kind}/{path}")
+        return FileResponse(
+            blobs.path(files[path]),
+            filename=path.rsplit("/", 1)[-1],
+            media_type="application/octet-stream",
+        )
+
+    @app.get("/v1/models", tags=["models"])
+    def list_models() -> dict[str, Any]:
+        """Base models this coordinator can train, and the fine-tuned results."""
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": row["name"],
+                    "object": "model",
+                    "created": int(row.get("created_at") or started),
+                    "owned_by": "swarm",
+                    "swarm": row,
+                }
+                for row in catalog.list()
+            ],
+        }
 
     @app.get("/v1/swarm/workers", tags=["swarm"])
     def list_workers() -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Creating jobs and reading them back.
 
 Creating a job does all the work that can fail on the user's input before anything is queued:
-validate the spec, load and tokenize the text once, cut it into content-addressed token shards
-and a held-out set, build the initial parameters, and open round 0.
+validate the spec, find the model, parse, check and tokenize the data once into
+content-addressed shards and a held-out set, attach the adapter, store the initial trainable
+parameters, and open round 0.
 """
 
 from __future__ import annotations
@@ -10,28 +11,41 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from transformers import PreTrainedTokenizerBase
 
 from swarm.coordinator.blobs import BlobStore
-from swarm.coordinator.rounds import RoundService, evaluate_version
+from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Database, Event, Job, Round
 from swarm.models import (
-    build_model,
+    MAX_DATASET_BYTES,
+    ChatExample,
+    DatasetKind,
+    PreferenceExample,
+    SequenceSet,
+    apply_adapter,
     config_to_bytes,
     count_parameters,
+    encode_examples,
     encode_shard,
     encode_text,
+    is_builtin,
+    load_builtin_bytes,
     load_builtin_text,
     parameter_shapes,
-    preset_config,
+    parse_dataset,
     split_tokens,
     state_to_bytes,
     trainable_state,
 )
+from swarm.models.chat import tokenize_chat, tokenize_preference
 from swarm.protocol.errors import ConfigError, NotFoundError
 from swarm.scheduler import JobSpec, JobStatus
 
@@ -48,6 +62,95 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class PreparedData:
+    """A job's data as encoded shards, and one line saying what was in it."""
+
+    shards: list[bytes]
+    heldout: bytes
+    summary: str
+
+
+def read_dataset(source: str) -> bytes:
+    """The bytes of `builtin:NAME` or of a JSONL file on the coordinator's disk."""
+    if is_builtin(source):
+        return load_builtin_bytes(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"dataset {source!r} is neither builtin:NAME nor a file on the coordinator"
+        )
+    if path.stat().st_size > MAX_DATASET_BYTES:
+        raise ConfigError(f"dataset {source} is over the {MAX_DATASET_BYTES:,} byte limit")
+    return path.read_bytes()
+
+
+def prepare_data(
+    spec: JobSpec, tokenizer: PreTrainedTokenizerBase, config: dict[str, Any]
+) -> PreparedData:
+    """Parse, check and tokenize a job's data once, into shards and a held-out set."""
+    context = config.get("max_position_embeddings") or config.get("n_positions")
+    if context and spec.seq_len > context:
+        raise ConfigError(
+            f"seq_len {spec.seq_len} is longer than {spec.model}'s context of {context} tokens"
+        )
+    if spec.method == "lm":
+        token_shards, heldout_tokens = prepare_tokens(spec)
+        return PreparedData(
+            shards=[encode_shard(s) for s in token_shards],
+            heldout=encode_shard(heldout_tokens),
+            summary=f"{sum(len(s) for s in token_shards) + len(heldout_tokens):,} tokens into "
+            f"{len(token_shards)} shards and {len(heldout_tokens):,} held-out tokens",
+        )
+    kind: DatasetKind = "chat" if spec.method == "sft" else "preference"
+    examples = parse_dataset(read_dataset(spec.dataset), kind)
+    if spec.validation_dataset:
+        heldout = parse_dataset(read_dataset(spec.validation_dataset), kind)
+    else:
+        num_heldout = max(1, int(len(examples) * spec.heldout_fraction))
+        if len(examples) <= num_heldout:
+            raise ConfigError(
+                f"{spec.dataset} has {len(examples)} example(s): too few to hold some out; "
+                "add examples or give a validation_dataset"
+            )
+        examples, heldout = examples[:-num_heldout], examples[-num_heldout:]
+    if len(examples) < spec.num_shards:
+        raise ConfigError(
+            f"{spec.dataset} has {len(examples)} training examples, fewer than num_shards="
+            f"{spec.num_shards}; use fewer shards"
+        )
+    train_sets, truncated = _tokenize(examples, tokenizer, spec)
+    heldout_sets, heldout_truncated = _tokenize(heldout, tokenizer, spec)
+    order = np.random.default_rng(spec.seed).permutation(len(examples))
+    shards = [
+        encode_examples({name: s.subset(part.tolist()) for name, s in train_sets.items()})
+        for part in np.array_split(order, spec.num_shards)
+    ]
+    cut = f", {truncated + heldout_truncated} cut to seq_len {spec.seq_len}" if truncated else ""
+    return PreparedData(
+        shards=shards,
+        heldout=encode_examples(heldout_sets),
+        summary=f"{len(examples)} {kind} examples into {len(shards)} shards and "
+        f"{len(heldout)} held-out{cut}",
+    )
+
+
+def _tokenize(
+    examples: Sequence[ChatExample | PreferenceExample],
+    tokenizer: PreTrainedTokenizerBase,
+    spec: JobSpec,
+) -> tuple[dict[str, SequenceSet], int]:
+    """Sequence sets of tokenized examples, and how many sequences were truncated."""
+    if spec.method == "sft":
+        sequences = [tokenize_chat(tokenizer, e, spec.seq_len) for e in examples]  # type: ignore[arg-type]
+        sets = {"sequences": sequences}
+    else:
+        pairs = [tokenize_preference(tokenizer, e, spec.seq_len) for e in examples]  # type: ignore[arg-type]
+        sets = {"chosen": [c for c, _ in pairs], "rejected": [r for _, r in pairs]}
+    truncated = sum(s.truncated for seqs in sets.values() for s in seqs)
+    return {name: SequenceSet.from_sequences(seqs) for name, seqs in sets.items()}, truncated
+
+
 def prepare_tokens(spec: JobSpec) -> tuple[list[np.ndarray], np.ndarray]:
     """Tokenize a job's dataset into its training shards and its held-out tail."""
     tokens = encode_text(load_builtin_text(spec.dataset))
@@ -62,21 +165,29 @@ def prepare_tokens(spec: JobSpec) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 class JobService:
-    def __init__(self, db: Database, blobs: BlobStore, rounds: RoundService) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, rounds: RoundService, catalog: ModelCatalog
+    ) -> None:
         self._db = db
         self._blobs = blobs
         self._rounds = rounds
+        self._catalog = catalog
 
     def create_job(self, spec: JobSpec, metadata: dict[str, str] | None = None) -> Job:
-        """Validate and prepare a job, then queue it with round 0 open."""
-        config = preset_config(spec.model)
-        shards, heldout = prepare_tokens(spec)
-        model = build_model(config, seed=spec.seed)
-        config_sha = self._blobs.put_bytes(config_to_bytes(config))
-        heldout_sha = self._blobs.put_bytes(encode_shard(heldout))
-        shard_shas = [self._blobs.put_bytes(encode_shard(s)) for s in shards]
+        """Validate and prepare a job, then queue it with round 0 open.
+
+        Everything that can fail on the user's input (the model, the data, the settings) fails
+        here, before anything is stored.
+        """
+        base = self._catalog.resolve(spec.model, seed=spec.seed, chat=spec.method != "lm")
+        data = prepare_data(spec, base.tokenizer, base.config)
+        model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
+        # Frozen weights travel only when workers need them: under LoRA, and for DPO's reference.
+        needs_base = spec.adapter == "lora" or spec.method == "dpo"
+        config_sha = self._blobs.put_bytes(config_to_bytes(base.config))
+        heldout_sha = self._blobs.put_bytes(data.heldout)
+        shard_shas = [self._blobs.put_bytes(shard) for shard in data.shards]
         params_sha = self._blobs.put_bytes(state_to_bytes(trainable_state(model)))
-        initial_loss = evaluate_version(model, np.asarray(heldout, dtype=np.int64), spec.seq_len)
 
         now = time.time()
         job = Job(
@@ -89,12 +200,12 @@ class JobService:
             model_config_sha256=config_sha,
             heldout_sha256=heldout_sha,
             shard_sha256s=shard_shas,
+            base_sha256s=base.weight_sha256s if needs_base else [],
             param_shapes={n: list(s) for n, s in parameter_shapes(model).items()},
             num_trainable_params=count_parameters(model),
             tasks_created=0,
             rounds_completed=0,
             trained_tokens=0,
-            initial_eval_loss=initial_loss,
         )
         with self._db.transaction() as session:
             session.add(job)
@@ -102,17 +213,18 @@ class JobService:
             add_event(
                 session,
                 job.id,
-                f"validated {sum(len(s) for s in shards) + len(heldout)} tokens into {len(shards)} "
-                f"shards and {len(heldout)} held-out tokens; model {spec.model} has "
-                f"{job.num_trainable_params} trainable parameters",
+                f"validated {data.summary}; {spec.model} ({spec.method}, {spec.adapter}) has "
+                f"{job.num_trainable_params:,} trainable parameters",
             )
             self._rounds.start_job(session, job, params_sha, now)
         logger.info(
-            "job %s created: model %s, %d rounds, held-out loss %.4f",
+            "job %s created: %s %s on %s, %d rounds, %s trainable parameters",
             job.id,
+            spec.method,
+            spec.adapter,
             spec.model,
             spec.num_rounds,
-            initial_loss,
+            f"{job.num_trainable_params:,}",
         )
         return job
 

@@ -1,5 +1,10 @@
 """The life of a round: open it with one train task per online worker, close it with an outer step.
 
+Each round also carries one evaluate task, which a worker runs on the held-out set for the
+version the round starts from; after the last training round a final round only evaluates, and
+closing it packages the result (adapter and merged model). So version r's held-out metrics
+belong to round r, and the coordinator never runs the model itself while training.
+
 Closing is claimed with a conditional update (`open` -> `aggregating`), so exactly one
 coordinator steps a round even when several share the database; a crash while aggregating is
 undone at start-up by `recover`, and the round is stepped again from the same inputs.
@@ -8,30 +13,22 @@ undone at start-up by `recover`, and the round is stepped again from the same in
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from swarm.compression import make_delta
 from swarm.coordinator.aggregation import average_payloads, nesterov_step
+from swarm.coordinator.artifacts import build_artifacts
 from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.storage import Database, Event, Job, Lease, Round, Task, Worker
-from swarm.models import (
-    build_model,
-    config_from_bytes,
-    decode_shard,
-    evaluate_loss,
-    load_trainable_state,
-    state_from_bytes,
-    state_to_bytes,
-)
+from swarm.models import state_from_bytes, state_to_bytes
 from swarm.scheduler import (
     JobSpec,
     JobStatus,
@@ -57,17 +54,14 @@ class Version:
     delta_bytes: int | None = None
 
 
-def evaluate_version(model: torch.nn.Module, heldout: np.ndarray, seq_len: int) -> float:
-    return evaluate_loss(model, heldout, seq_len, batch_size=16, max_batches=8)
-
-
 class RoundService:
-    def __init__(self, db: Database, blobs: BlobStore, *, worker_online_s: float) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, catalog: ModelCatalog, *, worker_online_s: float
+    ) -> None:
         self._db = db
         self._blobs = blobs
+        self._catalog = catalog
         self._worker_online_s = worker_online_s
-        self._models: dict[str, tuple[torch.nn.Module, np.ndarray]] = {}
-        self._models_lock = threading.Lock()
 
     def start_job(self, session: Session, job: Job, params_sha256: str, now: float) -> None:
         check_job_move(JobStatus(job.status), JobStatus.RUNNING)
@@ -93,7 +87,10 @@ class RoundService:
             )
             or 0
         )
-        num_tasks = num_tasks_for_round(spec, online)
+        # Training rounds get one train task per online worker; the round after the last one only
+        # measures the final version. Every round's last task evaluates the version it starts from.
+        num_train = num_tasks_for_round(spec, online) if index < spec.num_rounds else 0
+        num_tasks = num_train + 1
         round_ = Round(
             job_id=job.id,
             index=index,
@@ -104,6 +101,7 @@ class RoundService:
             delta_sha256=version.delta_sha256,
             delta_bytes=version.delta_bytes,
             num_tasks=num_tasks,
+            num_train_tasks=num_train,
             opened_at=now,
             tokens=0,
             bytes_up=0,
@@ -120,7 +118,7 @@ class RoundService:
                     round_id=round_.id,
                     round_index=index,
                     index=i,
-                    kind="train",
+                    kind="train" if i < num_train else "evaluate",
                     shard_index=shard_for_task(job.tasks_created, i, spec.num_shards),
                     seed=task_seed(spec.seed, index, i),
                     status=TaskStatus.PENDING.value,
@@ -128,12 +126,12 @@ class RoundService:
                     available_since=now,
                 )
             )
-        job.tasks_created += num_tasks
+        job.tasks_created += num_train
         logger.info(
-            "job %s round %d opened with %d train tasks (%d workers online)",
+            "job %s round %d opened with %d train tasks and an evaluation (%d workers online)",
             job.id,
             index,
-            num_tasks,
+            num_train,
             online,
         )
         return round_
@@ -182,20 +180,28 @@ class RoundService:
             tasks = list(session.scalars(select(Task).where(Task.round_id == round_id)))
         began = time.perf_counter()
         spec = JobSpec(**job.spec)
+        train = [t for t in tasks if t.kind == "train"]
+        evaluation = next(t.metrics or {} for t in tasks if t.kind == "evaluate")
+        version: Version | None = None
+        artifacts: dict[str, Any] | None = None
         try:
-            new_params, new_momentum, eval_loss = self._outer_step(job, spec, round_, tasks)
-            version = self._publish(spec, round_, new_params, new_momentum)
+            if train:
+                new_params, new_momentum = self._outer_step(job, spec, round_, train)
+                version = self._publish(spec, round_, new_params, new_momentum)
+            elif job.status == JobStatus.RUNNING.value:  # the final evaluation: package the result
+                artifacts = self._artifacts(job, round_)
         except Exception as exc:  # a platform fault: fail the job loudly, never strand the round
-            logger.exception("job %s round %d: the outer step failed", job.id, round_.index)
-            self._fail_job(round_id, f"the outer step of round {round_.index} failed: {exc}")
+            logger.exception("job %s round %d: closing failed", job.id, round_.index)
+            self._fail_job(round_id, f"closing round {round_.index} failed: {exc}")
             return True
-        self._commit_round(round_id, tasks, eval_loss, version)
+        self._commit_round(round_id, train, evaluation, version, artifacts)
         logger.info(
-            "job %s round %d closed in %.2fs: held-out loss %.4f",
+            "job %s round %d closed in %.2fs: held-out loss of version %d %.4f",
             job.id,
             round_.index,
             time.perf_counter() - began,
-            eval_loss,
+            round_.index,
+            evaluation.get("eval_loss", float("nan")),
         )
         return True
 
@@ -216,7 +222,7 @@ class RoundService:
 
     def _outer_step(
         self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
         average = average_payloads(
             [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
@@ -230,18 +236,13 @@ class RoundService:
             if round_.momentum_sha256
             else None
         )
-        new_params, new_momentum = nesterov_step(
+        return nesterov_step(
             params,
             average,
             momentum,
             lr=spec.outer_lr,
             momentum=spec.outer_momentum,
         )
-        with self._models_lock:
-            model, heldout = self._job_model(job)
-            load_trainable_state(model, new_params)
-            eval_loss = evaluate_version(model, heldout, spec.seq_len)
-        return new_params, new_momentum, eval_loss
 
     def _publish(
         self,
@@ -263,16 +264,18 @@ class RoundService:
             delta_bytes=len(delta),
         )
 
-    def _job_model(self, job: Job) -> tuple[torch.nn.Module, np.ndarray]:
-        if job.id not in self._models:
-            config = config_from_bytes(self._blobs.read(job.model_config_sha256))
-            model = build_model(config)
-            heldout = decode_shard(self._blobs.read(job.heldout_sha256), config["vocab_size"])
-            self._models[job.id] = (model, heldout)
-        return self._models[job.id]
+    def _artifacts(self, job: Job, round_: Round) -> dict[str, Any]:
+        """The adapter and the merged model of the final version, as stored files."""
+        params = state_from_bytes(self._blobs.read(round_.params_sha256))
+        return build_artifacts(job, params, self._blobs, self._catalog)
 
     def _commit_round(
-        self, round_id: int, tasks: list[Task], eval_loss: float, version: Version
+        self,
+        round_id: int,
+        train: list[Task],
+        evaluation: dict[str, Any],
+        version: Version | None,
+        artifacts: dict[str, Any] | None,
     ) -> None:
         now = time.time()
         with self._db.transaction() as session:
@@ -285,51 +288,93 @@ class RoundService:
                     func.coalesce(func.sum(Lease.bytes_down), 0),
                 ).where(Lease.round_id == round_id)
             ).one()
-            metrics = [t.metrics or {} for t in tasks]
+            metrics = [t.metrics or {} for t in train]
             tokens = sum(int(m.get("tokens", 0)) for m in metrics)
-            round_.train_loss = sum(
-                m.get("loss_mean", 0.0) * m.get("tokens", 0) for m in metrics
-            ) / max(tokens, 1)
-            round_.eval_loss = eval_loss
+            if train:
+                round_.train_loss = sum(
+                    m.get("loss_mean", 0.0) * m.get("tokens", 0) for m in metrics
+                ) / max(tokens, 1)
+            round_.eval_metrics = held_out_metrics(spec.method, evaluation)
+            round_.eval_loss = round_.eval_metrics["loss"]
             round_.tokens = tokens
             round_.bytes_up, round_.bytes_down = int(totals[0]), int(totals[1])
             round_.num_clients = len({m.get("worker_id") for m in metrics})
             round_.status = RoundStatus.CLOSED.value
             round_.closed_at = now
-            job.rounds_completed = round_.index + 1
+            if round_.index == 0:
+                job.initial_eval_loss = round_.eval_loss
+                job.initial_eval_metrics = round_.eval_metrics
+            job.eval_loss = round_.eval_loss
+            job.eval_metrics = round_.eval_metrics
+            job.rounds_completed = min(round_.index + 1, spec.num_rounds)
             job.trained_tokens += tokens
-            job.eval_loss = eval_loss
             session.add(
                 Event(
                     job_id=job.id,
                     created_at=now,
                     level="info",
                     type="metrics",
-                    message=f"round {round_.index}: train loss {round_.train_loss:.4f}, "
-                    f"held-out loss {eval_loss:.4f}",
+                    message=_round_message(round_, spec.num_rounds),
                     data=round_summary(round_),
                 )
             )
             if job.status != JobStatus.RUNNING.value:
                 return
-            if round_.index + 1 >= spec.num_rounds:
-                job.status = JobStatus.SUCCEEDED.value
-                job.finished_at = now
-                job.result_params_sha256 = version.params_sha256
-                session.add(
-                    Event(
-                        job_id=job.id,
-                        created_at=now,
-                        level="info",
-                        type="message",
-                        message=f"job succeeded after {spec.num_rounds} rounds: held-out "
-                        f"loss {job.initial_eval_loss:.4f} -> {eval_loss:.4f}",
-                    )
-                )
-                with self._models_lock:
-                    self._models.pop(job.id, None)
-            else:
+            if version is not None:
                 self.open_round(session, job, round_.index + 1, version, now)
+                return
+            job.status = JobStatus.SUCCEEDED.value
+            job.finished_at = now
+            job.result_params_sha256 = round_.params_sha256
+            job.artifacts = artifacts
+            session.add(
+                Event(
+                    job_id=job.id,
+                    created_at=now,
+                    level="info",
+                    type="message",
+                    message=f"job succeeded after {spec.num_rounds} rounds: held-out "
+                    f"{_describe_metrics(job.initial_eval_metrics)} -> "
+                    f"{_describe_metrics(job.eval_metrics)}; artifacts: "
+                    f"{', '.join(sorted(artifacts or {}))}",
+                )
+            )
+
+
+HELD_OUT_KEYS = {
+    "lm": ("loss",),
+    "sft": ("loss", "token_accuracy"),
+    "dpo": ("loss", "reward_accuracy", "reward_margin"),
+}
+
+
+def held_out_metrics(method: str, reported: dict[str, Any]) -> dict[str, float]:
+    """The held-out metrics of `method` from an evaluate task's reported metrics."""
+    values = {"loss": float(reported.get("eval_loss", float("nan")))}
+    for key in HELD_OUT_KEYS[method][1:]:
+        values[key] = float(reported.get(key, float("nan")))
+    values["examples"] = float(reported.get("examples", 0))
+    return values
+
+
+def _describe_metrics(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return "n/a"
+    return ", ".join(
+        f"{key.replace('_', ' ')} {value:.4f}"
+        for key, value in metrics.items()
+        if key != "examples"
+    )
+
+
+def _round_message(round_: Round, num_rounds: int) -> str:
+    held_out = _describe_metrics(round_.eval_metrics)
+    if round_.index >= num_rounds:
+        return f"final version: held-out {held_out}"
+    return (
+        f"round {round_.index}: train loss {round_.train_loss:.4f}; held-out at its start "
+        f"{held_out}"
+    )
 
 
 def round_summary(round_: Round) -> dict[str, Any]:
@@ -339,6 +384,8 @@ def round_summary(round_: Round) -> dict[str, Any]:
         "status": round_.status,
         "train_loss": round_.train_loss,
         "eval_loss": round_.eval_loss,
+        "eval_metrics": round_.eval_metrics,
+        "num_train_tasks": round_.num_train_tasks,
         "tokens": round_.tokens,
         "bytes_up": round_.bytes_up,
         "bytes_down": round_.bytes_down,

@@ -17,6 +17,7 @@ import grpc
 import uvicorn
 
 from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import RoundService
@@ -93,6 +94,7 @@ class Services:
     blobs: BlobStore
     rounds: RoundService
     tasks: TaskService
+    catalog: ModelCatalog
     jobs: JobService
     servicer: WorkerServicer
     housekeeper: Housekeeper
@@ -106,7 +108,8 @@ def build_services(settings: CoordinatorSettings) -> Services:
     db = Database(settings.database_url())
     db.migrate()
     blobs = BlobStore(settings.data_dir / "blobs")
-    rounds = RoundService(db, blobs, worker_online_s=settings.worker_online_s)
+    catalog = ModelCatalog(settings.data_dir / "models", blobs)
+    rounds = RoundService(db, blobs, catalog, worker_online_s=settings.worker_online_s)
     reopened = rounds.recover()
     if reopened:
         logger.warning("reopened %d round(s) left mid-aggregation by a previous run", reopened)
@@ -131,7 +134,8 @@ def build_services(settings: CoordinatorSettings) -> Services:
         blobs=blobs,
         rounds=rounds,
         tasks=tasks,
-        jobs=JobService(db, blobs, rounds),
+        catalog=catalog,
+        jobs=JobService(db, blobs, rounds, catalog),
         servicer=servicer,
         housekeeper=housekeeper,
         grpc_server=grpc_server,
@@ -152,7 +156,7 @@ def run(settings: CoordinatorSettings) -> None:
     http_socket = _bind(settings.host, settings.http_port)
     http_port = http_socket.getsockname()[1]
 
-    app = create_app(db, services.jobs)
+    app = create_app(db, services.jobs, services.catalog, services.blobs)
     app.state.servicer = servicer
     http_server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")

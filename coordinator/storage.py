@@ -81,6 +81,12 @@ class Job(Base):
     initial_eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     result_params_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    base_sha256s: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """Frozen base weights workers load before the trainable parameters (LoRA, DPO)."""
+    initial_eval_metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    eval_metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    artifacts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """kind (`adapter`, `merged`) -> {"files": {relative path: sha256}}."""
 
 
 class Round(Base):
@@ -104,6 +110,9 @@ class Round(Base):
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    """Held-out metrics of this round's starting version, measured by an evaluate task."""
+    num_train_tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -10,6 +10,7 @@ Invariants, each enforced inside one transaction:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from swarm.scheduler import (
     LeasePolicy,
     RoundStatus,
     TaskStatus,
-    tokens_per_task,
+    max_tokens_per_task,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Submission:
     """What a checked result header refers to."""
 
     task_id: str
+    kind: str
     job_id: str
     param_shapes: dict[str, tuple[int, ...]]
     policy: CompressionPolicy
@@ -85,8 +87,11 @@ class TaskService:
 
             in_rounds = set(
                 session.scalars(
-                    select(Lease.round_id).where(
+                    select(Lease.round_id)
+                    .join(Task, Task.id == Lease.task_id)
+                    .where(
                         Lease.worker_id == worker_id,
+                        Task.kind == "train",
                         Lease.outcome.in_(
                             [LeaseOutcome.ACTIVE.value, LeaseOutcome.SUBMITTED.value]
                         ),
@@ -112,7 +117,8 @@ class TaskService:
                     attempts=task.attempts,
                     available_since=task.available_since,
                     now=now,
-                    worker_in_round=task.round_id in in_rounds,
+                    # Evaluations are open to anyone: they add no update to the round.
+                    worker_in_round=task.kind == "train" and task.round_id in in_rounds,
                 ):
                     waiting = True
                     continue
@@ -151,12 +157,34 @@ class TaskService:
         job = session.get_one(Job, task.job_id)
         round_ = session.get_one(Round, task.round_id)
         spec = JobSpec(**job.spec)
+        header = {
+            "task_id": task.id,
+            "job_id": job.id,
+            "round": task.round_index,
+            "version": round_.index,
+            "lease_deadline_unix_s": deadline,
+        }
+        recipe = _recipe(spec)
+        broadcast_policy = m.CompressionPolicy(**spec.broadcast_policy().to_dict())
+        if task.kind == "evaluate":
+            return m.Task(
+                **header,
+                max_result_bytes=0,
+                evaluate=m.EvaluateTask(
+                    model_config_sha256=job.model_config_sha256,
+                    params_sha256=round_.worker_params_sha256,
+                    base_sha256s=list(job.base_sha256s or []),
+                    data_sha256=job.heldout_sha256,
+                    recipe=recipe,
+                    batch_size=spec.eval_batch_size,
+                    max_examples=spec.eval_examples,
+                    seq_len=spec.seq_len,
+                    broadcast_policy=broadcast_policy,
+                    param_deltas=_param_deltas(session, round_),
+                ),
+            )
         return m.Task(
-            task_id=task.id,
-            job_id=job.id,
-            round=task.round_index,
-            version=round_.index,
-            lease_deadline_unix_s=deadline,
+            **header,
             max_result_bytes=_max_result_bytes(job, spec),
             train=m.TrainTask(
                 model_config_sha256=job.model_config_sha256,
@@ -165,14 +193,16 @@ class TaskService:
                 inner_steps=spec.inner_steps,
                 batch_size=spec.batch_size,
                 seq_len=spec.seq_len,
-                learning_rate=spec.inner_lr,
+                learning_rate=float(spec.inner_lr or 0.0),
                 weight_decay=spec.weight_decay,
                 max_grad_norm=spec.max_grad_norm,
                 warmup_steps=spec.warmup_steps,
                 seed=task.seed,
                 update_policy=m.CompressionPolicy(**spec.update_policy().to_dict()),
-                broadcast_policy=m.CompressionPolicy(**spec.broadcast_policy().to_dict()),
+                broadcast_policy=broadcast_policy,
                 param_deltas=_param_deltas(session, round_),
+                base_sha256s=list(job.base_sha256s or []),
+                recipe=recipe,
             ),
         )
 
@@ -278,20 +308,15 @@ class TaskService:
                 raise PermissionDeniedError(f"task {task.id} was never leased to you")
             job = session.get_one(Job, task.job_id)
             spec = JobSpec(**job.spec)
-            limit = _max_result_bytes(job, spec)
+            limit = 0 if task.kind == "evaluate" else _max_result_bytes(job, spec)
             if header.payload_size > limit:
                 raise MessageTooLargeError(
                     f"result of {header.payload_size} bytes exceeds this task's limit of {limit}"
                 )
-            expected_tokens = tokens_per_task(spec)
-            if header.metrics.tokens != expected_tokens or header.metrics.steps != spec.inner_steps:
-                raise ProtocolError(
-                    f"metrics claim {header.metrics.tokens} tokens in {header.metrics.steps} "
-                    f"steps; task {task.id} trains {expected_tokens} tokens in "
-                    f"{spec.inner_steps} steps"
-                )
+            _check_metrics(task, spec, header.metrics)
             return Submission(
                 task_id=task.id,
+                kind=task.kind,
                 job_id=job.id,
                 param_shapes={n: tuple(s) for n, s in job.param_shapes.items()},
                 policy=spec.update_policy(),
@@ -340,6 +365,46 @@ class TaskService:
         )
         self._on_result_accepted()
         return m.SubmitResultResponse(accepted=True, message="result accepted")
+
+
+def _recipe(spec: JobSpec) -> m.Recipe:
+    adapter = spec.adapter_config()
+    return m.Recipe(
+        objective=spec.method,
+        dpo_beta=spec.dpo_beta,
+        adapter=m.Adapter(
+            kind=adapter.kind,
+            rank=adapter.rank,
+            alpha=adapter.alpha,
+            dropout=adapter.dropout,
+            target_modules=list(adapter.target_modules),
+        ),
+    )
+
+
+def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics) -> None:
+    """Metrics must describe the work the task asked for."""
+    if task.kind == "evaluate":
+        if metrics.steps != 0 or not 1 <= metrics.examples <= spec.eval_examples:
+            raise ProtocolError(
+                f"an evaluation reports 0 steps and 1 to {spec.eval_examples} examples; got "
+                f"{metrics.steps} steps and {metrics.examples} examples"
+            )
+        if not all(
+            math.isfinite(v)
+            for v in (metrics.eval_loss, metrics.token_accuracy, metrics.reward_accuracy)
+        ):
+            raise ProtocolError("evaluation metrics must be finite numbers")
+        return
+    bound = max_tokens_per_task(spec)
+    exact = spec.method == "lm"
+    if metrics.steps != spec.inner_steps or not (
+        metrics.tokens == bound if exact else 0 < metrics.tokens <= bound
+    ):
+        raise ProtocolError(
+            f"metrics claim {metrics.tokens} tokens in {metrics.steps} steps; task {task.id} "
+            f"trains {'exactly' if exact else 'at most'} {bound} tokens in {spec.inner_steps} steps"
+        )
 
 
 def _ignore_reason(task: Task, round_: Round, job: Job) -> str | None:

@@ -1,5 +1,6 @@
-"""Model families, tokenization, token shards, trainable parameters and the training loops."""
+"""Model families and sources, adapters, tokenized data, objectives and the training loop."""
 
+from swarm.models.adapters import AdapterConfig, apply_adapter, is_lora, merged_model
 from swarm.models.architectures import (
     FAMILIES,
     PRESETS,
@@ -9,7 +10,23 @@ from swarm.models.architectures import (
     count_parameters,
     preset_config,
 )
-from swarm.models.corpus import load_builtin_text
+from swarm.models.corpus import is_builtin, load_builtin_bytes, load_builtin_text
+from swarm.models.datasets import (
+    MAX_DATASET_BYTES,
+    ChatExample,
+    DatasetKind,
+    PreferenceExample,
+    detect_format,
+    parse_dataset,
+)
+from swarm.models.examples import SequenceSet, decode_examples, encode_examples
+from swarm.models.objectives import (
+    METHODS,
+    DirectPreference,
+    LanguageModeling,
+    Objective,
+    SupervisedFineTuning,
+)
 from swarm.models.params import (
     load_trainable_state,
     parameter_shapes,
@@ -23,29 +40,47 @@ from swarm.models.training import (
     InnerLoopConfig,
     InnerLoopInterrupted,
     InnerLoopResult,
-    evaluate_loss,
     run_inner_loop,
 )
 
 __all__ = [
     "FAMILIES",
+    "MAX_DATASET_BYTES",
+    "METHODS",
     "PRESETS",
     "VOCAB_SIZE",
+    "AdapterConfig",
+    "ChatExample",
+    "DatasetKind",
+    "DirectPreference",
     "InnerLoopConfig",
     "InnerLoopInterrupted",
     "InnerLoopResult",
+    "LanguageModeling",
+    "Objective",
+    "PreferenceExample",
+    "SequenceSet",
+    "SupervisedFineTuning",
+    "apply_adapter",
     "build_model",
     "config_from_bytes",
     "config_to_bytes",
     "count_parameters",
+    "decode_examples",
     "decode_shard",
     "decode_tokens",
+    "detect_format",
+    "encode_examples",
     "encode_shard",
     "encode_text",
-    "evaluate_loss",
+    "is_builtin",
+    "is_lora",
+    "load_builtin_bytes",
     "load_builtin_text",
     "load_trainable_state",
+    "merged_model",
     "parameter_shapes",
+    "parse_dataset",
     "preset_config",
     "run_inner_loop",
     "split_tokens",

@@ -37,7 +37,8 @@ FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
 
 MAX_CONFIG_BYTES = 64 * 1024
 
-# Presets of random-init models: name -> (family, config fields). Byte-level vocabulary.
+# Random-init models of each family, for the tests and the text demo: name -> config fields.
+# Byte-level vocabulary (chat jobs widen it to the byte chat tokenizer's 259).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-llama": {
         "model_type": "llama",
@@ -49,6 +50,46 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
         "tie_word_embeddings": True,
+    },
+    "tiny-mistral": {
+        "model_type": "mistral",
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+    },
+    "tiny-qwen2": {
+        "model_type": "qwen2",
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+    },
+    "tiny-gpt2": {
+        "model_type": "gpt2",
+        "vocab_size": 256,
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 512,
+    },
+    "tiny-gpt-neox": {
+        "model_type": "gpt_neox",
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
     },
     "micro-llama": {
         "model_type": "llama",

@@ -1,7 +1,8 @@
-"""The inner loop of a DiLoCo round and held-out evaluation.
+"""The inner loop of a DiLoCo round.
 
-A `train` task runs `InnerLoopConfig.steps` AdamW steps from the round's parameters on random
-windows of its token shard and returns the pseudo-gradient: start minus end. Everything is
+A `train` task runs `InnerLoopConfig.steps` AdamW steps of its objective from the round's
+parameters, on random batches of its data shard, and returns the pseudo-gradient: start minus
+end. Everything is
 seeded by the task, so an honest recomputation on the same machine is bit-exact.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from swarm.models.objectives import Objective
 from swarm.models.params import trainable_state
 from swarm.protocol.errors import ConfigError
 
@@ -29,7 +31,6 @@ class InnerLoopConfig:
 
     steps: int
     batch_size: int
-    seq_len: int
     learning_rate: float
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -39,7 +40,6 @@ class InnerLoopConfig:
     def __post_init__(self) -> None:
         _check_range("steps", self.steps, 1, 100_000)
         _check_range("batch_size", self.batch_size, 1, 4096)
-        _check_range("seq_len", self.seq_len, 2, 131_072)
         _check_range("learning_rate", self.learning_rate, 1e-9, 1.0)
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
@@ -59,20 +59,9 @@ class InnerLoopResult:
     compute_s: float
 
 
-def sample_batch(
-    tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator
-) -> torch.Tensor:
-    """`batch_size` random windows of `seq_len` tokens, as a LongTensor."""
-    if len(tokens) < seq_len + 1:
-        raise ConfigError(f"shard has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}")
-    starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
-    windows = np.stack([tokens[s : s + seq_len] for s in starts])
-    return torch.from_numpy(windows.astype(np.int64))
-
-
 def run_inner_loop(
     model: torch.nn.Module,
-    tokens: np.ndarray,
+    objective: Objective,
     config: InnerLoopConfig,
     on_step: Callable[[int, float], bool] | None = None,
 ) -> InnerLoopResult:
@@ -80,7 +69,7 @@ def run_inner_loop(
 
     Args:
         model: a causal LM whose trainable parameters hold the round's starting version.
-        tokens: the task's token shard.
+        objective: what to optimize, over the task's data shard.
         config: the inner-loop hyperparameters.
         on_step: called after each step with (step, loss); returning False stops the loop
             with `InnerLoopInterrupted`.
@@ -92,6 +81,7 @@ def run_inner_loop(
     )
     rng = np.random.default_rng(config.seed)
     losses: list[float] = []
+    num_tokens = 0
     model.train()
     began = time.perf_counter()
     for step in range(config.steps):
@@ -99,8 +89,8 @@ def run_inner_loop(
         scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * scale
-        batch = sample_batch(tokens, config.batch_size, config.seq_len, rng)
-        loss = model(input_ids=batch, labels=batch).loss
+        loss, tokens = objective.training_loss(model, rng, config.batch_size)
+        num_tokens += tokens
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at inner step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -115,29 +105,6 @@ def run_inner_loop(
     return InnerLoopResult(
         pseudo_gradient={name: start[name] - end[name] for name in start},
         losses=losses,
-        tokens=config.steps * config.batch_size * config.seq_len,
+        tokens=num_tokens,
         compute_s=time.perf_counter() - began,
     )
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    seq_len: int,
-    batch_size: int = 16,
-    max_batches: int = 8,
-) -> float:
-    """Mean next-token loss over consecutive, non-overlapping windows of `tokens`."""
-    num_windows = min((len(tokens) - 1) // seq_len, batch_size * max_batches)
-    if num_windows < 1:
-        raise ConfigError(f"held-out set has {len(tokens)} tokens, fewer than seq_len + 1")
-    windows = torch.from_numpy(
-        np.asarray(tokens[: num_windows * seq_len], dtype=np.int64).reshape(num_windows, seq_len)
-    )
-    model.eval()
-    total, count = 0.0, 0
-    for batch in windows.split(batch_size):
-        total += float(model(input_ids=batch, labels=batch).loss) * len(batch)
-        count += len(batch)
-    return total / count

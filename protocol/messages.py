@@ -95,6 +95,22 @@ class ParamDelta:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Adapter:
+    kind: str = "full"
+    rank: int = 0
+    alpha: float = 0.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    objective: str = "lm"
+    dpo_beta: float = 0.0
+    adapter: Adapter = field(default_factory=lambda: Adapter())
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainTask:
     model_config_sha256: str
     params_sha256: str
@@ -110,6 +126,22 @@ class TrainTask:
     update_policy: CompressionPolicy
     broadcast_policy: CompressionPolicy
     param_deltas: list[ParamDelta] = field(default_factory=list)
+    base_sha256s: list[str] = field(default_factory=list)
+    recipe: Recipe = field(default_factory=lambda: Recipe())
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateTask:
+    model_config_sha256: str
+    params_sha256: str
+    data_sha256: str
+    recipe: Recipe
+    batch_size: int
+    max_examples: int
+    seq_len: int
+    broadcast_policy: CompressionPolicy
+    param_deltas: list[ParamDelta] = field(default_factory=list)
+    base_sha256s: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +153,7 @@ class Task:
     lease_deadline_unix_s: float
     max_result_bytes: int
     train: TrainTask | None = None
+    evaluate: EvaluateTask | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +185,11 @@ class TaskMetrics:
     tokens: int = 0
     compute_s: float = 0.0
     steps: int = 0
+    eval_loss: float = 0.0
+    token_accuracy: float = 0.0
+    reward_accuracy: float = 0.0
+    reward_margin: float = 0.0
+    examples: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,12 @@ from swarm.scheduler.jobs import (
     check_job_move,
 )
 from swarm.scheduler.leases import LeasePolicy
-from swarm.scheduler.rounds import num_tasks_for_round, shard_for_task, task_seed, tokens_per_task
+from swarm.scheduler.rounds import (
+    max_tokens_per_task,
+    num_tasks_for_round,
+    shard_for_task,
+    task_seed,
+)
 
 __all__ = [
     "JobSpec",
@@ -19,8 +24,8 @@ __all__ = [
     "RoundStatus",
     "TaskStatus",
     "check_job_move",
+    "max_tokens_per_task",
     "num_tasks_for_round",
     "shard_for_task",
     "task_seed",
-    "tokens_per_task",
 ]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from swarm.compression import CompressionPolicy, parse_chain
+from swarm.models import METHODS, AdapterConfig
 from swarm.protocol.errors import CompressionError, ConfigError, SchedulingError
 
 
@@ -79,13 +80,25 @@ class JobSpec:
     """What a data-parallel (DiLoCo) training job does; validated on construction.
 
     Attributes:
-        model: a model preset name (see `swarm.models.PRESETS`).
-        dataset: where the text comes from; `builtin:tiny_corpus` ships with swarm.
+        model: a preset (`tiny-llama`, ...), a pulled model (`smollm2-135m-instruct`, see
+            `swarm models list`) or the id of a succeeded job, whose merged result is the base.
+        method: `lm` (next-token loss on plain text), `sft` (chat conversations, loss on the
+            assistant's tokens) or `dpo` (preference pairs).
+        dataset: the training data: `builtin:tiny_corpus` (text), `builtin:smol_instruct`
+            (chat), `builtin:smol_prefs` (preferences), or a JSONL file on the coordinator;
+            empty means the method's built-in set.
+        validation_dataset: held-out data in the same format; empty means the built-in set's
+            held-out file, or else the tail `heldout_fraction` of `dataset`.
+        adapter: `lora` or `full`; `auto` is LoRA for sft and dpo, full for lm.
+        lora_rank, lora_alpha, lora_dropout: LoRA's r, alpha and dropout.
+        lora_target_modules: comma-separated module names; empty means every linear layer.
+        dpo_beta: DPO's beta (how far the policy may move from the reference).
         num_rounds: outer steps (published versions) before the job succeeds.
         inner_steps: AdamW steps per train task (DiLoCo's H).
         batch_size: sequences per inner step.
         seq_len: tokens per sequence.
-        inner_lr: AdamW learning rate.
+        inner_lr: AdamW learning rate; unset, the method's default (`default_learning_rate`):
+            DPO's are low, as DPO needs.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping of inner steps (0 disables it).
         warmup_steps: linear warm-up of each task's inner learning rate.
@@ -103,16 +116,26 @@ class JobSpec:
         small_tensor_elements: the size under which a tensor counts as small.
         broadcast_codec: the chain for the deltas between published versions that workers
             download instead of the full parameters (small tensors travel as fp32).
+        eval_batch_size: sequences per forward pass of an evaluate task.
+        eval_examples: held-out examples (or windows, for lm) each evaluation measures.
         seed: seeds model init, data order and every task.
     """
 
     model: str = "tiny-llama"
-    dataset: str = "builtin:tiny_corpus"
+    method: str = "lm"
+    dataset: str = ""
+    validation_dataset: str = ""
+    adapter: str = "auto"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = ""
+    dpo_beta: float = 0.1
     num_rounds: int = 10
     inner_steps: int = 20
     batch_size: int = 16
     seq_len: int = 128
-    inner_lr: float = 3e-3
+    inner_lr: float | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     warmup_steps: int = 4
@@ -126,15 +149,35 @@ class JobSpec:
     small_tensor_codec: str = "fp16"
     small_tensor_elements: int = 4096
     broadcast_codec: str = "int8+zstd"
+    eval_batch_size: int = 16
+    eval_examples: int = 128
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if not self.dataset:
+            object.__setattr__(self, "dataset", DEFAULT_DATASETS[self.method])
+        if not self.validation_dataset and self.dataset in DEFAULT_HELDOUT:
+            object.__setattr__(self, "validation_dataset", DEFAULT_HELDOUT[self.dataset])
+        if self.adapter == "auto":
+            object.__setattr__(self, "adapter", "full" if self.method == "lm" else "lora")
+        if self.inner_lr is None:
+            object.__setattr__(self, "inner_lr", default_learning_rate(self.method, self.adapter))
+        if self.method == "lm" and self.adapter != "full":
+            raise ConfigError("adapter: text (lm) jobs train every weight; use adapter=full")
         limits: dict[str, tuple[float, float]] = {
             "num_rounds": (1, 100_000),
             "inner_steps": (1, 100_000),
             "batch_size": (1, 4096),
             "seq_len": (8, 131_072),
             "inner_lr": (1e-9, 1.0),
+            "lora_rank": (1, 4096),
+            "lora_alpha": (1e-6, 1e6),
+            "lora_dropout": (0.0, 0.99),
+            "dpo_beta": (1e-4, 100.0),
+            "eval_batch_size": (1, 4096),
+            "eval_examples": (1, 1_000_000),
             "weight_decay": (0.0, 1.0),
             "max_grad_norm": (0.0, 1e6),
             "warmup_steps": (0, 100_000),
@@ -158,6 +201,8 @@ class JobSpec:
                 raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "inner_lr":
+                continue
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
             if f.type == "str" and not isinstance(value, str):
@@ -167,6 +212,7 @@ class JobSpec:
                 parse_chain(getattr(self, name))
             except CompressionError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        self.adapter_config()  # validates the LoRA settings
         if self.warmup_steps > self.inner_steps:
             raise ConfigError(
                 f"warmup_steps ({self.warmup_steps}) must not exceed inner_steps "
@@ -189,6 +235,17 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def adapter_config(self) -> AdapterConfig:
+        return AdapterConfig(
+            kind=self.adapter,
+            rank=self.lora_rank,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=tuple(
+                m.strip() for m in self.lora_target_modules.split(",") if m.strip()
+            ),
+        )
+
     def update_policy(self) -> CompressionPolicy:
         """How workers encode pseudo-gradients."""
         return CompressionPolicy(
@@ -204,3 +261,31 @@ class JobSpec:
             small_chain="fp32",
             small_elements=self.small_tensor_elements,
         )
+
+
+DEFAULT_DATASETS = {
+    "lm": "builtin:tiny_corpus",
+    "sft": "builtin:smol_instruct",
+    "dpo": "builtin:smol_prefs",
+}
+DEFAULT_HELDOUT = {
+    "builtin:smol_instruct": "builtin:smol_instruct_heldout",
+    "builtin:smol_prefs": "builtin:smol_prefs_heldout",
+}
+
+# (method, adapter) -> the inner AdamW learning rate when a job does not set one. DPO's are the
+# low rates it needs (Zephyr used 5e-7 for full fine-tuning); LoRA takes about ten times more.
+DEFAULT_LEARNING_RATES: dict[tuple[str, str], float] = {
+    ("lm", "full"): 3e-3,
+    ("sft", "full"): 2e-5,
+    ("sft", "lora"): 2e-4,
+    ("dpo", "full"): 5e-7,
+    ("dpo", "lora"): 5e-6,
+}
+
+
+def default_learning_rate(method: str, adapter: str) -> float:
+    try:
+        return DEFAULT_LEARNING_RATES[(method, adapter)]
+    except KeyError:
+        raise ConfigError(f"adapter must be lora or full, got {adapter!r}") from None

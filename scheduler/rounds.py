@@ -23,5 +23,8 @@ def task_seed(job_seed: int, round_index: int, task_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def tokens_per_task(spec: JobSpec) -> int:
-    return spec.inner_steps * spec.batch_size * spec.seq_len
+def max_tokens_per_task(spec: JobSpec) -> int:
+    """Tokens a train task processes: exactly this for text jobs, at most this for chat data
+    (sequences are as long as their example; DPO runs two per pair)."""
+    per_sequence = spec.seq_len * (2 if spec.method == "dpo" else 1)
+    return spec.inner_steps * spec.batch_size * per_sequence

@@ -117,7 +117,7 @@ class ParamDelta(_message.Message):
     def __init__(self, version: _Optional[int] = ..., delta_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas")
+    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe")
     MODEL_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     TOKENS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,8 @@ class TrainTask(_message.Message):
     UPDATE_POLICY_FIELD_NUMBER: _ClassVar[int]
     BROADCAST_POLICY_FIELD_NUMBER: _ClassVar[int]
     PARAM_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHA256S_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     model_config_sha256: str
     params_sha256: str
     tokens_sha256: str
@@ -146,10 +148,60 @@ class TrainTask(_message.Message):
     update_policy: CompressionPolicy
     broadcast_policy: CompressionPolicy
     param_deltas: _containers.RepeatedCompositeFieldContainer[ParamDelta]
-    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ...) -> None: ...
+    base_sha256s: _containers.RepeatedScalarFieldContainer[str]
+    recipe: Recipe
+    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ...) -> None: ...
+
+class Recipe(_message.Message):
+    __slots__ = ("objective", "dpo_beta", "adapter")
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    DPO_BETA_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    objective: str
+    dpo_beta: float
+    adapter: Adapter
+    def __init__(self, objective: _Optional[str] = ..., dpo_beta: _Optional[float] = ..., adapter: _Optional[_Union[Adapter, _Mapping]] = ...) -> None: ...
+
+class Adapter(_message.Message):
+    __slots__ = ("kind", "rank", "alpha", "dropout", "target_modules")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EvaluateTask(_message.Message):
+    __slots__ = ("model_config_sha256", "params_sha256", "base_sha256s", "data_sha256", "recipe", "batch_size", "max_examples", "seq_len", "broadcast_policy", "param_deltas")
+    MODEL_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHA256S_FIELD_NUMBER: _ClassVar[int]
+    DATA_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PARAM_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    model_config_sha256: str
+    params_sha256: str
+    base_sha256s: _containers.RepeatedScalarFieldContainer[str]
+    data_sha256: str
+    recipe: Recipe
+    batch_size: int
+    max_examples: int
+    seq_len: int
+    broadcast_policy: CompressionPolicy
+    param_deltas: _containers.RepeatedCompositeFieldContainer[ParamDelta]
+    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., data_sha256: _Optional[str] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., batch_size: _Optional[int] = ..., max_examples: _Optional[int] = ..., seq_len: _Optional[int] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "version", "lease_deadline_unix_s", "max_result_bytes", "train")
+    __slots__ = ("task_id", "job_id", "round", "version", "lease_deadline_unix_s", "max_result_bytes", "train", "evaluate")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +209,7 @@ class Task(_message.Message):
     LEASE_DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -164,7 +217,8 @@ class Task(_message.Message):
     lease_deadline_unix_s: float
     max_result_bytes: int
     train: TrainTask
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., lease_deadline_unix_s: _Optional[float] = ..., max_result_bytes: _Optional[int] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ...) -> None: ...
+    evaluate: EvaluateTask
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., lease_deadline_unix_s: _Optional[float] = ..., max_result_bytes: _Optional[int] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ...) -> None: ...
 
 class LeaseTaskResponse(_message.Message):
     __slots__ = ("task", "retry_after_s", "reason")
@@ -197,20 +251,30 @@ class BlobChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class TaskMetrics(_message.Message):
-    __slots__ = ("loss_first", "loss_last", "loss_mean", "tokens", "compute_s", "steps")
+    __slots__ = ("loss_first", "loss_last", "loss_mean", "tokens", "compute_s", "steps", "eval_loss", "token_accuracy", "reward_accuracy", "reward_margin", "examples")
     LOSS_FIRST_FIELD_NUMBER: _ClassVar[int]
     LOSS_LAST_FIELD_NUMBER: _ClassVar[int]
     LOSS_MEAN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REWARD_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     loss_first: float
     loss_last: float
     loss_mean: float
     tokens: int
     compute_s: float
     steps: int
-    def __init__(self, loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., loss_mean: _Optional[float] = ..., tokens: _Optional[int] = ..., compute_s: _Optional[float] = ..., steps: _Optional[int] = ...) -> None: ...
+    eval_loss: float
+    token_accuracy: float
+    reward_accuracy: float
+    reward_margin: float
+    examples: int
+    def __init__(self, loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., loss_mean: _Optional[float] = ..., tokens: _Optional[int] = ..., compute_s: _Optional[float] = ..., steps: _Optional[int] = ..., eval_loss: _Optional[float] = ..., token_accuracy: _Optional[float] = ..., reward_accuracy: _Optional[float] = ..., reward_margin: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
     __slots__ = ("session", "task_id", "metrics", "payload_sha256", "payload_size", "signature")

@@ -13,7 +13,7 @@ from swarm.scheduler import (
     num_tasks_for_round,
     shard_for_task,
     task_seed,
-    tokens_per_task,
+    max_tokens_per_task,
 )
 
 SPEC = JobSpec(min_clients=2, max_clients=8)
@@ -89,6 +89,6 @@ def test_task_seed_is_deterministic_and_fits_63_bits(
     assert 0 <= seed < 2**63
 
 
-def test_tokens_per_task() -> None:
+def test_max_tokens_per_task() -> None:
     spec = JobSpec(inner_steps=20, batch_size=16, seq_len=128)
-    assert tokens_per_task(spec) == 20 * 16 * 128
+    assert max_tokens_per_task(spec) == 20 * 16 * 128
