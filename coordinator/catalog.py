@@ -180,8 +180,8 @@ class ModelCatalog:
         if manifest is None:
             if name in CATALOG:
                 raise ConfigError(f"model {name} is not pulled yet; run: swarm models pull {name}")
-            raise NotFoundError(
-                f"unknown model {name!r}; `swarm models list` shows the models this "
+            raise ConfigError(
+                f"unknown model {name!r:.80}; `swarm models list` shows the models this "
                 "coordinator serves, and `swarm models pull NAME` adds one"
             )
         loaded = load_folder(self.root / name / "files", name=name, source=manifest["source"])

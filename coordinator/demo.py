@@ -44,7 +44,7 @@ class DemoConfig:
     work_dir: Path | None = None
     db: str | None = None
     threads_per_client: int = 1
-    num_samples: int = 4
+    num_samples: int = 6
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_clients <= 16:
@@ -68,8 +68,11 @@ DPO_HYPERPARAMETERS: dict[str, Any] = {
     **SFT_HYPERPARAMETERS,
     "method": "dpo",
     "num_rounds": 2,
+    "inner_steps": 6,
+    "batch_size": 4,
     "inner_lr": 2e-4,
     "dpo_beta": 0.1,
+    "eval_examples": 32,
 }
 
 
@@ -231,6 +234,10 @@ def run_demo(config: DemoConfig, *, emit: Any = print, quiet: bool = False) -> d
                 say(f"  Q: {sample['question']}   (expected: {sample['expected']})")
                 say(f"     before: {sample['before']!r}")
                 say(f"     after:  {sample['after']!r}")
+            say(
+                f"  exact answers: {sum(s['expected'] in s['before'] for s in samples)} of "
+                f"{len(samples)} before, {sum(s['expected'] in s['after'] for s in samples)} after"
+            )
 
     summary = {
         "status": final["status"],
@@ -254,6 +261,16 @@ def run_demo(config: DemoConfig, *, emit: Any = print, quiet: bool = False) -> d
         + (f"; the final model is in {result_dir}" if summary["result_model"] else "")
     )
     return summary
+
+
+def recipe(config: DemoConfig, stage: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of one of the demo's jobs."""
+    return {
+        **stage,
+        "min_clients": config.num_clients,
+        **({"seq_len": 256} if config.model in PRESETS else {}),  # byte-level tokens: longer
+        **(config.hyperparameters or {}),
+    }
 
 
 def describe(metrics: dict[str, float] | None) -> str:

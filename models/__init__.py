@@ -26,6 +26,7 @@ from swarm.models.objectives import (
     LanguageModeling,
     Objective,
     SupervisedFineTuning,
+    build_objective,
 )
 from swarm.models.params import (
     load_trainable_state,
@@ -63,6 +64,7 @@ __all__ = [
     "SupervisedFineTuning",
     "apply_adapter",
     "build_model",
+    "build_objective",
     "config_from_bytes",
     "config_to_bytes",
     "count_parameters",

@@ -43,9 +43,9 @@ from swarm.compression import (
 )
 from swarm.coordinator.aggregation import average_payloads, nesterov_step
 from swarm.coordinator.jobs import prepare_tokens
-from swarm.coordinator.rounds import evaluate_version
 from swarm.models import (
     InnerLoopConfig,
+    LanguageModeling,
     build_model,
     load_trainable_state,
     preset_config,
@@ -153,8 +153,7 @@ def _inner_config(spec: JobSpec, seed: int, *, steps: int, batch_size: int) -> I
     return InnerLoopConfig(
         steps=steps,
         batch_size=batch_size,
-        seq_len=spec.seq_len,
-        learning_rate=spec.inner_lr,
+        learning_rate=float(spec.inner_lr or 0.0),
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm,
         warmup_steps=min(spec.warmup_steps, steps),
@@ -172,7 +171,14 @@ def sample_update(spec: JobSpec) -> dict[str, torch.Tensor]:
     config = _inner_config(
         spec, task_seed(spec.seed, 0, 0), steps=spec.inner_steps, batch_size=spec.batch_size
     )
-    return run_inner_loop(model, shards[0], config).pseudo_gradient
+    return run_inner_loop(model, LanguageModeling(shards[0], spec.seq_len), config).pseudo_gradient
+
+
+def evaluate_version(model: torch.nn.Module, heldout: np.ndarray, seq_len: int) -> float:
+    """Held-out loss as the swarm's evaluate tasks measure it for text jobs."""
+    return LanguageModeling(heldout, seq_len).evaluate(model, batch_size=16, max_examples=128)[
+        "loss"
+    ]
 
 
 def _relative_error(original: dict[str, torch.Tensor], decoded: dict[str, torch.Tensor]) -> float:
@@ -291,7 +297,7 @@ def simulate_diloco(
             shard = shards[shard_for_task(index * num_workers, worker, spec.num_shards)]
             result = run_inner_loop(
                 model,
-                shard,
+                LanguageModeling(shard, spec.seq_len),
                 _inner_config(spec, seed, steps=spec.inner_steps, batch_size=spec.batch_size),
             )
             residual = feedback[worker] if error_feedback else None
@@ -375,7 +381,9 @@ def simulate_data_parallel(spec: JobSpec, num_workers: int) -> dict[str, Any]:
     config = _inner_config(
         spec, task_seed(spec.seed, 0, 0), steps=steps, batch_size=num_workers * spec.batch_size
     )
-    run_inner_loop(model, np.concatenate(shards), config, on_step=on_step)
+    run_inner_loop(
+        model, LanguageModeling(np.concatenate(shards), spec.seq_len), config, on_step=on_step
+    )
     return {
         "label": "data-parallel fp32, per step",
         "chain": "fp32 gradients every step",

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import RoundService
@@ -49,9 +50,12 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     db = Database(sqlite_url(tmp_path))
     db.migrate()
     blobs = BlobStore(tmp_path / "blobs")
-    jobs = JobService(db, blobs, RoundService(db, blobs, worker_online_s=30.0))
+    catalog = ModelCatalog(tmp_path / "models", blobs)
+    jobs = JobService(db, blobs, RoundService(db, blobs, catalog, worker_online_s=30.0), catalog)
     try:
-        with TestClient(create_app(db, jobs), raise_server_exceptions=False) as test_client:
+        with TestClient(
+            create_app(db, jobs, catalog, blobs), raise_server_exceptions=False
+        ) as test_client:
             yield test_client
     finally:
         db.dispose()
@@ -227,7 +231,7 @@ def test_events_and_rounds_of_a_job(client: TestClient) -> None:
     assert any("validated" in e["message"] for e in events["data"])
 
     rounds = client.get(f"/v1/swarm/jobs/{job['id']}/rounds").json()
-    assert [(r["round"], r["status"], r["num_tasks"]) for r in rounds["data"]] == [(0, "open", 2)]
+    assert [(r["round"], r["status"], r["num_tasks"]) for r in rounds["data"]] == [(0, "open", 3)]
 
 
 def test_healthz_reports_ok_and_job_counts(client: TestClient) -> None:

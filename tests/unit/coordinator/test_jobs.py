@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from swarm.compression import apply_delta, encode_payload
 from swarm.coordinator.aggregation import nesterov_step
 from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Database, Job, Round, Task, sqlite_url
@@ -39,6 +41,7 @@ class Coordinator:
     jobs: JobService
     tasks: TaskService
     workers: WorkerRegistry
+    catalog: ModelCatalog
 
     def register(self) -> str:
         public_key = (
@@ -83,21 +86,41 @@ class Coordinator:
         self.tasks.check_submission(worker_id, header)
         return self.tasks.accept_result(worker_id, header, sha)
 
+    def evaluate(self, worker_id: str, eval_loss: float) -> m.SubmitResultResponse:
+        """Lease an evaluate task as `worker_id` and report `eval_loss` as its metrics."""
+        response = self.tasks.lease(worker_id, now=time.time() + 3600)
+        assert response.task is not None, response.reason
+        assert response.task.evaluate is not None and response.task.train is None
+        assert response.task.max_result_bytes == 0
+        empty = self.blobs.put_bytes(b"")
+        assert empty == hashlib.sha256(b"").hexdigest()
+        header = m.ResultHeader(
+            session=m.Session(worker_id=worker_id, token=b""),
+            task_id=response.task.task_id,
+            metrics=m.TaskMetrics(eval_loss=eval_loss, examples=8, compute_s=0.1, steps=0),
+            payload_sha256=empty,
+            payload_size=0,
+        )
+        assert self.tasks.check_submission(worker_id, header).kind == "evaluate"
+        return self.tasks.accept_result(worker_id, header, empty)
+
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     db = Database(sqlite_url(tmp_path))
     db.migrate()
     blobs = BlobStore(tmp_path / "blobs")
-    rounds = RoundService(db, blobs, worker_online_s=30.0)
+    catalog = ModelCatalog(tmp_path / "models", blobs)
+    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
     try:
         yield Coordinator(
             db=db,
             blobs=blobs,
             rounds=rounds,
-            jobs=JobService(db, blobs, rounds),
+            jobs=JobService(db, blobs, rounds, catalog),
             tasks=TaskService(db, LeasePolicy(ttl_s=5.0, max_task_s=60.0, solo_wait_s=1.0)),
             workers=WorkerRegistry(db),
+            catalog=catalog,
         )
     finally:
         db.dispose()
@@ -119,16 +142,21 @@ def test_create_job_opens_round_zero(coordinator: Coordinator) -> None:
     assert all(coordinator.blobs.exists(sha) for sha in job.shard_sha256s)
     assert coordinator.blobs.exists(job.model_config_sha256)
     assert coordinator.blobs.exists(job.heldout_sha256)
-    assert job.initial_eval_loss is not None and job.initial_eval_loss > 0
+    # Workers measure the initial model: the coordinator knows its loss once round 0 closes.
+    assert job.initial_eval_loss is None
 
     [round_0] = coordinator.rounds_of(job.id)
-    assert (round_0.index, round_0.status, round_0.num_tasks) == (0, "open", SPEC.min_clients)
+    assert (round_0.index, round_0.status) == (0, "open")
+    # One train task per client, then one task evaluating version 0.
+    assert (round_0.num_train_tasks, round_0.num_tasks) == (SPEC.min_clients, SPEC.min_clients + 1)
     assert coordinator.blobs.exists(round_0.params_sha256)
     assert round_0.momentum_sha256 is None
     tasks = coordinator.tasks_of(round_0.id)
-    assert [t.status for t in tasks] == ["pending"] * SPEC.min_clients
-    assert [t.shard_index for t in tasks] == [0, 1]
+    assert [t.kind for t in tasks] == ["train"] * SPEC.min_clients + ["evaluate"]
+    assert [t.status for t in tasks] == ["pending"] * (SPEC.min_clients + 1)
+    assert [t.shard_index for t in tasks[:-1]] == [0, 1]
     assert len({t.seed for t in tasks}) == len(tasks)
+    # Only train tasks consume shards.
     assert coordinator.jobs.get_job(job.id).tasks_created == SPEC.min_clients
 
     events = coordinator.jobs.list_events(job.id)
@@ -141,8 +169,8 @@ def test_round_zero_has_one_task_per_online_worker(coordinator: Coordinator) -> 
         coordinator.register()
     job = coordinator.jobs.create_job(SPEC)
     [round_0] = coordinator.rounds_of(job.id)
-    assert round_0.num_tasks == 3
-    assert len(coordinator.tasks_of(round_0.id)) == 3
+    assert (round_0.num_train_tasks, round_0.num_tasks) == (3, 4)
+    assert [t.kind for t in coordinator.tasks_of(round_0.id)] == ["train"] * 3 + ["evaluate"]
 
 
 def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
@@ -155,6 +183,8 @@ def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
     assert coordinator.train(job, w1, g1, tokens=64).accepted
     assert coordinator.rounds.rounds_ready() == []  # one task still missing
     assert coordinator.train(job, w2, g2, tokens=64).accepted
+    assert coordinator.rounds.rounds_ready() == []  # version 0 is not measured yet
+    assert coordinator.evaluate(w1, eval_loss=5.5).accepted
     assert coordinator.rounds.rounds_ready() == [round_0.id]
 
     assert coordinator.rounds.close_round(round_0.id)
@@ -166,10 +196,12 @@ def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
     assert round_0.tokens == 128
     assert round_0.num_clients == 2
     assert round_0.train_loss == pytest.approx(5.25)
-    assert round_0.eval_loss is not None
+    assert round_0.eval_loss == pytest.approx(5.5)  # the evaluation of version 0
+    assert round_0.eval_metrics == {"loss": 5.5, "examples": 8.0}
     assert round_0.closed_at is not None
     # Round 1 starts from the published outer step of the averaged pseudo-gradients.
-    assert (round_1.index, round_1.status, round_1.num_tasks) == (1, "open", 2)
+    assert (round_1.index, round_1.status, round_1.num_train_tasks) == (1, "open", 2)
+    assert round_1.num_tasks == 3
     expected, expected_momentum = nesterov_step(
         params_0, {n: (g1[n] + g2[n]) / 2 for n in g1}, None, lr=0.7, momentum=0.9
     )
@@ -179,33 +211,93 @@ def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
     for name in params_0:
         torch.testing.assert_close(published[name], expected[name])
         torch.testing.assert_close(momentum[name], expected_momentum[name])
-    # Shards are used in order across rounds.
-    assert [t.shard_index for t in coordinator.tasks_of(round_1.id)] == [2, 3]
+    # Shards are used in order across rounds; evaluations use none.
+    tasks_1 = coordinator.tasks_of(round_1.id)
+    assert [t.shard_index for t in tasks_1 if t.kind == "train"] == [2, 3]
+    assert [t.kind for t in tasks_1] == ["train", "train", "evaluate"]
 
     job_after_0 = coordinator.jobs.get_job(job.id)
     assert job_after_0.status == "running"
     assert job_after_0.rounds_completed == 1
     assert job_after_0.trained_tokens == 128
-    assert job_after_0.eval_loss == round_0.eval_loss
+    assert job_after_0.initial_eval_loss == pytest.approx(5.5)
+    assert job_after_0.initial_eval_metrics == round_0.eval_metrics
+    assert job_after_0.eval_loss == pytest.approx(5.5)
 
     # Round 1 leases hand out the new version.
     assert coordinator.train(job, w1, gradient_like(job, 0.125), tokens=64).accepted
     assert coordinator.train(job, w2, gradient_like(job, 0.125), tokens=64).accepted
+    assert coordinator.evaluate(w2, eval_loss=5.0).accepted
     assert coordinator.rounds.rounds_ready() == [round_1.id]
     assert coordinator.rounds.close_round(round_1.id)
 
+    # After the last training round, a final round only measures the final version.
+    *_, round_1, final = coordinator.rounds_of(job.id)
+    assert round_1.eval_loss == pytest.approx(5.0)
+    assert (final.index, final.status) == (SPEC.num_rounds, "open")
+    assert (final.num_train_tasks, final.num_tasks) == (0, 1)
+    assert [t.kind for t in coordinator.tasks_of(final.id)] == ["evaluate"]
+    assert final.momentum_sha256 is not None and final.delta_sha256 is not None
+    waiting = coordinator.jobs.get_job(job.id)
+    assert waiting.status == "running"  # not done until the final version is measured
+    assert waiting.rounds_completed == SPEC.num_rounds
+    assert waiting.trained_tokens == 256
+    assert waiting.finished_at is None
+    assert waiting.result_params_sha256 is None
+    assert coordinator.rounds.rounds_ready() == []
+
+    assert coordinator.evaluate(w1, eval_loss=4.5).accepted
+    assert coordinator.rounds.rounds_ready() == [final.id]
+    assert coordinator.rounds.close_round(final.id)
+
     done = coordinator.jobs.get_job(job.id)
     assert done.status == "succeeded"
-    assert done.rounds_completed == 2
+    assert done.rounds_completed == SPEC.num_rounds
     assert done.trained_tokens == 256
-    assert done.eval_loss is not None
+    assert done.initial_eval_loss == pytest.approx(5.5)
+    assert done.eval_loss == pytest.approx(4.5)
+    assert done.eval_metrics == {"loss": 4.5, "examples": 8.0}
     assert done.finished_at is not None
-    assert done.result_params_sha256 is not None
+    assert done.result_params_sha256 == final.params_sha256
     assert coordinator.blobs.exists(done.result_params_sha256)
-    assert len(coordinator.rounds_of(job.id)) == 2  # no third round
+    # A full fine-tune has no adapter; its merged model joins the catalog under the job's id.
+    assert done.artifacts is not None
+    assert set(done.artifacts) == {"merged"}
+    assert done.artifacts["merged"]["model"] == job.id
+    assert all(coordinator.blobs.exists(sha) for sha in done.artifacts["merged"]["files"].values())
+    assert coordinator.catalog.manifest(job.id) is not None
+
+    *_, final = coordinator.rounds_of(job.id)
+    assert final.status == "closed"
+    assert final.tokens == 0 and final.train_loss is None and final.num_clients == 0
+    assert len(coordinator.rounds_of(job.id)) == SPEC.num_rounds + 1  # nothing after the final
     assert coordinator.rounds.rounds_ready() == []
     assert coordinator.tasks.lease(w1).task is None
-    assert any("succeeded" in e.message for e in coordinator.jobs.list_events(job.id))
+    messages = [e.message for e in coordinator.jobs.list_events(job.id)]
+    assert any("succeeded" in message for message in messages)
+    assert any("final version" in message for message in messages)
+
+
+def test_the_final_round_packages_the_measured_version(coordinator: Coordinator) -> None:
+    job = coordinator.jobs.create_job(replace(SPEC, num_rounds=1))
+    w1, w2 = coordinator.register(), coordinator.register()
+    coordinator.train(job, w1, gradient_like(job, 0.25), tokens=64)
+    coordinator.train(job, w2, gradient_like(job, 0.25), tokens=64)
+    coordinator.evaluate(w1, eval_loss=5.5)
+    [round_0] = coordinator.rounds.rounds_ready()
+    coordinator.rounds.close_round(round_0)
+    _, final = coordinator.rounds_of(job.id)
+    coordinator.evaluate(w2, eval_loss=5.25)
+    coordinator.rounds.close_round(final.id)
+
+    done = coordinator.jobs.get_job(job.id)
+    assert done.status == "succeeded"
+    # The merged model in the catalog holds exactly the final version's weights.
+    merged = coordinator.catalog.resolve(job.id, seed=0, chat=False).model.state_dict()
+    final_params = state_from_bytes(coordinator.blobs.read(final.params_sha256))
+    assert final_params
+    for name, tensor in final_params.items():
+        torch.testing.assert_close(merged[name], tensor)
 
 
 def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None:
@@ -213,6 +305,7 @@ def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None
     w1, w2 = coordinator.register(), coordinator.register()
     for worker in (w1, w2):
         coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64)
+    coordinator.evaluate(w1, eval_loss=5.5)
     [round_id] = coordinator.rounds.rounds_ready()
     coordinator.rounds.close_round(round_id)
     round_1 = coordinator.rounds_of(job.id)[1]
@@ -221,6 +314,15 @@ def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None
     assert (task.round, task.version) == (1, 1)
     assert task.train is not None
     assert task.train.params_sha256 == round_1.worker_params_sha256
+    # Round 1's evaluation measures the version round 1 starts from.
+    coordinator.tasks.lease(w2)
+    evaluation = coordinator.tasks.lease(coordinator.register()).task
+    assert evaluation is not None and evaluation.evaluate is not None
+    assert (evaluation.round, evaluation.version) == (1, 1)
+    assert evaluation.evaluate.params_sha256 == round_1.worker_params_sha256
+    assert evaluation.evaluate.data_sha256 == job.heldout_sha256
+    assert evaluation.evaluate.model_config_sha256 == job.model_config_sha256
+    assert [d.version for d in evaluation.evaluate.param_deltas] == [1]
 
 
 def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator) -> None:
@@ -228,6 +330,7 @@ def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator
     w1, w2 = coordinator.register(), coordinator.register()
     for worker in (w1, w2):
         assert coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64).accepted
+    assert coordinator.evaluate(w1, eval_loss=5.5).accepted
     [round_id] = coordinator.rounds.rounds_ready()
     broken = coordinator.tasks_of(round_id)[0].result_sha256
     assert broken is not None
@@ -237,6 +340,27 @@ def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator
     [round_0] = coordinator.rounds_of(job.id)
     job_failed = coordinator.jobs.get_job(job.id).status == "failed"
     assert job_failed or (round_0.status == "open" and coordinator.rounds.rounds_ready())
+
+
+def test_a_final_round_whose_packaging_fails_fails_the_job(coordinator: Coordinator) -> None:
+    job = coordinator.jobs.create_job(replace(SPEC, num_rounds=1))
+    w1, w2 = coordinator.register(), coordinator.register()
+    coordinator.train(job, w1, gradient_like(job, 0.25), tokens=64)
+    coordinator.train(job, w2, gradient_like(job, 0.25), tokens=64)
+    coordinator.evaluate(w1, eval_loss=5.5)
+    [round_0] = coordinator.rounds.rounds_ready()
+    coordinator.rounds.close_round(round_0)
+    _, final = coordinator.rounds_of(job.id)
+    coordinator.evaluate(w2, eval_loss=5.25)
+    coordinator.blobs.path(final.params_sha256).write_bytes(b"not parameters")
+
+    assert coordinator.rounds.close_round(final.id)
+    failed = coordinator.jobs.get_job(job.id)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error["code"] == "platform_error"
+    assert failed.artifacts is None
+    assert coordinator.rounds_of(job.id)[-1].status == "closed"
+    assert coordinator.rounds.rounds_ready() == []
 
 
 def test_create_job_rejects_an_unknown_codec(coordinator: Coordinator) -> None:
@@ -321,6 +445,7 @@ def test_the_next_version_is_broadcast_as_a_delta_workers_can_apply(
     assert round_0.worker_params_sha256 == round_0.params_sha256  # version 0 is sent whole
     for worker in (w1, w2):
         coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64)
+    coordinator.evaluate(w2, eval_loss=5.5)
     [round_id] = coordinator.rounds.rounds_ready()
     coordinator.rounds.close_round(round_id)
     round_1 = coordinator.rounds_of(job.id)[1]

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from swarm.compression import encode_payload
 from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker, sqlite_url
@@ -108,6 +109,21 @@ class Coordinator:
         self.tasks.check_submission(worker_id, header)
         return self.tasks.accept_result(worker_id, header, header.payload_sha256)
 
+    def submit_evaluation(
+        self, worker_id: str, task_id: str, *, eval_loss: float = 5.4
+    ) -> m.SubmitResultResponse:
+        """Report held-out metrics for an evaluate task: no payload, as workers send it."""
+        empty = self.blobs.put_bytes(b"")
+        header = m.ResultHeader(
+            session=m.Session(worker_id=worker_id, token=b""),
+            task_id=task_id,
+            metrics=m.TaskMetrics(eval_loss=eval_loss, examples=8, compute_s=0.1),
+            payload_sha256=empty,
+            payload_size=0,
+        )
+        self.tasks.check_submission(worker_id, header)
+        return self.tasks.accept_result(worker_id, header, empty)
+
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Job]:
@@ -116,7 +132,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Job]:
     db = Database(sqlite_url(root))
     db.migrate()
     blobs = BlobStore(root / "blobs")
-    job = JobService(db, blobs, RoundService(db, blobs, worker_online_s=30.0)).create_job(SPEC)
+    catalog = ModelCatalog(root / "models", blobs)
+    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
+    job = JobService(db, blobs, rounds, catalog).create_job(SPEC)
     db.dispose()
     return root, job
 
@@ -127,13 +145,14 @@ def coordinator(template: tuple[Path, Job], tmp_path: Path) -> Iterator[Coordina
     shutil.copytree(source, tmp_path, dirs_exist_ok=True)
     db = Database(sqlite_url(tmp_path))
     blobs = BlobStore(tmp_path / "blobs")
-    rounds = RoundService(db, blobs, worker_online_s=30.0)
+    catalog = ModelCatalog(tmp_path / "models", blobs)
+    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
     try:
         yield Coordinator(
             db=db,
             blobs=blobs,
             rounds=rounds,
-            jobs=JobService(db, blobs, rounds),
+            jobs=JobService(db, blobs, rounds, catalog),
             tasks=TaskService(db, POLICY),
             workers=WorkerRegistry(db),
             job=job,
@@ -183,11 +202,31 @@ def test_asking_again_returns_the_same_task_with_a_fresh_deadline(
     assert coordinator.task(first.task_id).lease_deadline == pytest.approx(t0 + 2 + POLICY.ttl_s)
 
 
-def test_no_task_when_all_are_taken(coordinator: Coordinator) -> None:
+def test_round_zero_ends_with_an_evaluation_of_version_zero(coordinator: Coordinator) -> None:
     w1, w2, w3 = (coordinator.register() for _ in range(3))
     coordinator.lease_id(w1)
     coordinator.lease_id(w2)
-    response = coordinator.tasks.lease(w3)
+    task = coordinator.tasks.lease(w3).task
+    assert task is not None
+    assert task.train is None and task.evaluate is not None
+    assert (task.round, task.version) == (0, 0)
+    assert task.max_result_bytes == 0
+    assert task.evaluate.params_sha256 == coordinator.round(0).worker_params_sha256
+    assert task.evaluate.data_sha256 == coordinator.job.heldout_sha256
+    assert task.evaluate.model_config_sha256 == coordinator.job.model_config_sha256
+    assert task.evaluate.seq_len == SPEC.seq_len
+    assert task.evaluate.max_examples == SPEC.eval_examples
+    assert task.evaluate.recipe.objective == "lm"
+    assert task.evaluate.param_deltas == []
+    assert coordinator.task(task.task_id).kind == "evaluate"
+
+
+def test_no_task_when_all_are_taken(coordinator: Coordinator) -> None:
+    w1, w2, w3, w4 = (coordinator.register() for _ in range(4))
+    coordinator.lease_id(w1)
+    coordinator.lease_id(w2)
+    coordinator.lease_id(w3)  # the evaluation
+    response = coordinator.tasks.lease(w4)
     assert response.task is None
     assert response.retry_after_s > 0
     assert "no tasks" in response.reason
@@ -200,7 +239,10 @@ def test_worker_that_contributed_waits_before_taking_a_fresh_task_of_the_same_ro
     t0 = time.time()
     task_id = coordinator.lease_id(w1, now=t0)
     assert coordinator.submit(w1, task_id).accepted
+    # It may measure version 0 meanwhile (see below); only the other train task is left.
+    assert coordinator.submit_evaluation(w1, coordinator.lease_id(w1, now=t0)).accepted
     [other] = [t.id for t in _pending_tasks(coordinator)]
+    assert coordinator.task(other).kind == "train"
     available_since = coordinator.task(other).available_since
 
     refused = coordinator.tasks.lease(w1, now=available_since + POLICY.solo_wait_s - 0.5)
@@ -211,6 +253,18 @@ def test_worker_that_contributed_waits_before_taking_a_fresh_task_of_the_same_ro
     allowed = coordinator.tasks.lease(w1, now=available_since + POLICY.solo_wait_s)
     assert allowed.task is not None
     assert allowed.task.task_id == other
+
+
+def test_worker_that_contributed_may_take_the_evaluation_at_once(coordinator: Coordinator) -> None:
+    w1 = coordinator.register()
+    t0 = time.time()
+    assert coordinator.submit(w1, coordinator.lease_id(w1, now=t0)).accepted
+    # The other train task waits for another worker, but the evaluation adds no update.
+    response = coordinator.tasks.lease(w1, now=t0 + 0.1)
+    assert response.task is not None and response.task.evaluate is not None
+    assert coordinator.task(response.task.task_id).status == "leased"
+    assert coordinator.submit_evaluation(w1, response.task.task_id).accepted
+    assert coordinator.task(response.task.task_id).status == "accepted"
 
 
 def test_worker_that_contributed_may_take_a_retried_task_at_once(
@@ -500,3 +554,52 @@ def test_check_submission_rejects_a_result_claiming_no_tokens(coordinator: Coord
     task_id = coordinator.lease_id(w1)
     with pytest.raises(ProtocolError, match="tokens"):
         coordinator.tasks.check_submission(w1, coordinator.header(w1, task_id, tokens=0))
+
+
+def _evaluation_id(coordinator: Coordinator) -> tuple[str, str]:
+    """A worker holding round 0's evaluate task, and the task's id."""
+    w1, w2, w3 = (coordinator.register() for _ in range(3))
+    coordinator.lease_id(w1)
+    coordinator.lease_id(w2)
+    task_id = coordinator.lease_id(w3)
+    assert coordinator.task(task_id).kind == "evaluate"
+    return w3, task_id
+
+
+def test_an_evaluation_result_is_metrics_only(coordinator: Coordinator) -> None:
+    worker, task_id = _evaluation_id(coordinator)
+    assert coordinator.submit_evaluation(worker, task_id, eval_loss=5.4).accepted
+    task = coordinator.task(task_id)
+    assert task.status == "accepted"
+    assert task.metrics is not None
+    assert (task.metrics["eval_loss"], task.metrics["examples"]) == (5.4, 8)
+
+
+def test_check_submission_rejects_an_evaluation_with_a_payload(coordinator: Coordinator) -> None:
+    worker, task_id = _evaluation_id(coordinator)
+    with pytest.raises(MessageTooLargeError, match="limit of 0"):
+        coordinator.tasks.check_submission(worker, coordinator.header(worker, task_id))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "match"),
+    [
+        ({"eval_loss": 5.0, "examples": 8, "steps": 2}, "0 steps"),
+        ({"eval_loss": 5.0, "examples": 0}, "examples"),
+        ({"eval_loss": 5.0, "examples": SPEC.eval_examples + 1}, "examples"),
+        ({"eval_loss": float("nan"), "examples": 8}, "finite"),
+    ],
+)
+def test_check_submission_rejects_implausible_evaluations(
+    coordinator: Coordinator, metrics: dict[str, float], match: str
+) -> None:
+    worker, task_id = _evaluation_id(coordinator)
+    header = m.ResultHeader(
+        session=_session(worker),
+        task_id=task_id,
+        metrics=m.TaskMetrics(**metrics),  # type: ignore[arg-type]
+        payload_sha256=coordinator.blobs.put_bytes(b""),
+        payload_size=0,
+    )
+    with pytest.raises(ProtocolError, match=match):
+        coordinator.tasks.check_submission(worker, header)

@@ -119,7 +119,7 @@ def test_preset_config_returns_a_copy() -> None:
 
 
 def test_unknown_preset_is_refused_listing_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="micro-llama, tiny-llama"):
+    with pytest.raises(ConfigError, match="micro-llama, tiny-gpt-neox, tiny-gpt2, tiny-llama"):
         preset_config("gpt-5")
 
 

@@ -14,8 +14,8 @@ from swarm.models import (
     InnerLoopConfig,
     InnerLoopInterrupted,
     build_model,
+    LanguageModeling,
     encode_text,
-    evaluate_loss,
     preset_config,
     run_inner_loop,
     trainable_state,
@@ -23,9 +23,15 @@ from swarm.models import (
 from swarm.protocol.errors import ConfigError
 
 TOKENS = encode_text("the quick brown fox jumps over the lazy dog. " * 40)
-CONFIG = InnerLoopConfig(
-    steps=12, batch_size=4, seq_len=32, learning_rate=1e-2, warmup_steps=2, seed=7
-)
+SEQ_LEN = 32
+OBJECTIVE = LanguageModeling(TOKENS, SEQ_LEN)
+CONFIG = InnerLoopConfig(steps=12, batch_size=4, learning_rate=1e-2, warmup_steps=2, seed=7)
+
+
+def evaluate_loss(
+    model: torch.nn.Module, tokens: np.ndarray, batch_size: int = 16, max_examples: int = 128
+) -> float:
+    return LanguageModeling(tokens, SEQ_LEN).evaluate(model, batch_size, max_examples)["loss"]
 
 
 @pytest.fixture(autouse=True)
@@ -42,22 +48,22 @@ def _model(seed: int = 0) -> PreTrainedModel:
 
 
 def test_inner_loop_reduces_the_loss() -> None:
-    result = run_inner_loop(_model(), TOKENS, CONFIG)
+    result = run_inner_loop(_model(), OBJECTIVE, CONFIG)
     assert len(result.losses) == CONFIG.steps
     assert all(np.isfinite(result.losses))
     assert np.mean(result.losses[-3:]) < result.losses[0] - 0.5
 
 
 def test_result_accounts_for_tokens_and_time() -> None:
-    result = run_inner_loop(_model(), TOKENS, CONFIG)
-    assert result.tokens == CONFIG.steps * CONFIG.batch_size * CONFIG.seq_len
+    result = run_inner_loop(_model(), OBJECTIVE, CONFIG)
+    assert result.tokens == CONFIG.steps * CONFIG.batch_size * SEQ_LEN
     assert result.compute_s > 0.0
 
 
 def test_pseudo_gradient_is_start_minus_end() -> None:
     model = _model()
     start = trainable_state(model)
-    result = run_inner_loop(model, TOKENS, CONFIG)
+    result = run_inner_loop(model, OBJECTIVE, CONFIG)
     end = trainable_state(model)
     assert result.pseudo_gradient.keys() == start.keys()
     for name, delta in result.pseudo_gradient.items():
@@ -68,7 +74,7 @@ def test_pseudo_gradient_is_start_minus_end() -> None:
 
 def test_applying_the_pseudo_gradient_reproduces_the_trained_model() -> None:
     trained = _model()
-    result = run_inner_loop(trained, TOKENS, CONFIG)
+    result = run_inner_loop(trained, OBJECTIVE, CONFIG)
     fresh = _model()
     with torch.no_grad():
         for name, param in fresh.named_parameters():
@@ -80,17 +86,17 @@ def test_applying_the_pseudo_gradient_reproduces_the_trained_model() -> None:
 
 
 def test_same_seed_is_bit_exact() -> None:
-    first = run_inner_loop(_model(), TOKENS, CONFIG)
-    second = run_inner_loop(_model(), TOKENS, CONFIG)
+    first = run_inner_loop(_model(), OBJECTIVE, CONFIG)
+    second = run_inner_loop(_model(), OBJECTIVE, CONFIG)
     assert first.losses == second.losses
     for name, delta in first.pseudo_gradient.items():
         assert torch.equal(delta, second.pseudo_gradient[name]), name
 
 
 def test_another_task_seed_samples_other_windows() -> None:
-    first = run_inner_loop(_model(), TOKENS, CONFIG)
+    first = run_inner_loop(_model(), OBJECTIVE, CONFIG)
     other = InnerLoopConfig(**{**_fields(CONFIG), "seed": CONFIG.seed + 1})
-    second = run_inner_loop(_model(), TOKENS, other)
+    second = run_inner_loop(_model(), OBJECTIVE, other)
     assert first.losses != second.losses
 
 
@@ -101,7 +107,7 @@ def _fields(config: InnerLoopConfig) -> dict[str, Any]:
 def test_on_step_sees_every_step_and_its_loss() -> None:
     seen: list[tuple[int, float]] = []
     result = run_inner_loop(
-        _model(), TOKENS, CONFIG, on_step=lambda step, loss: seen.append((step, loss))
+        _model(), OBJECTIVE, CONFIG, on_step=lambda step, loss: seen.append((step, loss))
     )
     assert seen == list(enumerate(result.losses))
 
@@ -114,20 +120,20 @@ def test_on_step_returning_false_interrupts_the_loop() -> None:
         return step < 2
 
     with pytest.raises(InnerLoopInterrupted, match="after 3 of 12 steps"):
-        run_inner_loop(_model(), TOKENS, CONFIG, on_step=stop_after_three)
+        run_inner_loop(_model(), OBJECTIVE, CONFIG, on_step=stop_after_three)
     assert calls == [0, 1, 2]
 
 
 def test_shard_shorter_than_a_window_is_refused() -> None:
     with pytest.raises(ConfigError, match="fewer than seq_len"):
-        run_inner_loop(_model(), TOKENS[: CONFIG.seq_len], CONFIG)
+        LanguageModeling(TOKENS[:SEQ_LEN], SEQ_LEN)
 
 
 def test_clipping_can_be_disabled() -> None:
     config = InnerLoopConfig(**{**_fields(CONFIG), "max_grad_norm": 0.0, "steps": 2})
     clipped = InnerLoopConfig(**{**_fields(CONFIG), "max_grad_norm": 1e-3, "steps": 2})
-    free = run_inner_loop(_model(), TOKENS, config)
-    tight = run_inner_loop(_model(), TOKENS, clipped)
+    free = run_inner_loop(_model(), OBJECTIVE, config)
+    tight = run_inner_loop(_model(), OBJECTIVE, clipped)
     assert free.losses[0] == tight.losses[0]
     assert free.losses[1] != tight.losses[1]
 
@@ -137,7 +143,6 @@ BAD_CONFIGS: list[tuple[str, Any]] = [
     ("steps", 100_001),
     ("batch_size", 0),
     ("batch_size", 4097),
-    ("seq_len", 1),
     ("learning_rate", 0.0),
     ("learning_rate", 1.5),
     ("learning_rate", float("nan")),
@@ -163,8 +168,8 @@ def test_inner_loop_config_accepts_warmup_over_the_whole_loop() -> None:
 def test_evaluation_is_deterministic_and_does_not_train() -> None:
     model = _model()
     before = trainable_state(model)
-    first = evaluate_loss(model, TOKENS, seq_len=32, batch_size=4, max_batches=2)
-    second = evaluate_loss(model, TOKENS, seq_len=32, batch_size=4, max_batches=2)
+    first = evaluate_loss(model, TOKENS, batch_size=4, max_examples=8)
+    second = evaluate_loss(model, TOKENS, batch_size=4, max_examples=8)
     assert first == second
     assert 4.0 < first < 7.0
     after = trainable_state(model)
@@ -173,15 +178,15 @@ def test_evaluation_is_deterministic_and_does_not_train() -> None:
 
 def test_evaluation_sees_training_progress() -> None:
     model = _model()
-    before = evaluate_loss(model, TOKENS, seq_len=32)
-    run_inner_loop(model, TOKENS, CONFIG)
-    assert evaluate_loss(model, TOKENS, seq_len=32) < before - 0.5
+    before = evaluate_loss(model, TOKENS)
+    run_inner_loop(model, OBJECTIVE, CONFIG)
+    assert evaluate_loss(model, TOKENS) < before - 0.5
 
 
 def test_evaluation_needs_one_window_plus_one_token() -> None:
     model = _model()
-    assert np.isfinite(evaluate_loss(model, TOKENS[:33], seq_len=32))
+    assert np.isfinite(evaluate_loss(model, TOKENS[:33]))
     with pytest.raises(ConfigError, match="fewer than seq_len"):
-        evaluate_loss(model, TOKENS[:32], seq_len=32)
+        evaluate_loss(model, TOKENS[:32])
     with pytest.raises(ConfigError):
-        evaluate_loss(model, TOKENS[:0], seq_len=32)
+        evaluate_loss(model, TOKENS[:0])

@@ -79,7 +79,10 @@ def instances(cls: type) -> st.SearchStrategy[Any]:
         else:
             strategy = _scalar(descriptor, hint)
         kwargs[name] = strategy
-    return st.builds(cls, **kwargs)
+    strategy = st.builds(cls, **kwargs)
+    oneof = [f.name for f in fields.values() if f.containing_oneof is not None]
+    # A oneof carries at most one of its fields.
+    return strategy.filter(lambda obj: sum(getattr(obj, n) is not None for n in oneof) <= 1)
 
 
 def wire_round_trip(obj: Any) -> Any:

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from swarm.scheduler import (
     JobSpec,
+    max_tokens_per_task,
     num_tasks_for_round,
     shard_for_task,
     task_seed,
-    max_tokens_per_task,
 )
 
 SPEC = JobSpec(min_clients=2, max_clients=8)

@@ -1,0 +1,266 @@
+"""`swarm bench finetune`: the demo's recipe measured against its targets.
+
+1. The swarm: a coordinator and two client processes run LoRA SFT of SmolLM2-135M-Instruct on
+   the shipped instructions, then DPO from the SFT result on the shipped preference pairs (the
+   demo, with updates and broadcasts uncompressed, so the parity check below is exact).
+2. Single-process references of the SFT job, in this process with plain PyTorch:
+   - the same recipe replayed: every round's tasks (same seeds, shards and inner AdamW steps),
+     averaged and stepped with the same outer Nesterov SGD, without processes, network,
+     database or serialization: the swarm must match it within 1% held-out loss;
+   - plain AdamW for the same number of steps on the combined batches of the clients, for
+     context (no DiLoCo rounds at all).
+
+Targets: SFT lowers held-out loss by at least 15%; DPO raises held-out reward accuracy from
+50% (an untrained policy equals its reference) to at least 80%; parity within 1%.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from swarm.coordinator.aggregation import nesterov_step
+from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.demo import (
+    DPO_HYPERPARAMETERS,
+    SFT_HYPERPARAMETERS,
+    DemoConfig,
+    recipe,
+    run_demo,
+)
+from swarm.coordinator.jobs import prepare_data
+from swarm.models import (
+    InnerLoopConfig,
+    Objective,
+    apply_adapter,
+    build_objective,
+    load_trainable_state,
+    run_inner_loop,
+    trainable_state,
+)
+from swarm.scheduler import JobSpec, shard_for_task, task_seed
+
+TARGET_SFT_REDUCTION = 0.15
+TARGET_DPO_ACCURACY = 0.80
+TARGET_PARITY_GAP = 0.01
+
+UNCOMPRESSED = {"codec": "none", "small_tensor_codec": "none", "broadcast_codec": "none"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneBenchConfig:
+    model: str = "smollm2-135m-instruct"
+    num_clients: int = 2
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """Overrides for both jobs (on top of the demo's recipe and no compression)."""
+    reference_threads: int = 1
+
+
+QUICK = FinetuneBenchConfig(
+    model="tiny-llama",
+    hyperparameters={"num_rounds": 2, "inner_steps": 4, "batch_size": 4, "eval_examples": 16},
+)
+
+
+def _inner_config(spec: JobSpec, seed: int, steps: int, batch_size: int) -> InnerLoopConfig:
+    return InnerLoopConfig(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=float(spec.inner_lr or 0.0),
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        warmup_steps=min(spec.warmup_steps, steps),
+        seed=seed,
+    )
+
+
+class Reference:
+    """A job's model, data and objectives, rebuilt in this process as the swarm builds them."""
+
+    def __init__(self, spec: JobSpec, catalog: ModelCatalog) -> None:
+        base = catalog.resolve(spec.model, seed=spec.seed, chat=True)
+        data = prepare_data(spec, base.tokenizer, base.config)
+        self.spec = spec
+        self.model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
+        self.initial = trainable_state(self.model)
+        vocab = base.config["vocab_size"]
+
+        def objective(shard: bytes) -> Objective:
+            return build_objective(
+                spec.method, shard, vocab_size=vocab, seq_len=spec.seq_len, dpo_beta=spec.dpo_beta
+            )
+
+        self.shards = [objective(s) for s in data.shards]
+        self.heldout = objective(data.heldout)
+
+    def evaluate(self, params: dict[str, torch.Tensor]) -> dict[str, float]:
+        load_trainable_state(self.model, params)
+        return self.heldout.evaluate(self.model, self.spec.eval_batch_size, self.spec.eval_examples)
+
+    def replay(self, num_workers: int) -> dict[str, float]:
+        """The swarm's rounds in one process: the same tasks, average and outer step."""
+        spec = self.spec
+        params, momentum = dict(self.initial), None
+        for index in range(spec.num_rounds):
+            updates, weights = [], []
+            for i in range(num_workers):
+                load_trainable_state(self.model, params)
+                shard = self.shards[shard_for_task(index * num_workers, i, spec.num_shards)]
+                config = _inner_config(
+                    spec, task_seed(spec.seed, index, i), spec.inner_steps, spec.batch_size
+                )
+                result = run_inner_loop(self.model, shard, config)
+                updates.append(result.pseudo_gradient)
+                weights.append(float(result.tokens))
+            total = sum(weights)
+            average = {
+                name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))
+                for name in params
+            }
+            params, momentum = nesterov_step(
+                params,
+                average,  # type: ignore[arg-type]
+                momentum,
+                lr=spec.outer_lr,
+                momentum=spec.outer_momentum,
+            )
+        return self.evaluate(params)
+
+    def plain_adamw(self, num_workers: int) -> dict[str, float]:
+        """One AdamW run, no rounds: as many steps as a client takes, on batches as large as
+        all clients' together."""
+        spec = self.spec
+        load_trainable_state(self.model, self.initial)
+        steps = spec.num_rounds * spec.inner_steps
+        config = _inner_config(
+            spec, task_seed(spec.seed, 0, 0), steps, num_workers * spec.batch_size
+        )
+        run_inner_loop(self.model, _Concatenated(self.shards), config)
+        return self.evaluate(trainable_state(self.model))
+
+
+class _Concatenated(Objective):
+    """Batches drawn from a random shard each step: the whole training set, as one process."""
+
+    def __init__(self, shards: list[Objective]) -> None:
+        self.shards = shards
+
+    def training_loss(self, model, rng, batch_size):  # type: ignore[no-untyped-def]
+        return self.shards[int(rng.integers(len(self.shards)))].training_loss(
+            model, rng, batch_size
+        )
+
+    def evaluate(self, model, batch_size, max_examples):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def run_bench(
+    config: FinetuneBenchConfig, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    say = progress or (lambda _: None)
+    began = time.monotonic()
+    overrides = {**UNCOMPRESSED, **config.hyperparameters}
+    with tempfile.TemporaryDirectory(prefix="swarm-bench-finetune-") as temp:
+        work = Path(temp)
+        say(f"the swarm: {config.num_clients} clients, SFT then DPO of {config.model}")
+        demo_config = DemoConfig(
+            num_clients=config.num_clients,
+            model=config.model,
+            hyperparameters=overrides,
+            work_dir=work,
+            num_samples=4,
+        )
+        demo = run_demo(demo_config, emit=say)
+        if demo["status"] != "succeeded":
+            raise RuntimeError(f"the swarm's jobs did not succeed: {demo['jobs']}")
+        sft, dpo = demo["jobs"]
+        say("single-process references of the SFT job (same seed, no compression)...")
+        torch.set_num_threads(config.reference_threads)
+        data_dir = work / "coordinator"
+        catalog = ModelCatalog(data_dir / "models", BlobStore(data_dir / "blobs"))
+        spec = JobSpec.from_dict(
+            {"model": config.model, **recipe(demo_config, SFT_HYPERPARAMETERS)}
+        )
+        reference = Reference(spec, catalog)
+        replayed = reference.replay(config.num_clients)
+        say(f"  replayed rounds: held-out loss {replayed['loss']:.4f}")
+        plain = reference.plain_adamw(config.num_clients)
+        say(f"  plain AdamW: held-out loss {plain['loss']:.4f}")
+    report = {
+        "model": config.model,
+        "num_clients": config.num_clients,
+        "sft": {**sft, "spec": spec.to_dict()},
+        "dpo": {**dpo, "hyperparameters": recipe(demo_config, DPO_HYPERPARAMETERS)},
+        "reference": {"replayed_rounds": replayed, "plain_adamw": plain},
+        "samples": demo["samples"],
+        "wall_s": round(time.monotonic() - began, 1),
+    }
+    report["targets"] = check_targets(report)
+    return report
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    sft, dpo = report["sft"], report["dpo"]
+    swarm_loss = sft["final_eval_metrics"]["loss"]
+    replayed = report["reference"]["replayed_rounds"]["loss"]
+    gap = abs(swarm_loss - replayed) / replayed
+    return [
+        {
+            "target": f"SFT lowers held-out loss by >= {TARGET_SFT_REDUCTION:.0%}",
+            "value": round(sft["eval_loss_reduction"], 4),
+            "met": sft["eval_loss_reduction"] >= TARGET_SFT_REDUCTION,
+        },
+        {
+            "target": f"DPO held-out reward accuracy from ~50% to >= {TARGET_DPO_ACCURACY:.0%}",
+            "value": {
+                "before": dpo["initial_eval_metrics"]["reward_accuracy"],
+                "after": dpo["final_eval_metrics"]["reward_accuracy"],
+            },
+            "met": dpo["final_eval_metrics"]["reward_accuracy"] >= TARGET_DPO_ACCURACY,
+        },
+        {
+            "target": f"swarm SFT within {TARGET_PARITY_GAP:.0%} of the single-process run",
+            "value": round(gap, 6),
+            "met": gap <= TARGET_PARITY_GAP,
+        },
+    ]
+
+
+def render_tables(report: dict[str, Any]) -> str:
+    def metrics(values: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "examples")
+
+    lines = [
+        f"swarm bench finetune: {report['model']}, {report['num_clients']} clients, "
+        f"{report['wall_s']:.0f}s",
+        "",
+        f"{'job':<5} {'held-out before':<48} {'held-out after':<48} {'up':>10} {'down':>10}",
+    ]
+    for name in ("sft", "dpo"):
+        job = report[name]
+        lines.append(
+            f"{name:<5} {metrics(job['initial_eval_metrics']):<48} "
+            f"{metrics(job['final_eval_metrics']):<48} {job['bytes_up'] / 1e6:>8.1f}MB "
+            f"{job['bytes_down'] / 1e6:>8.1f}MB"
+        )
+    lines += [
+        "",
+        "SFT held-out after training, swarm vs single process:",
+        f"  swarm (clients, gRPC, database)       "
+        f"{report['sft']['final_eval_metrics']['loss']:.4f}",
+        f"  same rounds replayed in one process   "
+        f"{report['reference']['replayed_rounds']['loss']:.4f}",
+        f"  plain AdamW, same steps and tokens    {report['reference']['plain_adamw']['loss']:.4f}",
+        "",
+        f"{'target':<62} {'value':<32} met",
+    ]
+    for target in report["targets"]:
+        lines.append(f"{target['target']:<62} {target['value']!s:<32} {target['met']}")
+    return "\n".join(lines)
