@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name")
     pull.add_argument("--as", dest="alias", help="store it under this name")
 
+    finetune = benches.add_parser(
+        "finetune", help="SFT then DPO through the swarm, against single-process references"
+    )
+    finetune.add_argument("--json", action="store_true", help="print the report as JSON")
+    finetune.add_argument(
+        "--quick", action="store_true", help="tiny-llama and two short rounds (a smoke test)"
+    )
+    finetune.add_argument("--model", help="base model (default smollm2-135m-instruct)")
+    finetune.add_argument("--output", type=Path, help="also write the JSON report here")
+
     jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
     jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -263,6 +273,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "finetune":
+        return _bench_finetune(args)
     from dataclasses import replace
 
     from swarm.coordinator.bench import compression as bench
@@ -291,6 +303,28 @@ def _bench(args: argparse.Namespace) -> int:
         args.output.write_text(text + "\n")
     if args.plot:
         bench.plot(report, str(args.plot))
+    print(text if args.json else bench.render_tables(report))
+    return 0
+
+
+def _bench_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from swarm.coordinator.bench import finetune as bench
+    from swarm.protocol.errors import SwarmError
+
+    config = bench.QUICK if args.quick else bench.FinetuneBenchConfig()
+    if args.model:
+        config = replace(config, model=args.model)
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        report = bench.run_bench(config, progress)
+    except (SwarmError, RuntimeError, ValueError) as exc:
+        print(f"swarm bench finetune: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=None if args.json else 2)
+    if args.output:
+        args.output.write_text(text + "\n")
     print(text if args.json else bench.render_tables(report))
     return 0
 

@@ -234,33 +234,39 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_tables(report: dict[str, Any]) -> str:
-    def metrics(values: dict[str, float]) -> str:
-        return ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "examples")
-
     lines = [
         f"swarm bench finetune: {report['model']}, {report['num_clients']} clients, "
         f"{report['wall_s']:.0f}s",
         "",
-        f"{'job':<5} {'held-out before':<48} {'held-out after':<48} {'up':>10} {'down':>10}",
+        f"{'job':<4} {'held-out metric':<16} {'before':>9} {'after':>9}   {'up':>8} {'down':>9}",
     ]
     for name in ("sft", "dpo"):
         job = report[name]
-        lines.append(
-            f"{name:<5} {metrics(job['initial_eval_metrics']):<48} "
-            f"{metrics(job['final_eval_metrics']):<48} {job['bytes_up'] / 1e6:>8.1f}MB "
-            f"{job['bytes_down'] / 1e6:>8.1f}MB"
-        )
+        before, after = job["initial_eval_metrics"], job["final_eval_metrics"]
+        for i, key in enumerate(k for k in before if k != "examples"):
+            traffic = (
+                f"   {job['bytes_up'] / 1e6:>6.1f}MB {job['bytes_down'] / 1e6:>7.1f}MB"
+                if i == 0
+                else ""
+            )
+            lines.append(
+                f"{name if i == 0 else '':<4} {key:<16} {before[key]:>9.4f} {after[key]:>9.4f}"
+                + traffic
+            )
+    reference = report["reference"]
     lines += [
         "",
-        "SFT held-out after training, swarm vs single process:",
-        f"  swarm (clients, gRPC, database)       "
+        "SFT held-out loss after training, swarm vs single process:",
+        "  swarm (client processes, gRPC, database)  "
         f"{report['sft']['final_eval_metrics']['loss']:.4f}",
-        f"  same rounds replayed in one process   "
-        f"{report['reference']['replayed_rounds']['loss']:.4f}",
-        f"  plain AdamW, same steps and tokens    {report['reference']['plain_adamw']['loss']:.4f}",
+        f"  the same rounds replayed in one process   {reference['replayed_rounds']['loss']:.4f}",
+        f"  plain AdamW, same steps and tokens        {reference['plain_adamw']['loss']:.4f}",
         "",
-        f"{'target':<62} {'value':<32} met",
+        f"{'target':<56} {'value':<34} met",
     ]
     for target in report["targets"]:
-        lines.append(f"{target['target']:<62} {target['value']!s:<32} {target['met']}")
+        value = target["value"]
+        if isinstance(value, dict):
+            value = f"{value['before']:.4f} -> {value['after']:.4f}"
+        lines.append(f"{target['target']:<56} {value!s:<34} {target['met']}")
     return "\n".join(lines)
