@@ -174,6 +174,9 @@ class Worker:
         except (SwarmError, FloatingPointError) as exc:
             logger.error("task %s failed: %s", task.task_id, exc)
             self._hand_back(transport, task, m.FailureKind.ERROR, str(exc))
+        except Exception as exc:  # a bug or bad input we did not foresee: keep the worker alive
+            logger.exception("task %s failed unexpectedly", task.task_id)
+            self._hand_back(transport, task, m.FailureKind.ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             self._current_task = None
 

@@ -336,6 +336,7 @@ class JobWatcher:
         while True:
             job = self._http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
             rounds = self._http.get(f"/v1/swarm/jobs/{job['id']}/rounds").json()["data"]
+            self._status(rounds)
             for r in (r for r in rounds if r["status"] == "closed" and r["round"] >= shown):
                 final = not r["num_train_tasks"]
                 self._say(
@@ -358,6 +359,20 @@ class JobWatcher:
             if self._coordinator.poll() is not None:
                 raise RuntimeError(f"the coordinator died; see {self._work / 'coordinator.log'}")
             time.sleep(0.5)
+
+    def _status(self, rounds: list[dict[str, Any]]) -> None:
+        """On a terminal, a transient line with the open round's progress."""
+        if not (self._say is print and sys.stdout.isatty()):
+            return
+        line = ""
+        for r in rounds:
+            if r["status"] != "closed":
+                what = "final evaluation" if not r["num_train_tasks"] else f"round {r['round']}"
+                line = (
+                    f"  {what}: {r['tasks_accepted']} of {r['num_tasks']} tasks done, "
+                    f"{time.time() - r['opened_at']:.0f}s"
+                )
+        print(f"\r{line:<60}\r", end="", flush=True)
 
 
 def download_artifact(http: httpx.Client, job_id: str, kind: str, folder: Path) -> None:

@@ -223,7 +223,14 @@ def create_app(
     @app.get("/v1/swarm/jobs/{job_id}/rounds", tags=["swarm"])
     def list_rounds(job_id: str) -> dict[str, Any]:
         """Per-round numbers: losses, tokens, bytes up and down, clients."""
-        return {"object": "list", "data": [round_summary(r) for r in jobs.list_rounds(job_id)]}
+        rounds = jobs.list_rounds(job_id)
+        accepted = jobs.tasks_accepted(job_id)
+        return {
+            "object": "list",
+            "data": [
+                {**round_summary(r), "tasks_accepted": accepted.get(r.index, 0)} for r in rounds
+            ],
+        }
 
     @app.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
     def list_artifacts(job_id: str) -> dict[str, Any]:

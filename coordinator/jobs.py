@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, Event, Job, Round
+from swarm.coordinator.storage import Database, Event, Job, Round, Task
 from swarm.models import (
     MAX_DATASET_BYTES,
     ChatExample,
@@ -47,7 +47,7 @@ from swarm.models import (
 )
 from swarm.models.chat import tokenize_chat, tokenize_preference
 from swarm.protocol.errors import ConfigError, NotFoundError
-from swarm.scheduler import JobSpec, JobStatus
+from swarm.scheduler import JobSpec, JobStatus, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,16 @@ class JobService:
             return list(
                 session.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.index))
             )
+
+    def tasks_accepted(self, job_id: str) -> dict[int, int]:
+        """Round index -> how many of its tasks have an accepted result."""
+        with self._db.transaction() as session:
+            rows = session.execute(
+                select(Task.round_index, func.count())
+                .where(Task.job_id == job_id, Task.status == TaskStatus.ACCEPTED.value)
+                .group_by(Task.round_index)
+            )
+            return {index: count for index, count in rows}
 
     def list_events(self, job_id: str, limit: int = 100) -> list[Event]:
         self.get_job(job_id)

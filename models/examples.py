@@ -135,4 +135,6 @@ def _checked_set(name: str, arrays: dict[str, np.ndarray], vocab_size: int) -> S
         raise ConfigError(f"example shard set {name!r} has bad offsets")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ConfigError(f"example shard set {name!r} has ids outside [0, {vocab_size})")
+    if np.any(np.add.reduceat(mask, offsets[:-1]) == 0):
+        raise ConfigError(f"example shard set {name!r} has a sequence with no trained tokens")
     return SequenceSet(ids=ids, mask=mask, offsets=offsets)

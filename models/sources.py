@@ -17,13 +17,14 @@ whose files the coordinator moves into its content-addressed blob store.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from swarm.models.architectures import FAMILIES, PRESETS, build_model, preset_config
@@ -32,7 +33,7 @@ from swarm.protocol.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-SHARD_SIZE = "256MB"
+SHARD_BYTES = 256 * 1024 * 1024
 # Config keys that describe how a checkpoint was stored, not the architecture.
 _STORAGE_KEYS = ("quantization_config", "_name_or_path", "transformers_version", "architectures")
 
@@ -155,7 +156,13 @@ def load_folder(path: Path, name: str | None = None, source: str | None = None) 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """The tokenizer of a Hugging Face folder, with a chat template (ChatML if it had none)."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConfigError(
+            f"{path} has no tokenizer swarm can load ({str(exc)[:200]}); add tokenizer.json "
+            "and tokenizer_config.json"
+        ) from None
     ensure_chat_template(tokenizer)
     return tokenizer
 
@@ -239,9 +246,49 @@ def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_folder(loaded: LoadedModel, directory: Path) -> None:
-    """Write the model as a Hugging Face folder: config, safetensors shards and tokenizer."""
-    loaded.model.save_pretrained(directory, safe_serialization=True, max_shard_size=SHARD_SIZE)
+    """Write the model as a Hugging Face folder: config, safetensors shards and tokenizer.
+
+    The shards hold the weights under the names the model uses in memory (transformers may
+    rename some on save, e.g. GPT-NeoX's head), so workers load them with `load_weights`
+    exactly as `from_pretrained` does.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    loaded.model.config.save_pretrained(directory)
+    generation = getattr(loaded.model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(directory)
+    parts = _split(unique_state(loaded.model), SHARD_BYTES)
+    names = (
+        ["model.safetensors"]
+        if len(parts) == 1
+        else [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))]
+    )
+    for name, part in zip(names, parts, strict=True):
+        save_file(part, str(directory / name), metadata={"format": "pt"})
+    if len(parts) > 1:
+        index = {
+            "metadata": {"total_size": sum(_nbytes(t) for p in parts for t in p.values())},
+            "weight_map": {key: name for name, p in zip(names, parts, strict=True) for key in p},
+        }
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     loaded.tokenizer.save_pretrained(directory)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive groups of tensors of at most `max_bytes` each (one tensor may exceed it)."""
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        if parts[-1] and size + _nbytes(tensor) > max_bytes:
+            parts.append({})
+            size = 0
+        parts[-1][name] = tensor
+        size += _nbytes(tensor)
+    return parts
 
 
 def load_weights(model: torch.nn.Module, shard_paths: list[Path]) -> None:
@@ -253,7 +300,10 @@ def load_weights(model: torch.nn.Module, shard_paths: list[Path]) -> None:
         unexpected = set(state) - expected
         if unexpected:
             raise ConfigError(f"weights {sorted(unexpected)[:3]} do not belong to this model")
-        model.load_state_dict(state, strict=False)
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a shape that does not fit
+            raise ConfigError(f"weights in {path.name} do not fit this model: {exc}") from None
         loaded |= set(state)
     missing = expected - loaded
     if missing:

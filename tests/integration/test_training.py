@@ -93,12 +93,29 @@ def running_swarm(
 def _assert_trained_by_both(swarm: Swarm, job: dict[str, Any]) -> None:
     assert job["status"] == "succeeded", job
     rounds = swarm.rounds(job["id"])
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert all(r["status"] == "closed" and r["num_clients"] == 2 for r in rounds), rounds
-    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in rounds), rounds
-    assert job["swarm"]["eval_loss"] < job["swarm"]["initial_eval_loss"] * 0.8
+    # Three training rounds, then a final round that only measures the last version.
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    *training, final = rounds
+    assert all(r["status"] == "closed" for r in rounds), rounds
+    assert all(r["num_train_tasks"] == 2 and r["num_tasks"] == 3 for r in training), training
+    assert all(r["num_clients"] == 2 for r in training), training
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in training), training
+    assert (final["num_train_tasks"], final["num_tasks"], final["tokens"]) == (0, 1, 0), final
+    assert final["bytes_up"] == 0, final  # evaluations send metrics only
+    # Every round's held-out loss was measured by a client, for the version it started from.
+    assert all(r["eval_loss"] is not None for r in rounds), rounds
+    swarm_job = job["swarm"]
+    assert swarm_job["initial_eval_loss"] == rounds[0]["eval_loss"]
+    assert swarm_job["eval_loss"] == final["eval_loss"]
+    assert swarm_job["eval_loss"] < swarm_job["initial_eval_loss"] * 0.8
+    assert swarm_job["rounds_completed"] == 3
+    assert swarm_job["artifacts"] == ["merged"]  # full fine-tuning: no adapter
     workers = swarm.http.get("/v1/swarm/workers").json()["data"]
-    assert sorted(w["tasks_accepted"] for w in workers) == [3, 3]
+    accepted = sorted(w["tasks_accepted"] for w in workers)
+    # 3 train tasks each, and the 4 evaluations shared between them.
+    assert sum(accepted) == 3 * 3 + 1 and accepted[0] >= 3, accepted
+    logs = swarm.log_of(0) + swarm.log_of(1)
+    assert logs.count("evaluated version") == 4, logs[-2000:]
 
 
 def test_two_clients_train_a_job_on_sqlite(tmp_path: Path) -> None:
@@ -106,7 +123,8 @@ def test_two_clients_train_a_job_on_sqlite(tmp_path: Path) -> None:
         job = swarm.wait_for_job(swarm.create_job()["id"])
         _assert_trained_by_both(swarm, job)
         events = swarm.http.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
-        assert sum(e["type"] == "metrics" for e in events) == 3
+        assert sum(e["type"] == "metrics" for e in events) == 4  # 3 rounds and the final
+        assert any("final version" in e["message"] for e in events)
 
 
 @pytest.mark.postgres
@@ -215,5 +233,5 @@ def test_clients_reconnect_when_the_coordinator_restarts(tmp_path: Path) -> None
         stack.callback(stop_process, coordinator, signal.SIGTERM)
         job = swarm.wait_for_job(job["id"])
         assert job["status"] == "succeeded", job
-        assert [r["status"] for r in swarm.rounds(job["id"])] == ["closed"] * 3
+        assert [r["status"] for r in swarm.rounds(job["id"])] == ["closed"] * 4
         assert "unreachable" in swarm.log_of(0) + swarm.log_of(1)

@@ -41,7 +41,9 @@ def msg(role: str, content: str) -> Message:
     return {"role": role, "content": content}
 
 
-def chat(*messages: Message, train_on: tuple[bool, ...] | None = None, line: int = 1) -> ChatExample:
+def chat(
+    *messages: Message, train_on: tuple[bool, ...] | None = None, line: int = 1
+) -> ChatExample:
     if train_on is None:
         train_on = tuple(m["role"] == "assistant" for m in messages)
     return ChatExample(messages=messages, line=line, train_on=train_on)
@@ -49,6 +51,10 @@ def chat(*messages: Message, train_on: tuple[bool, ...] | None = None, line: int
 
 def decode(ids: np.ndarray) -> str:
     return str(TOKENIZER.decode(ids.tolist()))
+
+
+def render_ids_text(messages: tuple[Message, ...]) -> str:
+    return decode(np.array(render_ids(TOKENIZER, messages)))
 
 
 def masked_runs(sequence: TokenizedSequence) -> list[str]:
@@ -72,7 +78,12 @@ def with_template(template: str) -> PreTrainedTokenizerFast:
 
 
 SINGLE = chat(msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!"), line=3)
-MULTI = (msg("user", "Hi"), msg("assistant", "Hello!"), msg("user", "Bye"), msg("assistant", "Ciao"))
+MULTI = (
+    msg("user", "Hi"),
+    msg("assistant", "Hello!"),
+    msg("user", "Bye"),
+    msg("assistant", "Ciao"),
+)
 
 
 # ---- the byte tokenizer ----------------------------------------------------------------------
@@ -118,10 +129,6 @@ def test_system_and_user_tokens_are_not_trained_on() -> None:
     assert not sequence.mask[: len(prompt)].any()
     assert sequence.mask[len(prompt) :].all()
     assert decode(sequence.ids) == render_ids_text(SINGLE.messages)
-
-
-def render_ids_text(messages: tuple[Message, ...]) -> str:
-    return decode(np.array(render_ids(TOKENIZER, messages)))
 
 
 def test_every_trained_reply_of_a_multi_turn_conversation_is_masked() -> None:

@@ -301,12 +301,6 @@ def test_streamed_frame_is_cut_off_at_the_size_limit(monkeypatch: pytest.MonkeyP
     assert "not valid zstd safetensors" in refused(streamed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_examples accepts sequences with no trained token (tokenize_chat never "
-    "makes one); SFT evaluation of such a shard raises ZeroDivisionError, which the worker's "
-    "task handler does not catch",
-)
 def test_shard_without_trained_tokens_is_refused() -> None:
     arrays = sft_arrays()
     arrays["sequences.mask"] = np.zeros_like(arrays["sequences.mask"])
