@@ -9,13 +9,14 @@ the model an SFT job produced.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,12 @@ class BaseModel:
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     weight_sha256s: list[str]
+    unstored: dict[str, bytes] = field(default_factory=dict)
+    """Weight blobs not in the store yet (a preset's), by digest: `store` puts them there."""
+
+    def store(self, blobs: BlobStore) -> None:
+        for data in self.unstored.values():
+            blobs.put_bytes(data)
 
 
 class ModelCatalog:
@@ -112,7 +119,7 @@ class ModelCatalog:
             shutil.rmtree(staging, ignore_errors=True)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
-        _check_name(name)
+        _check_name(name, storing=False)
         try:
             return json.loads((self.root / name / MANIFEST).read_text())  # type: ignore[no-any-return]
         except FileNotFoundError:
@@ -165,16 +172,22 @@ class ModelCatalog:
         return load_tokenizer(self.root / name / "files")
 
     def resolve(self, name: str, *, seed: int, chat: bool) -> BaseModel:
-        """The base model a job named; its weights are put in the blob store for workers."""
+        """The base model a job named and the blobs of its weights, for workers.
+
+        A preset is built from its seed; its weights reach the store only through
+        `BaseModel.store`, once the job is known to be valid.
+        """
         if name in PRESETS:
             loaded = load_preset(name, seed=seed, chat=chat)
-            sha256 = self._blobs.put_bytes(state_to_bytes(unique_state(loaded.model)))
+            data = state_to_bytes(unique_state(loaded.model))
+            sha256 = hashlib.sha256(data).hexdigest()
             return BaseModel(
                 name=name,
                 config=loaded.config,
                 model=loaded.model,
                 tokenizer=loaded.tokenizer,
                 weight_sha256s=[sha256],
+                unstored={sha256: data},
             )
         manifest = self.manifest(name) if _is_plain_name(name) else None
         if manifest is None:
@@ -206,8 +219,10 @@ def _is_plain_name(name: str) -> bool:
     return bool(name) and len(name) <= 128 and all(c.isalnum() or c in "._-" for c in name)
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, *, storing: bool = True) -> None:
     if not _is_plain_name(name) or name.startswith("."):
         raise ConfigError(
             f"model name {name!r:.80} must be letters, digits, '.', '_' or '-' (at most 128)"
         )
+    if storing and name in PRESETS:
+        raise ConfigError(f"{name} is the name of a preset; store the model under another (--as)")

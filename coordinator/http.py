@@ -103,14 +103,18 @@ def _job_values(body: CreateJobRequest) -> dict[str, Any]:
         values["validation_dataset"] = body.validation_file
     if body.method is not None:
         kind = body.method.get("type")
-        if kind not in METHOD_TYPES:
-            raise ConfigError(f"method.type must be one of {sorted(METHOD_TYPES)}, got {kind!r}")
+        if not isinstance(kind, str) or kind not in METHOD_TYPES:
+            raise ConfigError(
+                f"method.type must be one of {sorted(METHOD_TYPES)}, got {kind!r:.80}"
+            )
         values["method"] = METHOD_TYPES[kind]
         settings = body.method.get(kind) or {}
-        hyper = settings.get("hyperparameters") or {} if isinstance(settings, dict) else {}
+        hyper = settings.get("hyperparameters") or {} if isinstance(settings, dict) else None
+        if not isinstance(hyper, dict):
+            raise ConfigError(f"method.{kind} must be an object with a hyperparameters object")
         for key, value in hyper.items():
             if value != "auto":
-                values[{"beta": "dpo_beta"}.get(key, key)] = value
+                values["dpo_beta" if key == "beta" else str(key)] = value
     values.update(body.hyperparameters)
     if body.seed is not None:
         values["seed"] = body.seed

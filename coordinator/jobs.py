@@ -126,7 +126,8 @@ def prepare_data(
         encode_examples({name: s.subset(part.tolist()) for name, s in train_sets.items()})
         for part in np.array_split(order, spec.num_shards)
     ]
-    cut = f", {truncated + heldout_truncated} cut to seq_len {spec.seq_len}" if truncated else ""
+    num_cut = truncated + heldout_truncated
+    cut = f", {num_cut} sequences cut to seq_len {spec.seq_len}" if num_cut else ""
     return PreparedData(
         shards=shards,
         heldout=encode_examples(heldout_sets),
@@ -184,6 +185,8 @@ class JobService:
         model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
         # Frozen weights travel only when workers need them: under LoRA, and for DPO's reference.
         needs_base = spec.adapter == "lora" or spec.method == "dpo"
+        if needs_base:
+            base.store(self._blobs)
         config_sha = self._blobs.put_bytes(config_to_bytes(base.config))
         heldout_sha = self._blobs.put_bytes(data.heldout)
         shard_shas = [self._blobs.put_bytes(shard) for shard in data.shards]

@@ -181,7 +181,8 @@ class RoundService:
         began = time.perf_counter()
         spec = JobSpec(**job.spec)
         train = [t for t in tasks if t.kind == "train"]
-        evaluation = next(t.metrics or {} for t in tasks if t.kind == "evaluate")
+        # Rounds opened before evaluate tasks existed (migration 0003) have none.
+        evaluation = next((t.metrics or {} for t in tasks if t.kind == "evaluate"), None)
         version: Version | None = None
         artifacts: dict[str, Any] | None = None
         try:
@@ -201,7 +202,7 @@ class RoundService:
             round_.index,
             time.perf_counter() - began,
             round_.index,
-            evaluation.get("eval_loss", float("nan")),
+            (evaluation or {}).get("eval_loss", float("nan")),
         )
         return True
 
@@ -273,7 +274,7 @@ class RoundService:
         self,
         round_id: int,
         train: list[Task],
-        evaluation: dict[str, Any],
+        evaluation: dict[str, Any] | None,
         version: Version | None,
         artifacts: dict[str, Any] | None,
     ) -> None:
@@ -294,8 +295,11 @@ class RoundService:
                 round_.train_loss = sum(
                     m.get("loss_mean", 0.0) * m.get("tokens", 0) for m in metrics
                 ) / max(tokens, 1)
-            round_.eval_metrics = held_out_metrics(spec.method, evaluation)
-            round_.eval_loss = round_.eval_metrics["loss"]
+            if evaluation is not None:
+                round_.eval_metrics = held_out_metrics(spec.method, evaluation)
+                round_.eval_loss = round_.eval_metrics["loss"]
+                job.eval_loss = round_.eval_loss
+                job.eval_metrics = round_.eval_metrics
             round_.tokens = tokens
             round_.bytes_up, round_.bytes_down = int(totals[0]), int(totals[1])
             round_.num_clients = len({m.get("worker_id") for m in metrics})
@@ -304,8 +308,6 @@ class RoundService:
             if round_.index == 0:
                 job.initial_eval_loss = round_.eval_loss
                 job.initial_eval_metrics = round_.eval_metrics
-            job.eval_loss = round_.eval_loss
-            job.eval_metrics = round_.eval_metrics
             job.rounds_completed = min(round_.index + 1, spec.num_rounds)
             job.trained_tokens += tokens
             session.add(

@@ -293,11 +293,6 @@ def test_a_damaged_manifest_says_to_pull_again(tmp_path: Path, catalog: ModelCat
         catalog.resolve("src", seed=0, chat=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a snapshot named like a preset (pull --as tiny-llama, or a folder called "
-    "tiny-llama) is stored but shadowed: resolve() and list() return the random-init preset",
-)
 def test_a_snapshot_named_like_a_preset_is_refused_or_used(
     tmp_path: Path, catalog: ModelCatalog
 ) -> None:

@@ -379,11 +379,6 @@ def test_an_unknown_method_is_refused(method: str) -> None:
         JobSpec.from_dict({"model": "micro-llama", "method": method})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: create_job stores a preset's base weights in the blob store (catalog.resolve) "
-    "before the data is validated, so a refused job leaves an unreferenced blob behind",
-)
 def test_a_refused_job_stores_no_blob_at_all(services: Services, tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"messages": [\n')
@@ -503,11 +498,6 @@ def test_post_bad_training_file_is_a_400_naming_the_line(
     assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed method object (a non-string type, or hyperparameters that are not "
-    "an object) crashes _job_values with TypeError/AttributeError: 500 instead of a 400",
-)
 @pytest.mark.parametrize(
     "method",
     [
