@@ -205,24 +205,16 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _download(http: Any, job_id: str, kind: str, output: Path | None) -> int:
-    response = http.get(f"/v1/swarm/jobs/{job_id}/artifacts")
-    if response.status_code != 200:
-        print(f"swarm jobs download: {response.json()['error']['message']}", file=sys.stderr)
-        return 1
-    artifact = next((a for a in response.json()["data"] if a["kind"] == kind), None)
-    if artifact is None:
-        print(f"swarm jobs download: job {job_id} has no {kind} artifact", file=sys.stderr)
-        return 1
+    from swarm.coordinator.demo import download_artifact
+
     folder = output or Path(f"{job_id}-{kind}")
-    for entry in artifact["files"]:
-        target = folder / entry["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with http.stream("GET", f"/v1/swarm/jobs/{job_id}/artifacts/{kind}/{entry['path']}") as r:
-            r.raise_for_status()
-            with target.open("wb") as out:
-                for chunk in r.iter_bytes():
-                    out.write(chunk)
-        print(f"{target} ({entry['bytes']:,} bytes)")
+    try:
+        files = download_artifact(http, job_id, kind, folder)
+    except RuntimeError as exc:
+        print(f"swarm jobs download: {exc}", file=sys.stderr)
+        return 1
+    for entry in files:
+        print(f"{folder / entry['path']} ({entry['bytes']:,} bytes)")
     return 0
 
 

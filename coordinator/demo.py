@@ -375,9 +375,16 @@ class JobWatcher:
         print(f"\r{line:<60}\r", end="", flush=True)
 
 
-def download_artifact(http: httpx.Client, job_id: str, kind: str, folder: Path) -> None:
-    listing = http.get(f"/v1/swarm/jobs/{job_id}/artifacts").json()["data"]
-    artifact = next(a for a in listing if a["kind"] == kind)
+def download_artifact(
+    http: httpx.Client, job_id: str, kind: str, folder: Path
+) -> list[dict[str, Any]]:
+    """Download one of a job's artifacts into `folder`; returns the files' listing entries."""
+    response = http.get(f"/v1/swarm/jobs/{job_id}/artifacts")
+    if response.status_code != 200:
+        raise RuntimeError(response.json()["error"]["message"])
+    artifact = next((a for a in response.json()["data"] if a["kind"] == kind), None)
+    if artifact is None:
+        raise RuntimeError(f"job {job_id} has no {kind} artifact")
     for entry in artifact["files"]:
         target = folder / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -386,6 +393,7 @@ def download_artifact(http: httpx.Client, job_id: str, kind: str, folder: Path) 
             with target.open("wb") as out:
                 for chunk in r.iter_bytes():
                     out.write(chunk)
+    return list(artifact["files"])
 
 
 def sample_replies(

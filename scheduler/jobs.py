@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from swarm.compression import CompressionPolicy, parse_chain
-from swarm.models import METHODS, AdapterConfig
+from swarm.models import METHODS, AdapterConfig, InnerLoopConfig
 from swarm.protocol.errors import CompressionError, ConfigError, SchedulingError
 
 
@@ -244,6 +244,21 @@ class JobSpec:
             target_modules=tuple(
                 m.strip() for m in self.lora_target_modules.split(",") if m.strip()
             ),
+        )
+
+    def inner_loop(
+        self, seed: int, *, steps: int | None = None, batch_size: int | None = None
+    ) -> InnerLoopConfig:
+        """A train task's inner loop (with `steps` or `batch_size` changed, for benchmarks)."""
+        steps = self.inner_steps if steps is None else steps
+        return InnerLoopConfig(
+            steps=steps,
+            batch_size=self.batch_size if batch_size is None else batch_size,
+            learning_rate=float(self.inner_lr or 0.0),
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            warmup_steps=min(self.warmup_steps, steps),
+            seed=seed,
         )
 
     def update_policy(self) -> CompressionPolicy:

@@ -44,7 +44,6 @@ from swarm.compression import (
 from swarm.coordinator.aggregation import average_payloads, nesterov_step
 from swarm.coordinator.jobs import prepare_tokens
 from swarm.models import (
-    InnerLoopConfig,
     LanguageModeling,
     build_model,
     load_trainable_state,
@@ -149,18 +148,6 @@ QUICK = BenchConfig(
 )
 
 
-def _inner_config(spec: JobSpec, seed: int, *, steps: int, batch_size: int) -> InnerLoopConfig:
-    return InnerLoopConfig(
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=float(spec.inner_lr or 0.0),
-        weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm,
-        warmup_steps=min(spec.warmup_steps, steps),
-        seed=seed,
-    )
-
-
 # -- part 1: codecs -------------------------------------------------------------------------
 
 
@@ -168,9 +155,7 @@ def sample_update(spec: JobSpec) -> dict[str, torch.Tensor]:
     """A real pseudo-gradient: one task's inner loop from the initial model."""
     shards, _ = prepare_tokens(spec)
     model = build_model(preset_config(spec.model), seed=spec.seed)
-    config = _inner_config(
-        spec, task_seed(spec.seed, 0, 0), steps=spec.inner_steps, batch_size=spec.batch_size
-    )
+    config = spec.inner_loop(task_seed(spec.seed, 0, 0))
     return run_inner_loop(model, LanguageModeling(shards[0], spec.seq_len), config).pseudo_gradient
 
 
@@ -298,7 +283,7 @@ def simulate_diloco(
             result = run_inner_loop(
                 model,
                 LanguageModeling(shard, spec.seq_len),
-                _inner_config(spec, seed, steps=spec.inner_steps, batch_size=spec.batch_size),
+                spec.inner_loop(seed),
             )
             residual = feedback[worker] if error_feedback else None
             payloads.append(
@@ -378,8 +363,8 @@ def simulate_data_parallel(spec: JobSpec, num_workers: int) -> dict[str, Any]:
             model.train()
         return True
 
-    config = _inner_config(
-        spec, task_seed(spec.seed, 0, 0), steps=steps, batch_size=num_workers * spec.batch_size
+    config = spec.inner_loop(
+        task_seed(spec.seed, 0, 0), steps=steps, batch_size=num_workers * spec.batch_size
     )
     run_inner_loop(
         model, LanguageModeling(np.concatenate(shards), spec.seq_len), config, on_step=on_step

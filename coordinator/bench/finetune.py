@@ -37,7 +37,6 @@ from swarm.coordinator.demo import (
 )
 from swarm.coordinator.jobs import prepare_data
 from swarm.models import (
-    InnerLoopConfig,
     Objective,
     apply_adapter,
     build_objective,
@@ -67,18 +66,6 @@ QUICK = FinetuneBenchConfig(
     model="tiny-llama",
     hyperparameters={"num_rounds": 2, "inner_steps": 4, "batch_size": 4, "eval_examples": 16},
 )
-
-
-def _inner_config(spec: JobSpec, seed: int, steps: int, batch_size: int) -> InnerLoopConfig:
-    return InnerLoopConfig(
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=float(spec.inner_lr or 0.0),
-        weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm,
-        warmup_steps=min(spec.warmup_steps, steps),
-        seed=seed,
-    )
 
 
 class Reference:
@@ -113,9 +100,7 @@ class Reference:
             for i in range(num_workers):
                 load_trainable_state(self.model, params)
                 shard = self.shards[shard_for_task(index * num_workers, i, spec.num_shards)]
-                config = _inner_config(
-                    spec, task_seed(spec.seed, index, i), spec.inner_steps, spec.batch_size
-                )
+                config = spec.inner_loop(task_seed(spec.seed, index, i))
                 result = run_inner_loop(self.model, shard, config)
                 updates.append(result.pseudo_gradient)
                 weights.append(float(result.tokens))
@@ -139,8 +124,8 @@ class Reference:
         spec = self.spec
         load_trainable_state(self.model, self.initial)
         steps = spec.num_rounds * spec.inner_steps
-        config = _inner_config(
-            spec, task_seed(spec.seed, 0, 0), steps, num_workers * spec.batch_size
+        config = spec.inner_loop(
+            task_seed(spec.seed, 0, 0), steps=steps, batch_size=num_workers * spec.batch_size
         )
         run_inner_loop(self.model, _Concatenated(self.shards), config)
         return self.evaluate(trainable_state(self.model))

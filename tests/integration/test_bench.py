@@ -45,3 +45,27 @@ def test_bench_rejects_an_unknown_chain() -> None:
     result = _bench("--chains", "int9", timeout_s=120)
     assert result.returncode == 2
     assert "unknown codec stage 'int9'" in result.stderr
+
+
+def test_quick_finetune_bench_compares_the_swarm_with_a_single_process(tmp_path: Path) -> None:
+    output = tmp_path / "report.json"
+    command = [sys.executable, "-m", "swarm.coordinator", "bench", "finetune", "--quick"]
+    result = subprocess.run(
+        [*command, "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same rounds replayed in one process" in result.stdout
+    report = json.loads(output.read_text())
+    sft, dpo = report["sft"], report["dpo"]
+    assert sft["final_eval_metrics"]["loss"] < sft["initial_eval_metrics"]["loss"]
+    assert dpo["initial_eval_metrics"]["reward_accuracy"] == 0.5
+    assert dpo["final_eval_metrics"]["reward_accuracy"] > 0.5
+    # Uncompressed, the swarm computes what one process computes, to float rounding.
+    replayed = report["reference"]["replayed_rounds"]["loss"]
+    assert abs(sft["final_eval_metrics"]["loss"] - replayed) / replayed < 1e-3
+    targets = {t["target"]: t for t in report["targets"]}
+    assert len(targets) == 3 and all(isinstance(t["met"], bool) for t in targets.values())

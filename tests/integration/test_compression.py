@@ -27,9 +27,11 @@ def test_cocktail_job_sends_a_fraction_of_the_bytes_and_still_learns(tmp_path: P
         assert job["status"] == "succeeded", job
         assert job["swarm"]["eval_loss"] < job["swarm"]["initial_eval_loss"]
         rounds = swarm.rounds(job["id"])
+        *training, final = rounds
         fp32_update = 4 * job["swarm"]["num_trainable_params"]
-        for r in rounds:  # two pseudo-gradients per round, each far below fp32 size
+        for r in training:  # two pseudo-gradients per round, each far below fp32 size
             assert 0 < r["bytes_up"] < 2 * fp32_update / 50, r
+        assert final["num_train_tasks"] == 0 and final["bytes_up"] == 0, final  # metrics only
         # Round 0 downloads the full parameters; later rounds only int8 deltas (and new shards).
         assert all(r["bytes_down"] < rounds[0]["bytes_down"] / 2 for r in rounds[1:]), rounds
         assert rounds[0]["delta_bytes"] is None and all(r["delta_bytes"] for r in rounds[1:]), (

@@ -1,4 +1,4 @@
-"""`swarm demo --json`: the whole system as a user first meets it (SFT, then DPO from its result)."""
+"""`swarm demo --json`: the whole system as a user first meets it: SFT, then DPO from it."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def test_demo_json_reports_an_sft_then_dpo_run_that_learned(tmp_path: Path) -> N
     assert dpo["initial_eval_metrics"]["reward_margin"] == pytest.approx(0.0, abs=1e-6)
     assert dpo["final_eval_metrics"]["reward_accuracy"] > 0.5
     assert dpo["final_eval_metrics"]["reward_margin"] > 0
+    assert dpo["final_eval_metrics"]["loss"] < dpo["initial_eval_metrics"]["loss"]
 
     assert summary["samples"], summary
     for sample in summary["samples"]:

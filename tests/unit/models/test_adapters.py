@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,6 @@ from swarm.protocol.errors import ConfigError
 FAMILY_PRESETS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gpt2", "tiny-gpt-neox"]
 RANK = 2
 INPUT = torch.tensor([[1, 72, 101, 108, 108, 111, 10, 33], [1, 66, 121, 101, 10, 0, 7, 200]])
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Bit-exact results on CPU need a fixed thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def base(preset: str, seed: int = 0) -> PreTrainedModel:

@@ -27,5 +27,5 @@ def test_tiny_corpus_survives_byte_level_tokenization() -> None:
     ["builtin:nope", "tiny_corpus", "file:tiny_corpus", "", "builtin:", "BUILTIN:tiny_corpus"],
 )
 def test_unknown_datasets_are_refused_listing_the_known_ones(dataset: str) -> None:
-    with pytest.raises(ConfigError, match="known: builtin:smol_instruct, .*builtin:tiny_corpus"):
+    with pytest.raises(ConfigError, match=r"known: builtin:smol_instruct, .*builtin:tiny_corpus"):
         load_builtin_text(dataset)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,15 +28,6 @@ from swarm.models.tokenizer import encode_text
 from swarm.protocol.errors import ConfigError
 
 VOCAB = 259
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Bit-exact results on CPU need a fixed thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def micro(seed: int = 0) -> PreTrainedModel:

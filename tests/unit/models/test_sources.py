@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +40,6 @@ TIED = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "micro-llama"]
 UNTIED = ["tiny-mistral", "tiny-gpt-neox"]
 INPUT = torch.tensor([[258, 117, 115, 101, 114, 10, 72, 105, 256, 10]])
 CONVERSATION = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Bit-exact results on CPU need a fixed thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:

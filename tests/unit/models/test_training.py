@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,8 +12,8 @@ from transformers import PreTrainedModel
 from swarm.models import (
     InnerLoopConfig,
     InnerLoopInterrupted,
-    build_model,
     LanguageModeling,
+    build_model,
     encode_text,
     preset_config,
     run_inner_loop,
@@ -32,15 +31,6 @@ def evaluate_loss(
     model: torch.nn.Module, tokens: np.ndarray, batch_size: int = 16, max_examples: int = 128
 ) -> float:
     return LanguageModeling(tokens, SEQ_LEN).evaluate(model, batch_size, max_examples)["loss"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Bit-exact results on CPU need a fixed thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model(seed: int = 0) -> PreTrainedModel:
