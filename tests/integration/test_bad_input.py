@@ -148,6 +148,13 @@ def submit_valid(harness: Harness, volunteer: Volunteer, task_id: str, seed: int
     return sha256_hex(payload)
 
 
+def submit_evaluation(harness: Harness, volunteer: Volunteer, task_id: str) -> None:
+    """Submit an honest evaluate result: metrics only."""
+    metrics = m.TaskMetrics(eval_loss=2.5, examples=8, compute_s=0.1)
+    reply = submit(harness, make_header(volunteer, task_id, b"", metrics=metrics), b"")
+    assert reply.accepted, reply.message
+
+
 def fetch(harness: Harness, session: m.Session, sha256: str, offset: int = 0) -> list[m.BlobChunk]:
     request = m.FetchBlobRequest(session=session, sha256=sha256, offset=offset)
     return list(harness.client.fetch_blob(request, timeout_s=TIMEOUT_S))
@@ -678,7 +685,7 @@ def test_corrupt_payload_is_invalid_argument_and_task_stays_leased(harness: Harn
         client.heartbeat(m.HeartbeatRequest(session=worker.session, task_ids=[task.task_id]))
 
     after = snapshot(live, harness.job.id)
-    assert after["rounds"] == before["rounds"] == [(0, "open", 2)]
+    assert after["rounds"] == before["rounds"] == [(0, "open", 3)]
     assert [row[:5] for row in after["tasks"]] == [row[:5] for row in before["tasks"]]
     assert task_row(live, task.task_id) == ("leased", worker.session.worker_id, None)
     assert active_lease_holders(live, task.task_id) == [worker.session.worker_id]
@@ -846,7 +853,7 @@ def test_duplicate_result_is_acknowledged_and_ignored(harness: Harness) -> None:
     after = snapshot(live, harness.job.id)
     assert after["tasks"] == before["tasks"]
     assert [row[:4] for row in after["leases"]] == [row[:4] for row in before["leases"]]
-    assert after["rounds"] == before["rounds"] == [(0, "open", 2)]
+    assert after["rounds"] == before["rounds"] == [(0, "open", 3)]
     assert accepted_in_round(live, harness.job.id, 0) == 1
     assert task_row(live, task.task_id) == ("accepted", first.session.worker_id, sha)
     assert_serving(harness, first)
@@ -881,6 +888,9 @@ def test_late_result_after_round_closed_is_acknowledged_and_ignored(harness: Har
     assert t1.task_id != t0.task_id
     fast_sha = submit_valid(harness, fast, t0.task_id, seed=1)
     submit_valid(harness, slow, t1.task_id, seed=2)
+    evaluation = lease(client, fast)
+    assert evaluation.evaluate is not None
+    submit_evaluation(harness, fast, evaluation.task_id)
     wait_for_round(live, job_id, 0, "closed")
     before = snapshot(live, job_id)
 
@@ -896,7 +906,7 @@ def test_late_result_after_round_closed_is_acknowledged_and_ignored(harness: Har
     assert after["rounds"][1][:2] == (1, "open")
     assert after["job"] == before["job"]
     assert after["job"][:2] == ("running", 1)
-    assert accepted_in_round(live, job_id, 0) == 2
+    assert accepted_in_round(live, job_id, 0) == 3  # two train tasks and the evaluation
     assert task_row(live, t0.task_id) == ("accepted", fast.session.worker_id, fast_sha)
     # The late worker can go on with round 1.
     assert lease(client, slow).round == 1

@@ -363,13 +363,6 @@ def test_a_final_round_whose_packaging_fails_fails_the_job(coordinator: Coordina
     assert coordinator.rounds.rounds_ready() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a round opened before migration 0003 has no evaluate task; close_round's "
-    "next(... kind == 'evaluate') raises StopIteration outside its try, leaving the round "
-    "'aggregating' (recover() reopens it and it fails again): an upgraded coordinator "
-    "strands every job that was mid-round",
-)
 def test_a_round_opened_before_evaluate_tasks_still_closes(coordinator: Coordinator) -> None:
     job = coordinator.jobs.create_job(SPEC)
     w1, w2 = coordinator.register(), coordinator.register()
@@ -386,8 +379,12 @@ def test_a_round_opened_before_evaluate_tasks_still_closes(coordinator: Coordina
     assert coordinator.rounds.rounds_ready() == [round_0.id]
 
     assert coordinator.rounds.close_round(round_0.id)
-    assert coordinator.rounds_of(job.id)[0].status == "closed"
-    assert coordinator.jobs.get_job(job.id).status in ("running", "failed")
+    round_0, round_1 = coordinator.rounds_of(job.id)
+    assert round_0.status == "closed"
+    assert round_0.eval_loss is None  # nobody measured version 0
+    # The job goes on, and the rounds it opens from now on carry an evaluation.
+    assert coordinator.jobs.get_job(job.id).status == "running"
+    assert (round_1.status, round_1.num_train_tasks, round_1.num_tasks) == ("open", 2, 3)
 
 
 def test_create_job_rejects_an_unknown_codec(coordinator: Coordinator) -> None:
