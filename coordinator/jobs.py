@@ -45,7 +45,7 @@ from swarm.models import (
     state_to_bytes,
     trainable_state,
 )
-from swarm.models.chat import tokenize_chat, tokenize_preference
+from swarm.models.chat import tokenize_examples
 from swarm.protocol.errors import ConfigError, NotFoundError
 from swarm.scheduler import JobSpec, JobStatus, TaskStatus
 
@@ -142,12 +142,7 @@ def _tokenize(
     spec: JobSpec,
 ) -> tuple[dict[str, SequenceSet], int]:
     """Sequence sets of tokenized examples, and how many sequences were truncated."""
-    if spec.method == "sft":
-        sequences = [tokenize_chat(tokenizer, e, spec.seq_len) for e in examples]  # type: ignore[arg-type]
-        sets = {"sequences": sequences}
-    else:
-        pairs = [tokenize_preference(tokenizer, e, spec.seq_len) for e in examples]  # type: ignore[arg-type]
-        sets = {"chosen": [c for c, _ in pairs], "rejected": [r for _, r in pairs]}
+    sets = tokenize_examples(tokenizer, examples, spec.seq_len)
     truncated = sum(s.truncated for seqs in sets.values() for s in seqs)
     return {name: SequenceSet.from_sequences(seqs) for name, seqs in sets.items()}, truncated
 

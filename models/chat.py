@@ -184,3 +184,20 @@ def generate_reply(
         pad_token_id=tokenizer.pad_token_id,
     )
     return str(tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True)).strip()
+
+
+def tokenize_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[ChatExample | PreferenceExample],
+    max_tokens: int,
+) -> dict[str, list[TokenizedSequence]]:
+    """Conversations as `sequences`; preference pairs as aligned `chosen` and `rejected`."""
+    sets: dict[str, list[TokenizedSequence]] = {}
+    for example in examples:
+        if isinstance(example, ChatExample):
+            sets.setdefault("sequences", []).append(tokenize_chat(tokenizer, example, max_tokens))
+        else:
+            chosen, rejected = tokenize_preference(tokenizer, example, max_tokens)
+            sets.setdefault("chosen", []).append(chosen)
+            sets.setdefault("rejected", []).append(rejected)
+    return sets
