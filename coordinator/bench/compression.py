@@ -45,12 +45,19 @@ from swarm.coordinator.aggregation import average_payloads, nesterov_step
 from swarm.coordinator.jobs import prepare_tokens
 from swarm.models import (
     LanguageModeling,
+    SequenceSet,
+    SupervisedFineTuning,
+    apply_adapter,
     build_model,
+    load_builtin_bytes,
     load_trainable_state,
+    parse_dataset,
     preset_config,
     run_inner_loop,
     trainable_state,
 )
+from swarm.models.chat import tokenize_examples
+from swarm.models.sources import CATALOG, gguf_in_package, load_source
 from swarm.scheduler import JobSpec, shard_for_task, task_seed
 
 logger = logging.getLogger(__name__)
@@ -119,6 +126,8 @@ class BenchConfig:
     convergence_chains: tuple[str, ...] = CONVERGENCE_CHAINS
     codec_repeats: int = 3
     processes: int = 2
+    lora_model: str | None = "smollm2-135m-instruct"
+    """Also measure the codecs on a LoRA adapter's update on this model (skipped if missing)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_workers <= 64:
@@ -145,6 +154,7 @@ QUICK = BenchConfig(
     large_matrix_chains=("int8",),
     convergence_chains=("int8", "cocktail"),
     codec_repeats=1,
+    lora_model=None,
 )
 
 
@@ -244,6 +254,35 @@ def codec_table(config: BenchConfig) -> dict[str, Any]:
             measure_chain(matrix, c, config.codec_repeats) for c in config.large_matrix_chains
         ],
         "activations": measure_activations(config.spec, config.codec_repeats),
+        "lora": lora_codecs(config),
+    }
+
+
+def lora_update(model_name: str, steps: int = 8) -> tuple[dict[str, torch.Tensor], int]:
+    """A LoRA adapter's pseudo-gradient on a real model: `steps` SFT steps on the shipped
+    instructions, as a demo task runs them; and the model's parameter count."""
+    loaded = load_source(model_name)
+    spec = JobSpec(model=model_name, method="sft", seq_len=96, inner_lr=1e-3, batch_size=8)
+    examples = parse_dataset(load_builtin_bytes(spec.dataset), "chat")
+    sets = tokenize_examples(loaded.tokenizer, examples, spec.seq_len)
+    model = apply_adapter(loaded.model, spec.adapter_config(), seed=spec.seed)
+    objective = SupervisedFineTuning(SequenceSet.from_sequences(sets["sequences"]))
+    result = run_inner_loop(model, objective, spec.inner_loop(task_seed(0, 0, 0), steps=steps))
+    return result.pseudo_gradient, sum(p.numel() for p in loaded.model.parameters())
+
+
+def lora_codecs(config: BenchConfig) -> dict[str, Any] | None:
+    """The codec table on a LoRA update of `config.lora_model`, if that model is at hand."""
+    entry = CATALOG.get(config.lora_model or "")
+    if entry is None or gguf_in_package(entry) is None:
+        return None
+    update, num_model_params = lora_update(config.lora_model or "")
+    return {
+        "model": config.lora_model,
+        "num_params": sum(t.numel() for t in update.values()),
+        "num_model_params": num_model_params,
+        "fp32_bytes": 4 * sum(t.numel() for t in update.values()),
+        "codecs": [measure_chain(update, c, config.codec_repeats) for c in config.codec_chains],
     }
 
 
@@ -544,6 +583,16 @@ def render_tables(report: dict[str, Any]) -> str:
         *header,
         *codec_rows(rows),
     ]
+    lora = report["codecs"].get("lora")
+    if lora:
+        lines += [
+            "",
+            f"The same chains on a LoRA adapter's update (rank 8, every linear layer) of "
+            f"{lora['model']}: {lora['num_params']:,} trainable parameters, 8 SFT steps on the "
+            f"shipped instructions; fp32 = {lora['fp32_bytes'] / 1e6:.2f} MB:",
+            *header,
+            *codec_rows(lora["codecs"]),
+        ]
     spec = report["convergence"]["spec"]
     lines += [
         "",
