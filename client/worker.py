@@ -216,16 +216,18 @@ class Worker:
                 load_weights(model, [self._cache.fetch(s, transport) for s in spec.base_sha256s])
             return model
 
-        model = apply_adapter(
-            base(),
-            AdapterConfig(
+        trains = (
+            AdapterConfig(kind="full")
+            if adapter.kind == "full"
+            else AdapterConfig(
                 kind=adapter.kind,
-                rank=adapter.rank or 8,
-                alpha=adapter.alpha or 16.0,
+                rank=adapter.rank,
+                alpha=adapter.alpha,
                 dropout=adapter.dropout,
                 target_modules=tuple(adapter.target_modules),
-            ),
+            )
         )
+        model = apply_adapter(base(), trains)
         reference = None
         if spec.recipe.objective == "dpo" and not is_lora(model):
             reference = base().eval().requires_grad_(False)
