@@ -194,12 +194,14 @@ def _models(args: argparse.Namespace) -> int:
     except SwarmError as exc:
         print(f"swarm models pull: {exc}", file=sys.stderr)
         return 1
-    print(f"{'name':<26} {'status':<16} {'family':<9} {'parameters':>13}  source")
-    for row in catalog.list():
+    rows = catalog.list()
+    width = max(len(row["name"]) for row in rows)
+    print(f"{'name':<{width}}  {'status':<16} {'family':<9} {'parameters':>13}  source")
+    for row in rows:
         params = f"{row['num_parameters']:,}" if row["num_parameters"] else "-"
         print(
-            f"{row['name']:<26} {row['status']:<16} {row['family'] or '-':<9} {params:>13}  "
-            f"{row['source']}"
+            f"{row['name']:<{width}}  {row['status']:<16} {row['family'] or '-':<9} "
+            f"{params:>13}  {row['source']}"
         )
     return 0
 
