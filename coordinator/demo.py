@@ -28,6 +28,7 @@ import httpx
 
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.rounds import describe_metrics
 from swarm.coordinator.server import READY_FILE
 from swarm.models import PRESETS, load_builtin_bytes, parse_dataset
 from swarm.models.chat import generate_reply
@@ -203,22 +204,17 @@ def run_demo(config: DemoConfig, *, emit: Any = print, quiet: bool = False) -> d
 
         http = stack.enter_context(httpx.Client(base_url=base_url, timeout=60.0))
         watch = JobWatcher(http, say, coordinator, work, deadline=began + config.timeout_s)
-        overrides = {
-            "min_clients": config.num_clients,
-            **({"seq_len": 256} if config.model in PRESETS else {}),  # byte-level: longer
-            **(config.hyperparameters or {}),
-        }
         say("")
         say(f"1/2 supervised fine-tuning (LoRA) of {config.model} on builtin:smol_instruct")
         sft = watch.run(
-            {"model": config.model, "hyperparameters": {**SFT_HYPERPARAMETERS, **overrides}}
+            {"model": config.model, "hyperparameters": recipe(config, SFT_HYPERPARAMETERS)}
         )
         results = [sft]
         if sft["status"] == "succeeded":
             say("")
             say(f"2/2 DPO (LoRA) from the SFT result {sft['id']} on builtin:smol_prefs")
             dpo = watch.run(
-                {"model": sft["id"], "hyperparameters": {**DPO_HYPERPARAMETERS, **overrides}}
+                {"model": sft["id"], "hyperparameters": recipe(config, DPO_HYPERPARAMETERS)}
             )
             results.append(dpo)
         final = results[-1]
@@ -251,8 +247,8 @@ def run_demo(config: DemoConfig, *, emit: Any = print, quiet: bool = False) -> d
     say("")
     for job in summary["jobs"]:
         say(
-            f"{job['method']}: held-out {describe(job['initial_eval_metrics'])} -> "
-            f"{describe(job['final_eval_metrics'])} in {job['rounds']} rounds, "
+            f"{job['method']}: held-out {describe_metrics(job['initial_eval_metrics'])} -> "
+            f"{describe_metrics(job['final_eval_metrics'])} in {job['rounds']} rounds, "
             f"{format_bytes(job['bytes_up'])} up, {format_bytes(job['bytes_down'])} down"
         )
     say(
@@ -271,14 +267,6 @@ def recipe(config: DemoConfig, stage: dict[str, Any]) -> dict[str, Any]:
         **({"seq_len": 256} if config.model in PRESETS else {}),  # byte-level tokens: longer
         **(config.hyperparameters or {}),
     }
-
-
-def describe(metrics: dict[str, float] | None) -> str:
-    if not metrics:
-        return "n/a"
-    return ", ".join(
-        f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k != "examples"
-    )
 
 
 def job_summary(job: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +330,7 @@ class JobWatcher:
                 self._say(
                     f"{'final' if final else r['round']:>5}  "
                     f"{'' if final else format(r['train_loss'], '.4f'):>10}  "
-                    f"{describe(r['eval_metrics']):<40}  {format_bytes(r['bytes_up']):>9}  "
+                    f"{describe_metrics(r['eval_metrics']):<40}  {format_bytes(r['bytes_up']):>9}  "
                     f"{format_bytes(r['bytes_down']):>9}  {r['num_clients']:>7}  "
                     f"{r['closed_at'] - r['opened_at']:>5.1f}s"
                 )
@@ -385,8 +373,13 @@ def download_artifact(
     artifact = next((a for a in response.json()["data"] if a["kind"] == kind), None)
     if artifact is None:
         raise RuntimeError(f"job {job_id} has no {kind} artifact")
+    root = folder.resolve()
     for entry in artifact["files"]:
-        target = folder / entry["path"]
+        target = (folder / entry["path"]).resolve()
+        if not target.is_relative_to(root):
+            raise RuntimeError(
+                f"the coordinator named a file outside the folder: {entry['path']!r}"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         with http.stream("GET", f"/v1/swarm/jobs/{job_id}/artifacts/{kind}/{entry['path']}") as r:
             r.raise_for_status()

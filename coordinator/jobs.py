@@ -71,22 +71,37 @@ class PreparedData:
     summary: str
 
 
-def read_dataset(source: str) -> bytes:
-    """The bytes of `builtin:NAME` or of a JSONL file on the coordinator's disk."""
+def read_dataset(source: str, datasets_dir: Path | None) -> bytes:
+    """The bytes of `builtin:NAME`, or of a JSONL file inside the coordinator's datasets folder.
+
+    A path that leads outside that folder (`..`, a symlink, an absolute path elsewhere) is
+    refused, and at most `MAX_DATASET_BYTES` are read whatever the file claims its size is.
+    """
     if is_builtin(source):
         return load_builtin_bytes(source)
-    path = Path(source).expanduser()
-    if not path.is_file():
+    if datasets_dir is None:
         raise ConfigError(
-            f"dataset {source!r} is neither builtin:NAME nor a file on the coordinator"
+            f"dataset {source!r:.200}: this coordinator serves builtin: datasets only"
         )
-    if path.stat().st_size > MAX_DATASET_BYTES:
+    root = datasets_dir.resolve()
+    path = (root / source).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise ConfigError(
+            f"dataset {source!r:.200} is neither builtin:NAME nor a file in the coordinator's "
+            f"datasets folder ({root})"
+        )
+    with path.open("rb") as file:
+        data = file.read(MAX_DATASET_BYTES + 1)
+    if len(data) > MAX_DATASET_BYTES:
         raise ConfigError(f"dataset {source} is over the {MAX_DATASET_BYTES:,} byte limit")
-    return path.read_bytes()
+    return data
 
 
 def prepare_data(
-    spec: JobSpec, tokenizer: PreTrainedTokenizerBase, config: dict[str, Any]
+    spec: JobSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    config: dict[str, Any],
+    datasets_dir: Path | None = None,
 ) -> PreparedData:
     """Parse, check and tokenize a job's data once, into shards and a held-out set."""
     context = config.get("max_position_embeddings") or config.get("n_positions")
@@ -103,9 +118,9 @@ def prepare_data(
             f"{len(token_shards)} shards and {len(heldout_tokens):,} held-out tokens",
         )
     kind: DatasetKind = "chat" if spec.method == "sft" else "preference"
-    examples = parse_dataset(read_dataset(spec.dataset), kind)
+    examples = parse_dataset(read_dataset(spec.dataset, datasets_dir), kind)
     if spec.validation_dataset:
-        heldout = parse_dataset(read_dataset(spec.validation_dataset), kind)
+        heldout = parse_dataset(read_dataset(spec.validation_dataset, datasets_dir), kind)
     else:
         num_heldout = max(1, int(len(examples) * spec.heldout_fraction))
         if len(examples) <= num_heldout:
@@ -121,6 +136,13 @@ def prepare_data(
         )
     train_sets, truncated = _tokenize(examples, tokenizer, spec)
     heldout_sets, heldout_truncated = _tokenize(heldout, tokenizer, spec)
+    vocab_size = int(config["vocab_size"])
+    largest = max(int(s.ids.max()) for s in (*train_sets.values(), *heldout_sets.values()))
+    if largest >= vocab_size:
+        raise ConfigError(
+            f"{spec.model}'s tokenizer produces token id {largest}, beyond the model's "
+            f"vocabulary of {vocab_size}: this model cannot be trained on chat data"
+        )
     order = np.random.default_rng(spec.seed).permutation(len(examples))
     shards = [
         encode_examples({name: s.subset(part.tolist()) for name, s in train_sets.items()})
@@ -162,12 +184,19 @@ def prepare_tokens(spec: JobSpec) -> tuple[list[np.ndarray], np.ndarray]:
 
 class JobService:
     def __init__(
-        self, db: Database, blobs: BlobStore, rounds: RoundService, catalog: ModelCatalog
+        self,
+        db: Database,
+        blobs: BlobStore,
+        rounds: RoundService,
+        catalog: ModelCatalog,
+        datasets_dir: Path | None = None,
     ) -> None:
+        """`datasets_dir`: where jobs may read JSONL files from (None: builtin datasets only)."""
         self._db = db
         self._blobs = blobs
         self._rounds = rounds
         self._catalog = catalog
+        self._datasets_dir = datasets_dir
 
     def create_job(self, spec: JobSpec, metadata: dict[str, str] | None = None) -> Job:
         """Validate and prepare a job, then queue it with round 0 open.
@@ -176,7 +205,7 @@ class JobService:
         here, before anything is stored.
         """
         base = self._catalog.resolve(spec.model, seed=spec.seed, chat=spec.method != "lm")
-        data = prepare_data(spec, base.tokenizer, base.config)
+        data = prepare_data(spec, base.tokenizer, base.config, self._datasets_dir)
         model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
         # Frozen weights travel only when workers need them: under LoRA, and for DPO's reference.
         needs_base = spec.adapter == "lora" or spec.method == "dpo"

@@ -336,8 +336,8 @@ class RoundService:
                     level="info",
                     type="message",
                     message=f"job succeeded after {spec.num_rounds} rounds: held-out "
-                    f"{_describe_metrics(job.initial_eval_metrics)} -> "
-                    f"{_describe_metrics(job.eval_metrics)}; artifacts: "
+                    f"{describe_metrics(job.initial_eval_metrics)} -> "
+                    f"{describe_metrics(job.eval_metrics)}; artifacts: "
                     f"{', '.join(sorted(artifacts or {}))}",
                 )
             )
@@ -359,7 +359,7 @@ def held_out_metrics(method: str, reported: dict[str, Any]) -> dict[str, float]:
     return values
 
 
-def _describe_metrics(metrics: dict[str, float] | None) -> str:
+def describe_metrics(metrics: dict[str, float] | None) -> str:
     if not metrics:
         return "n/a"
     return ", ".join(
@@ -370,7 +370,7 @@ def _describe_metrics(metrics: dict[str, float] | None) -> str:
 
 
 def _round_message(round_: Round, num_rounds: int) -> str:
-    held_out = _describe_metrics(round_.eval_metrics)
+    held_out = describe_metrics(round_.eval_metrics)
     if round_.index >= num_rounds:
         return f"final version: held-out {held_out}"
     return (

@@ -135,7 +135,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         rounds=rounds,
         tasks=tasks,
         catalog=catalog,
-        jobs=JobService(db, blobs, rounds, catalog),
+        jobs=JobService(db, blobs, rounds, catalog, settings.data_dir / "datasets"),
         servicer=servicer,
         housekeeper=housekeeper,
         grpc_server=grpc_server,

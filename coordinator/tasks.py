@@ -172,7 +172,9 @@ class TaskService:
                 max_result_bytes=0,
                 evaluate=m.EvaluateTask(
                     model_config_sha256=job.model_config_sha256,
-                    params_sha256=round_.worker_params_sha256,
+                    # The exact version, not the workers' copy rebuilt from a lossy broadcast
+                    # delta: its metrics describe the parameters the job's result is built from.
+                    params_sha256=round_.params_sha256,
                     base_sha256s=list(job.base_sha256s or []),
                     data_sha256=job.heldout_sha256,
                     recipe=recipe,
@@ -180,7 +182,6 @@ class TaskService:
                     max_examples=spec.eval_examples,
                     seq_len=spec.seq_len,
                     broadcast_policy=broadcast_policy,
-                    param_deltas=_param_deltas(session, round_),
                 ),
             )
         return m.Task(
@@ -354,14 +355,16 @@ class TaskService:
                     ).value
                     lease.ended_at = now
             session.get_one(Worker, worker_id).tasks_accepted += 1
+        metrics = header.metrics
         logger.info(
-            "task %s (job %s round %d) accepted from worker %s: loss %.4f -> %.4f",
+            "task %s (job %s round %d) accepted from worker %s: %s",
             task.id,
             task.job_id,
             task.round_index,
             worker_id,
-            header.metrics.loss_first,
-            header.metrics.loss_last,
+            f"held-out loss {metrics.eval_loss:.4f}"
+            if task.kind == "evaluate"
+            else f"loss {metrics.loss_first:.4f} -> {metrics.loss_last:.4f}",
         )
         self._on_result_accepted()
         return m.SubmitResultResponse(accepted=True, message="result accepted")
@@ -390,11 +393,16 @@ def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics) -> None:
                 f"an evaluation reports 0 steps and 1 to {spec.eval_examples} examples; got "
                 f"{metrics.steps} steps and {metrics.examples} examples"
             )
-        if not all(
-            math.isfinite(v)
-            for v in (metrics.eval_loss, metrics.token_accuracy, metrics.reward_accuracy)
+        if not (
+            math.isfinite(metrics.eval_loss)
+            and metrics.eval_loss >= 0
+            and math.isfinite(metrics.reward_margin)
+            and 0 <= metrics.token_accuracy <= 1
+            and 0 <= metrics.reward_accuracy <= 1
         ):
-            raise ProtocolError("evaluation metrics must be finite numbers")
+            raise ProtocolError(
+                "evaluation metrics must be finite, the loss non-negative and accuracies in [0, 1]"
+            )
         return
     bound = max_tokens_per_task(spec)
     exact = spec.method == "lm"

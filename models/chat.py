@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -80,9 +81,12 @@ def render_ids(
 ) -> list[int]:
     """Token ids of `messages` rendered with the tokenizer's chat template."""
     conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
-    ids: Any = tokenizer.apply_chat_template(
-        conversation, tokenize=True, add_generation_prompt=add_generation_prompt
-    )
+    try:
+        ids: Any = tokenizer.apply_chat_template(
+            conversation, tokenize=True, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as exc:  # e.g. a template that refuses system messages
+        raise ConfigError(f"the model's chat template refused this conversation: {exc}") from None
     if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return [int(i) for i in ids]
@@ -101,13 +105,16 @@ def _reply_span(
     tokenizer: PreTrainedTokenizerBase, before: Sequence[Message], reply: Message, line: int
 ) -> tuple[list[int], int]:
     """Ids of `before + [reply]` and where the reply's tokens start."""
-    prompt = render_ids(tokenizer, before, add_generation_prompt=True)
-    full = render_ids(tokenizer, [*before, reply])
+    try:
+        prompt = render_ids(tokenizer, before, add_generation_prompt=True)
+        full = render_ids(tokenizer, [*before, reply])
+    except ConfigError as exc:
+        raise ConfigError(f"line {line}: {exc}") from None
     if full[: len(prompt)] != prompt or len(full) <= len(prompt):
         raise ConfigError(
             f"line {line}: this model's chat template does not render a reply as a continuation "
             "of its prompt, so the reply's tokens cannot be found; use a model whose template "
-            "does (ChatML, Llama, Mistral and Qwen2 templates do)"
+            "does (ChatML, Llama and Qwen2 templates do)"
         )
     return full, len(prompt)
 
@@ -123,6 +130,8 @@ def tokenize_chat(
     ids: list[int] = []
     mask: list[int] = []
     for i, message in enumerate(example.messages):
+        if len(ids) > max_tokens:  # everything later would be cut anyway
+            break
         if message["role"] != "assistant":
             continue
         full, start = _reply_span(tokenizer, example.messages[:i], message, example.line)

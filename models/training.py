@@ -80,6 +80,7 @@ def run_inner_loop(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95)
     )
     rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)  # dropout masks (LoRA dropout, GPT-2's own) are seeded too
     losses: list[float] = []
     num_tokens = 0
     model.train()
@@ -101,6 +102,7 @@ def run_inner_loop(
         losses.append(float(loss.item()))
         if on_step is not None and on_step(step, losses[-1]) is False:
             raise InnerLoopInterrupted(f"stopped after {step + 1} of {config.steps} steps")
+    model.zero_grad(set_to_none=True)  # no gradient memory held between tasks
     end = trainable_state(model)
     return InnerLoopResult(
         pseudo_gradient={name: start[name] - end[name] for name in start},

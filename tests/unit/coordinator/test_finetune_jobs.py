@@ -18,7 +18,7 @@ from swarm.coordinator.artifacts import build_artifacts
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
-from swarm.coordinator.jobs import JobService
+from swarm.coordinator.jobs import JobService, read_dataset
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Database, Event, Job, Round, Task, sqlite_url
 from swarm.models import (
@@ -81,7 +81,10 @@ def services(tmp_path: Path) -> Iterator[Services]:
     rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
     try:
         yield Services(
-            db=db, blobs=blobs, catalog=catalog, jobs=JobService(db, blobs, rounds, catalog)
+            db=db,
+            blobs=blobs,
+            catalog=catalog,
+            jobs=JobService(db, blobs, rounds, catalog, datasets_dir=tmp_path),
         )
     finally:
         db.dispose()
@@ -509,3 +512,22 @@ def test_post_bad_training_file_is_a_400_naming_the_line(
 )
 def test_post_malformed_method_object_is_a_400(client: TestClient, method: dict[str, Any]) -> None:
     assert_openai_error(post_job(client, method=method, hyperparameters=HTTP_HYPERPARAMETERS), 400)
+
+
+def test_datasets_are_read_only_from_the_datasets_folder(
+    services: Services, tmp_path: Path
+) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jsonl"
+    outside.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    for name in (str(outside), f"../{outside.name}"):
+        with pytest.raises(ConfigError, match="datasets folder"):
+            services.jobs.create_job(spec(dataset=name))
+    assert services.row_counts()["Job"] == 0
+
+
+def test_a_coordinator_without_a_datasets_folder_serves_builtin_data_only(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(ConfigError, match="builtin: datasets only"):
+        read_dataset(str(path), None)
+    assert read_dataset("builtin:smol_instruct", None).startswith(b'{"messages"')

@@ -588,6 +588,11 @@ def test_check_submission_rejects_an_evaluation_with_a_payload(coordinator: Coor
         ({"eval_loss": 5.0, "examples": 0}, "examples"),
         ({"eval_loss": 5.0, "examples": SPEC.eval_examples + 1}, "examples"),
         ({"eval_loss": float("nan"), "examples": 8}, "finite"),
+        # An infinite margin would poison every JSON answer that shows the job's metrics.
+        ({"eval_loss": 0.7, "reward_margin": float("inf"), "examples": 8}, "finite"),
+        ({"eval_loss": -1.0, "examples": 8}, "non-negative"),
+        ({"eval_loss": 0.7, "reward_accuracy": 1.5, "examples": 8}, r"\[0, 1\]"),
+        ({"eval_loss": 0.7, "token_accuracy": -0.1, "examples": 8}, r"\[0, 1\]"),
     ],
 )
 def test_check_submission_rejects_implausible_evaluations(

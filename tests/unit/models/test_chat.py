@@ -286,3 +286,23 @@ def test_generate_reply_is_the_greedy_continuation_of_the_prompt() -> None:
     reply = generate_reply(model, TOKENIZER, messages, max_new_tokens=6)
     assert reply == TOKENIZER.decode(expected, skip_special_tokens=True).strip()
     assert not model.training
+
+
+def test_a_template_that_refuses_the_conversation_is_a_config_error_naming_the_line() -> None:
+    refuses_system = with_template(
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(ConfigError, match=r"^line 3: .*System role not supported"):
+        tokenize_chat(refuses_system, SINGLE, max_tokens=512)
+
+
+def test_a_long_conversation_is_cut_at_max_tokens() -> None:
+    many = chat(
+        msg("user", "Hi"),
+        *[m for _ in range(50) for m in (msg("assistant", "Hello! " * 20), msg("user", "More"))],
+        msg("assistant", "Bye"),
+    )
+    sequence = tokenize_chat(TOKENIZER, many, max_tokens=64)
+    assert len(sequence.ids) == 64 and sequence.truncated
