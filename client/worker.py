@@ -39,7 +39,6 @@ from swarm.models import (
     is_lora,
     load_trainable_state,
     run_inner_loop,
-    state_from_bytes,
 )
 from swarm.models.objectives import build_objective
 from swarm.models.sources import load_weights
@@ -187,11 +186,7 @@ class Worker:
         """The task's model at its version, and its objective over its data."""
         config = config_from_bytes(self._cache.get(spec.model_config_sha256, transport))
         model, reference = self._model(transport, config, spec)
-        if isinstance(spec, m.TrainTask):
-            params = self._versions.params(task, transport)
-        else:  # an evaluation names the exact version, which workers never train from
-            params = state_from_bytes(self._cache.get(spec.params_sha256, transport))
-        load_trainable_state(model, params)
+        load_trainable_state(model, self._versions.params(task, transport))
         shard = self._cache.get(
             spec.tokens_sha256 if isinstance(spec, m.TrainTask) else spec.data_sha256, transport
         )

@@ -266,8 +266,11 @@ class RoundService:
         )
 
     def _artifacts(self, job: Job, round_: Round) -> dict[str, Any]:
-        """The adapter and the merged model of the final version, as stored files."""
-        params = state_from_bytes(self._blobs.read(round_.params_sha256))
+        """The adapter and the merged model of the final version, as stored files.
+
+        Built from the workers' copy of the version, the one the final evaluation measured.
+        """
+        params = state_from_bytes(self._blobs.read(round_.worker_params_sha256))
         return build_artifacts(job, params, self._blobs, self._catalog)
 
     def _commit_round(
@@ -327,7 +330,7 @@ class RoundService:
                 return
             job.status = JobStatus.SUCCEEDED.value
             job.finished_at = now
-            job.result_params_sha256 = round_.params_sha256
+            job.result_params_sha256 = round_.worker_params_sha256
             job.artifacts = artifacts
             session.add(
                 Event(

@@ -172,9 +172,9 @@ class TaskService:
                 max_result_bytes=0,
                 evaluate=m.EvaluateTask(
                     model_config_sha256=job.model_config_sha256,
-                    # The exact version, not the workers' copy rebuilt from a lossy broadcast
-                    # delta: its metrics describe the parameters the job's result is built from.
-                    params_sha256=round_.params_sha256,
+                    # The workers' copy of the version (rebuilt from broadcast deltas, so the
+                    # evaluating worker downloads little): the job's result is built from it too.
+                    params_sha256=round_.worker_params_sha256,
                     base_sha256s=list(job.base_sha256s or []),
                     data_sha256=job.heldout_sha256,
                     recipe=recipe,
@@ -182,6 +182,7 @@ class TaskService:
                     max_examples=spec.eval_examples,
                     seq_len=spec.seq_len,
                     broadcast_policy=broadcast_policy,
+                    param_deltas=_param_deltas(session, round_),
                 ),
             )
         return m.Task(

@@ -258,7 +258,7 @@ def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
     assert done.eval_loss == pytest.approx(4.5)
     assert done.eval_metrics == {"loss": 4.5, "examples": 8.0}
     assert done.finished_at is not None
-    assert done.result_params_sha256 == final.params_sha256
+    assert done.result_params_sha256 == final.worker_params_sha256
     assert coordinator.blobs.exists(done.result_params_sha256)
     # A full fine-tune has no adapter; its merged model joins the catalog under the job's id.
     assert done.artifacts is not None
@@ -292,9 +292,10 @@ def test_the_final_round_packages_the_measured_version(coordinator: Coordinator)
 
     done = coordinator.jobs.get_job(job.id)
     assert done.status == "succeeded"
-    # The merged model in the catalog holds exactly the final version's weights.
+    # The merged model in the catalog holds exactly the weights the final evaluation measured:
+    # the workers' copy of the final version.
     merged = coordinator.catalog.resolve(job.id, seed=0, chat=False).model.state_dict()
-    final_params = state_from_bytes(coordinator.blobs.read(final.params_sha256))
+    final_params = state_from_bytes(coordinator.blobs.read(final.worker_params_sha256))
     assert final_params
     for name, tensor in final_params.items():
         torch.testing.assert_close(merged[name], tensor)
@@ -319,13 +320,11 @@ def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None
     evaluation = coordinator.tasks.lease(coordinator.register()).task
     assert evaluation is not None and evaluation.evaluate is not None
     assert (evaluation.round, evaluation.version) == (1, 1)
-    # Evaluations measure the exact version the job's result is built from, not the workers'
-    # copy rebuilt from a lossy broadcast delta.
-    assert evaluation.evaluate.params_sha256 == round_1.params_sha256
-    assert round_1.params_sha256 != round_1.worker_params_sha256
+    # Evaluations measure the workers' copy of the version, from which the result is built.
+    assert evaluation.evaluate.params_sha256 == round_1.worker_params_sha256
     assert evaluation.evaluate.data_sha256 == job.heldout_sha256
     assert evaluation.evaluate.model_config_sha256 == job.model_config_sha256
-    assert evaluation.evaluate.param_deltas == []
+    assert [d.version for d in evaluation.evaluate.param_deltas] == [1]
 
 
 def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator) -> None:
@@ -355,7 +354,7 @@ def test_a_final_round_whose_packaging_fails_fails_the_job(coordinator: Coordina
     coordinator.rounds.close_round(round_0)
     _, final = coordinator.rounds_of(job.id)
     coordinator.evaluate(w2, eval_loss=5.25)
-    coordinator.blobs.path(final.params_sha256).write_bytes(b"not parameters")
+    coordinator.blobs.path(final.worker_params_sha256).write_bytes(b"not parameters")
 
     assert coordinator.rounds.close_round(final.id)
     failed = coordinator.jobs.get_job(job.id)
