@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,6 +198,8 @@ class JobService:
         self._rounds = rounds
         self._catalog = catalog
         self._datasets_dir = datasets_dir
+        # Preparing a job holds a whole model and its tokenized data in memory: one at a time.
+        self._preparing = threading.Lock()
 
     def create_job(self, spec: JobSpec, metadata: dict[str, str] | None = None) -> Job:
         """Validate and prepare a job, then queue it with round 0 open.
@@ -204,6 +207,10 @@ class JobService:
         Everything that can fail on the user's input (the model, the data, the settings) fails
         here, before anything is stored.
         """
+        with self._preparing:
+            return self._create_job(spec, metadata)
+
+    def _create_job(self, spec: JobSpec, metadata: dict[str, str] | None) -> Job:
         base = self._catalog.resolve(spec.model, seed=spec.seed, chat=spec.method != "lm")
         data = prepare_data(spec, base.tokenizer, base.config, self._datasets_dir)
         model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
