@@ -20,6 +20,7 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from swarm.models.chat import TokenizedSequence
+from swarm.models.shards import decompress_bounded
 from swarm.protocol.errors import ConfigError
 
 MAX_SHARD_BYTES = 512 * 1024 * 1024
@@ -109,11 +110,7 @@ def decode_examples(data: bytes, method: str, vocab_size: int) -> dict[str, Sequ
     if names is None:
         raise ConfigError(f"no example shards for method {method!r}")
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared > MAX_SHARD_BYTES:
-            raise ConfigError(f"example shard declares {declared} bytes, over its limit")
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_SHARD_BYTES)
-        arrays = load_arrays(raw)
+        arrays = load_arrays(decompress_bounded(data, MAX_SHARD_BYTES, "example shard"))
     except (zstandard.ZstdError, SafetensorError, ValueError) as exc:
         raise ConfigError(f"example shard is not valid zstd safetensors: {exc}") from None
     expected = {f"{n}.{part}" for n in names for part in ("ids", "mask", "offsets")}

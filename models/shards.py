@@ -22,15 +22,21 @@ def encode_shard(tokens: np.ndarray) -> bytes:
     return zstandard.ZstdCompressor(level=10).compress(array.tobytes())
 
 
+def decompress_bounded(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress one zstd frame of at most `limit` bytes; raises `zstandard.ZstdError` if bad.
+
+    One-shot decompression trusts the size a frame declares, so that size is checked first.
+    """
+    declared = zstandard.frame_content_size(data)
+    if declared > limit:
+        raise ConfigError(f"{what} declares {declared} bytes, over the {limit} limit")
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
+
+
 def decode_shard(data: bytes, vocab_size: int) -> np.ndarray:
     """Decompress a shard and check every token id is below `vocab_size`."""
-    # One-shot decompression trusts the size a frame declares, so check that size first.
-    limit = MAX_SHARD_TOKENS * 4
     try:
-        declared = zstandard.frame_content_size(data)
-        if declared > limit:
-            raise ConfigError(f"token shard declares {declared} bytes, over the {limit} limit")
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
+        raw = decompress_bounded(data, MAX_SHARD_TOKENS * 4, "token shard")
     except zstandard.ZstdError as exc:
         raise ConfigError(f"token shard is not valid zstd data: {exc}") from None
     if len(raw) % 4:
