@@ -51,7 +51,7 @@ def build_artifacts(
     if is_lora(model):
         with tempfile.TemporaryDirectory() as temp:
             model.save_pretrained(temp, safe_serialization=True)  # type: ignore[operator]
-            artifacts["adapter"] = {"files": _store_folder(Path(temp), blobs), "base": spec.model}
+            artifacts["adapter"] = {"files": blobs.put_folder(Path(temp)), "base": spec.model}
     tokenizer = catalog.tokenizer(spec.model)
     merged = merged_model(model)
     manifest = catalog.add(
@@ -65,11 +65,3 @@ def build_artifacts(
     )
     artifacts["merged"] = {"files": manifest["files"], "model": job.id}
     return artifacts
-
-
-def _store_folder(folder: Path, blobs: BlobStore) -> dict[str, str]:
-    return {
-        path.relative_to(folder).as_posix(): blobs.put_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }

@@ -112,6 +112,18 @@ class BlobStore:
                 iter(lambda: source.read(CHUNK_BYTES), b""), max_bytes=path.stat().st_size
             )
 
+    def put_folder(self, folder: Path, *, link: bool = False) -> dict[str, str]:
+        """Store every file under `folder`; returns relative path -> SHA-256. With `link`, each
+        file is then replaced by a link to its blob, so the folder still reads as before."""
+        files = {}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            sha256 = self.put_file(path)
+            if link:
+                path.unlink()
+                path.symlink_to(self.path(sha256).resolve())
+            files[path.relative_to(folder).as_posix()] = sha256
+        return files
+
     def read(self, sha256: str) -> bytes:
         try:
             return self.path(sha256).read_bytes()

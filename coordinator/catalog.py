@@ -93,13 +93,7 @@ class ModelCatalog:
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".pull-"))
         try:
             save_folder(loaded, staging / "files")
-            files = {}
-            for path in sorted(p for p in (staging / "files").rglob("*") if p.is_file()):
-                relative = path.relative_to(staging / "files").as_posix()
-                sha256 = self._blobs.put_file(path)
-                path.unlink()
-                path.symlink_to(self._blobs.path(sha256).resolve())
-                files[relative] = sha256
+            files = self._blobs.put_folder(staging / "files", link=True)
             manifest = {
                 "name": loaded.name,
                 "source": loaded.source,
