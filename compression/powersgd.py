@@ -81,9 +81,6 @@ class PowerSGD(TransformStage):
             raise CompressionError(f"{self.spec()}: rank {rank} != {self._rank(rows, cols)}")
         return rank * (rows + cols) if numel else 0
 
-    def part_sizes(self, numel: int, shape: tuple[int, ...], meta: Meta) -> list[int]:
-        return []
-
     def decode(
         self,
         inner: torch.Tensor,

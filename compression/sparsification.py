@@ -227,9 +227,6 @@ class RandomK(_FractionStage):
         seed = meta_int(meta, "seed", 0, MAX_SEED, stage=self.spec())
         return self._indices(seed, numel).numel()
 
-    def part_sizes(self, numel: int, shape: tuple[int, ...], meta: Meta) -> list[int]:
-        return []
-
     def decode(
         self,
         inner: torch.Tensor,

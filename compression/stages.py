@@ -86,9 +86,10 @@ class TransformStage(Stage):
     def inner_numel(self, numel: int, shape: tuple[int, ...], meta: Meta) -> int:
         """Length of the inner vector; checks `meta`."""
 
-    @abstractmethod
     def part_sizes(self, numel: int, shape: tuple[int, ...], meta: Meta) -> list[int]:
-        """Byte length of each of this stage's parts; `meta` was checked by `inner_numel`."""
+        """Byte length of each of this stage's parts; `meta` was checked by `inner_numel`.
+        A stage whose output is the inner vector alone has none."""
+        return []
 
     @abstractmethod
     def decode(

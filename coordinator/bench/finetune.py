@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from swarm.coordinator.aggregation import nesterov_step
@@ -132,18 +133,21 @@ class Reference:
 
 
 class _Concatenated(Objective):
-    """Batches drawn from a random shard each step: the whole training set, as one process."""
+    """Each step's batch from a random shard: the whole training set, seen by one process."""
 
     def __init__(self, shards: list[Objective]) -> None:
         self.shards = shards
 
-    def training_loss(self, model, rng, batch_size):  # type: ignore[no-untyped-def]
-        return self.shards[int(rng.integers(len(self.shards)))].training_loss(
-            model, rng, batch_size
-        )
+    def training_loss(
+        self, model: torch.nn.Module, rng: np.random.Generator, batch_size: int
+    ) -> tuple[torch.Tensor, int]:
+        shard = self.shards[int(rng.integers(len(self.shards)))]
+        return shard.training_loss(model, rng, batch_size)
 
-    def evaluate(self, model, batch_size, max_examples):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
+    def evaluate(
+        self, model: torch.nn.Module, batch_size: int, max_examples: int
+    ) -> dict[str, float]:
+        raise NotImplementedError("the reference evaluates on the held-out set")
 
 
 def run_bench(
