@@ -44,6 +44,17 @@ class BlobCache:
             os.replace(partial, final)
         return sha256
 
+    def largest(self, limit: int = 256) -> list[str]:
+        """Digests of the cached blobs, largest first (what is worth telling the coordinator)."""
+        entries = []
+        for path in self.root.iterdir():
+            if _SHA256.fullmatch(path.name):
+                try:
+                    entries.append((path.stat().st_size, path.name))
+                except FileNotFoundError:  # evicted meanwhile
+                    continue
+        return [name for _, name in sorted(entries, reverse=True)[:limit]]
+
     def discard(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 

@@ -121,11 +121,12 @@ class Transport:
             timeout_s=self._rpc_timeout_s,
         )
 
-    def lease_task(self) -> m.LeaseTaskResponse:
+    def lease_task(self, cached_sha256s: list[str] | None = None) -> m.LeaseTaskResponse:
         return self.call(
             "LeaseTask",
             lambda s: self._client.lease_task(
-                m.LeaseTaskRequest(session=s), timeout_s=self._rpc_timeout_s
+                m.LeaseTaskRequest(session=s, cached_sha256s=list(cached_sha256s or [])),
+                timeout_s=self._rpc_timeout_s,
             ),
         )
 

@@ -100,7 +100,7 @@ class Worker:
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             heartbeat.start()
             while not self.stop.is_set():
-                response = transport.lease_task()
+                response = transport.lease_task(self._cache.largest())
                 if response.task is None:
                     logger.debug("no task: %s", response.reason)
                     self.stop.wait(response.retry_after_s * (0.75 + 0.5 * np.random.random()))
@@ -290,6 +290,7 @@ class Worker:
                 warmup_steps=spec.warmup_steps,
                 seed=spec.seed,
             ),
+            samples=spec.sample_indices,
             on_step=self._on_step(task),
         )
         payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)

@@ -52,16 +52,34 @@ def build_artifacts(
         with tempfile.TemporaryDirectory() as temp:
             model.save_pretrained(temp, safe_serialization=True)  # type: ignore[operator]
             artifacts["adapter"] = {"files": blobs.put_folder(Path(temp)), "base": spec.model}
-    tokenizer = catalog.tokenizer(spec.model)
+    manifest = _add_merged(job, model, catalog, name=job.id)
+    artifacts["merged"] = {"files": manifest["files"], "model": job.id}
+    return artifacts
+
+
+def store_merged(
+    job: Job,
+    params: dict[str, torch.Tensor],
+    blobs: BlobStore,
+    catalog: ModelCatalog,
+    *,
+    name: str,
+) -> dict[str, Any]:
+    """Add the job's model at `params`, merged, to the catalog as `name` (a checkpoint)."""
+    return _add_merged(job, rebuild_model(job, params, blobs), catalog, name=name)
+
+
+def _add_merged(
+    job: Job, model: torch.nn.Module, catalog: ModelCatalog, *, name: str
+) -> dict[str, Any]:
+    spec = JobSpec(**job.spec)
     merged = merged_model(model)
-    manifest = catalog.add(
+    return catalog.add(
         LoadedModel(
-            name=job.id,
+            name=name,
             source=f"job:{job.id}",
             config=model_config_dict(merged),  # type: ignore[arg-type]
             model=merged,  # type: ignore[arg-type]
-            tokenizer=tokenizer,
+            tokenizer=catalog.tokenizer(spec.model),
         )
     )
-    artifacts["merged"] = {"files": manifest["files"], "model": job.id}
-    return artifacts

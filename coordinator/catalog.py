@@ -34,6 +34,7 @@ from swarm.models.sources import (
     load_preset,
     load_source,
     load_tokenizer,
+    preset_model_config,
     save_folder,
     unique_state,
 )
@@ -157,6 +158,16 @@ class ModelCatalog:
             }
         return list(rows.values())
 
+    def config(self, name: str, *, chat: bool) -> dict[str, Any]:
+        """The config dict of a preset (as a chat job builds it, with `chat`) or of a stored
+        snapshot, without loading any weights."""
+        if name in PRESETS:
+            return preset_model_config(name, chat)
+        self.require(name)
+        manifest = self.manifest(name)
+        assert manifest is not None
+        return dict(manifest["config"])
+
     def tokenizer(self, name: str) -> PreTrainedTokenizerBase:
         """The tokenizer of a preset or a stored snapshot, without loading its weights."""
         if name in PRESETS:
@@ -164,6 +175,17 @@ class ModelCatalog:
         if self.manifest(name) is None:
             raise NotFoundError(f"no snapshot of model {name!r}")
         return load_tokenizer(self.root / name / "files")
+
+    def require(self, name: str) -> None:
+        """Raise `ConfigError` unless `name` is a preset or a stored snapshot (cheap: no load)."""
+        if name in PRESETS or (_is_plain_name(name) and self.manifest(name) is not None):
+            return
+        if name in CATALOG:
+            raise ConfigError(f"model {name} is not pulled yet; run: swarm models pull {name}")
+        raise ConfigError(
+            f"unknown model {name!r:.80}; `swarm models list` shows the models this "
+            "coordinator serves, and `swarm models pull NAME` adds one"
+        )
 
     def resolve(self, name: str, *, seed: int, chat: bool) -> BaseModel:
         """The base model a job named and the blobs of its weights, for workers.
@@ -183,14 +205,9 @@ class ModelCatalog:
                 weight_sha256s=[sha256],
                 unstored={sha256: data},
             )
-        manifest = self.manifest(name) if _is_plain_name(name) else None
-        if manifest is None:
-            if name in CATALOG:
-                raise ConfigError(f"model {name} is not pulled yet; run: swarm models pull {name}")
-            raise ConfigError(
-                f"unknown model {name!r:.80}; `swarm models list` shows the models this "
-                "coordinator serves, and `swarm models pull NAME` adds one"
-            )
+        self.require(name)
+        manifest = self.manifest(name)
+        assert manifest is not None
         loaded = load_folder(self.root / name / "files", name=name, source=manifest["source"])
         return BaseModel(
             name=name,

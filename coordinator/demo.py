@@ -309,7 +309,10 @@ class JobWatcher:
         response = self._http.post("/v1/fine_tuning/jobs", json=body)
         if response.status_code != 200:
             raise RuntimeError(f"creating the job failed: {response.json()['error']['message']}")
-        job = response.json()
+        job = self._prepared(response.json())
+        if job["status"] == "failed":
+            self._say(f"job failed: {(job.get('error') or {}).get('message')}")
+            return {**job, "rounds": []}
         spec = job["swarm"]["spec"]
         self._say(
             f"job {job['id']}: {spec['method']} with {spec['adapter']} on {job['model']}, "
@@ -347,6 +350,17 @@ class JobWatcher:
             if self._coordinator.poll() is not None:
                 raise RuntimeError(f"the coordinator died; see {self._work / 'coordinator.log'}")
             time.sleep(0.5)
+
+    def _prepared(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job once the coordinator has validated and tokenized its data."""
+        while job["status"] == "validating_files":
+            if time.monotonic() > self._deadline:
+                raise RuntimeError(f"job {job['id']} is still validating; logs in {self._work}")
+            if self._coordinator.poll() is not None:
+                raise RuntimeError(f"the coordinator died; see {self._work / 'coordinator.log'}")
+            time.sleep(0.2)
+            job = self._http.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+        return job
 
     def _status(self, rounds: list[dict[str, Any]]) -> None:
         """On a terminal, a transient line with the open round's progress."""

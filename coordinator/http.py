@@ -1,4 +1,5 @@
-"""The coordinator's HTTP API (FastAPI): health, a minimal job API, and the OpenAPI document.
+"""The coordinator's HTTP API (FastAPI): health, jobs, checkpoints, the queue, credits, and the
+OpenAPI document.
 
 Routes stay thin: they parse, call a service, and shape the answer like OpenAI's fine-tuning
 objects. Errors use OpenAI's envelope: `{"error": {"message", "type", "param", "code"}}`.
@@ -7,7 +8,7 @@ objects. Errors use OpenAI's envelope: `{"error": {"message", "type", "param", "
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,13 +16,19 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from swarm.coordinator.blobs import BlobStore
-from swarm.coordinator.catalog import ModelCatalog
-from swarm.coordinator.jobs import JobService
+from swarm.coordinator.jobs import DEFAULT_OWNER
 from swarm.coordinator.rounds import round_summary
-from swarm.coordinator.storage import Database, Job, Worker
-from swarm.protocol.errors import ConfigError, NotFoundError, SwarmError
-from swarm.scheduler import JobSpec
+from swarm.coordinator.storage import Checkpoint, DataSpan, Job, Task, Worker
+from swarm.protocol.errors import ConfigError, NotFoundError, SchedulingError, SwarmError
+from swarm.scheduler import (
+    MICRO_PER_CREDIT,
+    JobSpec,
+    check_account,
+    worker_account,
+)
+
+if TYPE_CHECKING:
+    from swarm.coordinator.server import Services
 
 
 class CreateJobRequest(BaseModel):
@@ -41,9 +48,31 @@ class CreateJobRequest(BaseModel):
     )
     seed: int | None = None
     metadata: dict[str, str] | None = None
+    owner: str = Field(
+        default=DEFAULT_OWNER,
+        description="the credits account that pays for the job (user:NAME, or pool:research "
+        "for a research job, which runs when the swarm would otherwise idle)",
+    )
 
 
-def job_object(job: Job) -> dict[str, Any]:
+class CreditsRequest(BaseModel):
+    """Body of `POST /v1/swarm/credits/issue` and `/donate`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(description="user:NAME, worker:ID or pool:NAME")
+    amount: float = Field(gt=0, le=1e12, description="credits (1 credit = 10^15 FLOPs)")
+    memo: str = Field(default="", max_length=500)
+
+    def micro(self) -> int:
+        return round(self.amount * MICRO_PER_CREDIT)
+
+
+def credits(micro: int) -> float:
+    return micro / MICRO_PER_CREDIT
+
+
+def job_object(job: Job, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A job as an OpenAI `fine_tuning.job`, with swarm's numbers under `swarm`."""
     spec = job.spec
     return {
@@ -58,10 +87,11 @@ def job_object(job: Job) -> dict[str, Any]:
         "training_file": spec.get("dataset"),
         "validation_file": spec.get("validation_dataset") or None,
         "hyperparameters": {
-            "n_epochs": "auto",
+            "n_epochs": spec.get("num_epochs") or "auto",
             "batch_size": spec.get("batch_size"),
             "learning_rate_multiplier": "auto",
         },
+        "estimated_finish": None,
         "result_files": [],
         "trained_tokens": job.trained_tokens,
         "error": job.error,
@@ -78,6 +108,12 @@ def job_object(job: Job) -> dict[str, Any]:
             "eval_metrics": job.eval_metrics,
             "artifacts": sorted(job.artifacts or {}),
             "result_params_sha256": job.result_params_sha256,
+            "owner": job.owner,
+            "priority": spec.get("priority", 0),
+            "estimated_credits": credits(job.estimated_credits),
+            "data_epoch": job.data_epoch,
+            "num_samples": sum(job.shard_samples or []),
+            **(extra or {}),
         },
     }
 
@@ -92,6 +128,8 @@ def _error(
 
 
 METHOD_TYPES = {"supervised": "sft", "dpo": "dpo", "lm": "lm"}
+# OpenAI's hyperparameter names -> JobSpec fields.
+OPENAI_HYPERPARAMETERS = {"beta": "dpo_beta", "n_epochs": "num_epochs"}
 
 
 def _job_values(body: CreateJobRequest) -> dict[str, Any]:
@@ -114,27 +152,39 @@ def _job_values(body: CreateJobRequest) -> dict[str, Any]:
             raise ConfigError(f"method.{kind} must be an object with a hyperparameters object")
         for key, value in hyper.items():
             if value != "auto":
-                values["dpo_beta" if key == "beta" else str(key)] = value
+                values[OPENAI_HYPERPARAMETERS.get(str(key), str(key))] = value
     values.update(body.hyperparameters)
     if body.seed is not None:
         values["seed"] = body.seed
     return values
 
 
-def create_app(
-    db: Database,
-    jobs: JobService,
-    catalog: ModelCatalog,
-    blobs: BlobStore,
-    *,
-    started_at: float | None = None,
-) -> FastAPI:
+def create_app(services: Services, *, started_at: float | None = None) -> FastAPI:
+    db, jobs, catalog, blobs = services.db, services.jobs, services.catalog, services.blobs
+    ledger, scheduler = services.ledger, services.scheduler
     app = FastAPI(
         title="swarm coordinator",
         version="0.1.0",
-        description="Volunteer-compute fine-tuning: jobs API and health.",
+        description="Volunteer-compute fine-tuning: jobs, checkpoints, queue, credits, health.",
     )
+    app.state.servicer = services.servicer
+    app.state.services = services
     started = time.time() if started_at is None else started_at
+
+    def describe(job: Job) -> dict[str, Any]:
+        """A job object with its queue position and what it has cost so far."""
+        spent = jobs.spending(job.id)
+        extra: dict[str, Any] = {
+            "credits_consumed": credits(spent["consumed"]),
+            "credits_pending": credits(spent["pending"]),
+            "queue_position": None,
+            "queue_reason": None,
+        }
+        if job.status == "queued":
+            entry = next((e for e in scheduler.queue() if e.job_id == job.id), None)
+            if entry is not None:
+                extra["queue_position"], extra["queue_reason"] = entry.position, entry.reason
+        return job_object(job, extra)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
@@ -143,6 +193,10 @@ def create_app(
     @app.exception_handler(ConfigError)
     async def _bad_config(_: Request, exc: ConfigError) -> JSONResponse:
         return _error(400, str(exc), "invalid_request_error", "invalid_value")
+
+    @app.exception_handler(SchedulingError)
+    async def _conflict(_: Request, exc: SchedulingError) -> JSONResponse:
+        return _error(409, str(exc), "invalid_request_error", "invalid_state")
 
     @app.exception_handler(SwarmError)
     async def _swarm_error(_: Request, exc: SwarmError) -> JSONResponse:
@@ -184,8 +238,10 @@ def create_app(
 
     @app.post("/v1/fine_tuning/jobs", tags=["jobs"])
     def create_job(body: CreateJobRequest) -> dict[str, Any]:
-        """Validate the data and queue a training job."""
-        return job_object(jobs.create_job(JobSpec.from_dict(_job_values(body)), body.metadata))
+        """Check the settings, the model and every line of the data, then validate and queue
+        the job (it starts as `validating_files`)."""
+        spec = JobSpec.from_dict(_job_values(body))
+        return describe(jobs.create_job(spec, body.metadata, owner=body.owner))
 
     @app.get("/v1/fine_tuning/jobs", tags=["jobs"])
     def list_jobs(after: str | None = None, limit: int = 20) -> dict[str, Any]:
@@ -195,13 +251,42 @@ def create_app(
         page = jobs.list_jobs(after=after, limit=limit)
         return {
             "object": "list",
-            "data": [job_object(j) for j in page.jobs],
+            "data": [describe(j) for j in page.jobs],
             "has_more": page.has_more,
         }
 
     @app.get("/v1/fine_tuning/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: str) -> dict[str, Any]:
-        return job_object(jobs.get_job(job_id))
+        return describe(jobs.get_job(job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        """Stop the job for good; accepted work is still paid for."""
+        return describe(jobs.cancel(job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause", tags=["jobs"])
+    def pause_job(job_id: str) -> dict[str, Any]:
+        """Stop handing out the job's tasks; running ones are revoked and run again later."""
+        return describe(jobs.pause(job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume", tags=["jobs"])
+    def resume_job(job_id: str) -> dict[str, Any]:
+        return describe(jobs.resume(job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", tags=["jobs"])
+    def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10) -> dict[str, Any]:
+        """Kept versions, newest first; `model` of a new job may name one to start from it."""
+        if not 1 <= limit <= 100:
+            raise ConfigError(f"limit must be in [1, 100], got {limit}")
+        rows, has_more = jobs.list_checkpoints(job_id, after=after, limit=limit)
+        data = [checkpoint_object(c) for c in rows]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events", tags=["jobs"])
     def list_events(job_id: str, limit: int = 100) -> dict[str, Any]:
@@ -235,6 +320,85 @@ def create_app(
                 {**round_summary(r), "tasks_accepted": accepted.get(r.index, 0)} for r in rounds
             ],
         }
+
+    @app.get("/v1/swarm/jobs/{job_id}/tasks", tags=["swarm"])
+    def list_tasks(job_id: str) -> dict[str, Any]:
+        """Every task of a job: kind, state, the worker, its data span and inner steps."""
+        return {
+            "object": "list",
+            "data": [task_object(t, spans) for t, spans in jobs.list_tasks(job_id)],
+        }
+
+    @app.get("/v1/swarm/queue", tags=["swarm"])
+    def queue() -> dict[str, Any]:
+        """Queued jobs in the order they will start, with why each one waits."""
+        return {
+            "object": "list",
+            "data": [
+                {"job_id": e.job_id, "position": e.position, "reason": e.reason}
+                for e in scheduler.queue()
+            ],
+        }
+
+    @app.get("/v1/swarm/credits", tags=["credits"])
+    def account_credits(account: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        """An account's granted and pending credits and its recent entries, newest first."""
+        check_account(account)
+        if not 1 <= limit <= 500:
+            raise ConfigError(f"limit must be in [1, 500], got {limit}")
+        with db.transaction() as session:
+            statement = ledger.statement(session, account)
+            history = ledger.history(session, account, limit=limit, before=before)
+        return {
+            "object": "swarm.credits",
+            "account": account,
+            "balance": credits(statement["balance"]),
+            "pending": credits(statement["pending"]),
+            "history": [{**h, "amount": credits(h["amount"])} for h in history],
+        }
+
+    @app.get("/v1/swarm/credits/leaderboard", tags=["credits"])
+    def leaderboard(limit: int = 20) -> dict[str, Any]:
+        """Accounts by granted credits, and the research pool."""
+        with db.transaction() as session:
+            rows = ledger.leaderboard(session, limit=max(1, min(limit, 100)))
+            pool = ledger.balance(session, "pool:research")
+        return {
+            "object": "list",
+            "data": [{**r, "balance": credits(r["balance"])} for r in rows],
+            "research_pool": credits(pool),
+        }
+
+    @app.get("/v1/swarm/ledger", tags=["credits"])
+    def ledger_totals() -> dict[str, Any]:
+        """The ledger's invariant: the sum of all balances equals every credit ever minted."""
+        with db.transaction() as session:
+            totals = ledger.totals(session)
+            mismatched = ledger.check_balances(session)
+        return {
+            "object": "swarm.ledger",
+            "minted": credits(totals.minted),
+            "balances": credits(totals.balances),
+            "minted_micro": totals.minted,
+            "balances_micro": totals.balances,
+            "accounts": totals.accounts,
+            "balanced": totals.balanced and not mismatched,
+            "mismatched_accounts": mismatched,
+        }
+
+    @app.post("/v1/swarm/credits/issue", tags=["credits"])
+    def issue_credits(body: CreditsRequest) -> dict[str, Any]:
+        """Give an account credits (the operator's grant); they are minted."""
+        with db.transaction() as session:
+            ledger.issue(session, check_account(body.account), body.micro(), body.memo)
+        return account_credits(body.account, limit=1)
+
+    @app.post("/v1/swarm/credits/donate", tags=["credits"])
+    def donate_credits(body: CreditsRequest) -> dict[str, Any]:
+        """Move credits from an account to the research pool."""
+        with db.transaction() as session:
+            ledger.donate(session, check_account(body.account), body.micro())
+        return account_credits(body.account, limit=1)
 
     @app.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
     def list_artifacts(job_id: str) -> dict[str, Any]:
@@ -300,9 +464,54 @@ def create_app(
                     "last_seen_at": w.last_seen_at,
                     "tasks_accepted": w.tasks_accepted,
                     "tasks_failed": w.tasks_failed,
+                    "account": w.account_id or worker_account(w.id),
+                    "assigned_job_id": w.assigned_job_id,
+                    "flops_per_s": w.flops_per_s,
+                    "download_bytes_per_s": w.download_bytes_per_s,
                 }
                 for w in workers
             ],
         }
 
     return app
+
+
+def checkpoint_object(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as an OpenAI `fine_tuning.job.checkpoint`."""
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": checkpoint.id,
+        "created_at": int(checkpoint.created_at),
+        "fine_tuned_model_checkpoint": checkpoint.id,
+        "fine_tuning_job_id": checkpoint.job_id,
+        "step_number": checkpoint.step_number,
+        "metrics": checkpoint.metrics,
+        "swarm": {"version": checkpoint.version, "params_sha256": checkpoint.params_sha256},
+    }
+
+
+def task_object(task: Task, spans: list[DataSpan]) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "round": task.round_index,
+        "index": task.index,
+        "kind": task.kind,
+        "status": task.status,
+        "attempts": task.attempts,
+        "seed": task.seed,
+        "worker_id": task.worker_id,
+        "inner_steps": task.inner_steps,
+        "spans": [
+            {
+                "epoch": span.epoch,
+                "shard": span.shard,
+                "start": span.start,
+                "stop": span.stop,
+                "state": span.state,
+            }
+            for span in spans
+        ],
+        "applied_round": task.applied_round,
+        "credits": credits(task.credits or 0),
+        "metrics": task.metrics,
+    }

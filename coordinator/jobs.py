@@ -1,9 +1,16 @@
-"""Creating jobs and reading them back.
+"""Creating, preparing, controlling and reading jobs.
 
-Creating a job does all the work that can fail on the user's input before anything is queued:
-validate the spec, find the model, parse, check and tokenize the data once into
-content-addressed shards and a held-out set, attach the adapter, store the initial trainable
-parameters, and open round 0.
+A job's life: `create_job` checks what is cheap to check on the user's input (the settings,
+that the model exists, that every line of the data parses) and stores the job as
+`validating_files`; `prepare_next`, on the coordinator's preparer thread, does the heavy part
+(load the model, tokenize the data once into content-addressed shards and a held-out set,
+attach the adapter, store the initial parameters, estimate the cost) and queues it. The
+scheduler starts queued jobs (`swarm.coordinator.scheduling`). A failure says whose it was:
+`user_error` (the data, the model, the settings) or `platform_error` (ours).
+
+Operators and owners pause, resume and cancel jobs; pausing revokes the job's leases (their
+tasks keep their data and run again on resume), cancelling stops every task and pays for the
+work already accepted.
 """
 
 from __future__ import annotations
@@ -12,19 +19,22 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 from transformers import PreTrainedTokenizerBase
 
+from swarm.coordinator.artifacts import store_merged
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, Event, Job, Round, Task
+from swarm.coordinator.storage import Checkpoint, Database, DataSpan, Event, Job, Lease, Round, Task
 from swarm.models import (
     MAX_DATASET_BYTES,
     ChatExample,
@@ -43,14 +53,29 @@ from swarm.models import (
     parameter_shapes,
     parse_dataset,
     split_tokens,
+    state_from_bytes,
     state_to_bytes,
     trainable_state,
 )
 from swarm.models.chat import tokenize_examples
 from swarm.protocol.errors import ConfigError, NotFoundError
-from swarm.scheduler import JobSpec, JobStatus, TaskStatus
+from swarm.scheduler import (
+    JobSpec,
+    JobStatus,
+    LeaseOutcome,
+    TaskStatus,
+    check_account,
+    check_job_move,
+    format_credits,
+    micro_credits,
+    user_account,
+)
+from swarm.scheduler.work import estimate_job_flops, estimate_memory_bytes
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_OWNER = user_account("default")
+"""Who pays for jobs created without naming an owner."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +95,11 @@ class PreparedData:
     shards: list[bytes]
     heldout: bytes
     summary: str
+    shard_samples: list[int]
+    """Samples (windows, conversations or pairs) in each shard."""
+    num_tokens: int
+    """Tokens in all the training samples (both replies of a pair)."""
+    num_heldout: int
 
 
 def read_dataset(source: str, datasets_dir: Path | None) -> bytes:
@@ -98,30 +128,16 @@ def read_dataset(source: str, datasets_dir: Path | None) -> bytes:
     return data
 
 
-def prepare_data(
-    spec: JobSpec,
-    tokenizer: PreTrainedTokenizerBase,
-    config: dict[str, Any],
-    datasets_dir: Path | None = None,
-) -> PreparedData:
-    """Parse, check and tokenize a job's data once, into shards and a held-out set."""
-    context = config.get("max_position_embeddings") or config.get("n_positions")
-    if context and spec.seq_len > context:
-        raise ConfigError(
-            f"seq_len {spec.seq_len} is longer than {spec.model}'s context of {context} tokens"
-        )
-    if spec.method == "lm":
-        token_shards, heldout_tokens = prepare_tokens(spec)
-        return PreparedData(
-            shards=[encode_shard(s) for s in token_shards],
-            heldout=encode_shard(heldout_tokens),
-            summary=f"{sum(len(s) for s in token_shards) + len(heldout_tokens):,} tokens into "
-            f"{len(token_shards)} shards and {len(heldout_tokens):,} held-out tokens",
-        )
+def split_examples(
+    spec: JobSpec, datasets_dir: Path | None
+) -> tuple[list[ChatExample | PreferenceExample], list[ChatExample | PreferenceExample]]:
+    """A chat or preference job's training and held-out examples, parsed and checked."""
     kind: DatasetKind = "chat" if spec.method == "sft" else "preference"
-    examples = parse_dataset(read_dataset(spec.dataset, datasets_dir), kind)
+    examples: list[ChatExample | PreferenceExample] = list(
+        parse_dataset(read_dataset(spec.dataset, datasets_dir), kind)
+    )
     if spec.validation_dataset:
-        heldout = parse_dataset(read_dataset(spec.validation_dataset, datasets_dir), kind)
+        heldout = list(parse_dataset(read_dataset(spec.validation_dataset, datasets_dir), kind))
     else:
         num_heldout = max(1, int(len(examples) * spec.heldout_fraction))
         if len(examples) <= num_heldout:
@@ -135,6 +151,37 @@ def prepare_data(
             f"{spec.dataset} has {len(examples)} training examples, fewer than num_shards="
             f"{spec.num_shards}; use fewer shards"
         )
+    return examples, heldout
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizedData:
+    """A chat or preference job's examples, tokenized and checked, before encoding."""
+
+    train: dict[str, SequenceSet]
+    heldout: dict[str, SequenceSet]
+    num_examples: int
+    num_heldout: int
+    num_truncated: int
+
+
+def check_context(spec: JobSpec, config: dict[str, Any]) -> None:
+    context = config.get("max_position_embeddings") or config.get("n_positions")
+    if context and spec.seq_len > context:
+        raise ConfigError(
+            f"seq_len {spec.seq_len} is longer than {spec.model}'s context of {context} tokens"
+        )
+
+
+def tokenize_data(
+    spec: JobSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    config: dict[str, Any],
+    datasets_dir: Path | None = None,
+) -> TokenizedData:
+    """Parse and tokenize a chat or preference job's data, checking every example."""
+    check_context(spec, config)
+    examples, heldout = split_examples(spec, datasets_dir)
     train_sets, truncated = _tokenize(examples, tokenizer, spec)
     heldout_sets, heldout_truncated = _tokenize(heldout, tokenizer, spec)
     vocab_size = int(config["vocab_size"])
@@ -144,18 +191,56 @@ def prepare_data(
             f"{spec.model}'s tokenizer produces token id {largest}, beyond the model's "
             f"vocabulary of {vocab_size}: this model cannot be trained on chat data"
         )
-    order = np.random.default_rng(spec.seed).permutation(len(examples))
+    return TokenizedData(
+        train=train_sets,
+        heldout=heldout_sets,
+        num_examples=len(examples),
+        num_heldout=len(heldout),
+        num_truncated=truncated + heldout_truncated,
+    )
+
+
+def prepare_data(
+    spec: JobSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    config: dict[str, Any],
+    datasets_dir: Path | None = None,
+) -> PreparedData:
+    """Parse, check and tokenize a job's data once, into shards and a held-out set."""
+    if spec.method == "lm":
+        check_context(spec, config)
+        token_shards, heldout_tokens = prepare_tokens(spec)
+        windows = [len(s) // spec.seq_len for s in token_shards]
+        return PreparedData(
+            shards=[encode_shard(s) for s in token_shards],
+            heldout=encode_shard(heldout_tokens),
+            summary=f"{sum(len(s) for s in token_shards) + len(heldout_tokens):,} tokens into "
+            f"{len(token_shards)} shards and {len(heldout_tokens):,} held-out tokens",
+            shard_samples=windows,
+            num_tokens=sum(windows) * spec.seq_len,
+            num_heldout=(len(heldout_tokens) - 1) // spec.seq_len,
+        )
+    kind = "chat" if spec.method == "sft" else "preference"
+    data = tokenize_data(spec, tokenizer, config, datasets_dir)
+    order = np.random.default_rng(spec.seed).permutation(data.num_examples)
+    parts = np.array_split(order, spec.num_shards)
     shards = [
-        encode_examples({name: s.subset(part.tolist()) for name, s in train_sets.items()})
-        for part in np.array_split(order, spec.num_shards)
+        encode_examples({name: s.subset(part.tolist()) for name, s in data.train.items()})
+        for part in parts
     ]
-    num_cut = truncated + heldout_truncated
-    cut = f", {num_cut} sequences cut to seq_len {spec.seq_len}" if num_cut else ""
+    cut = (
+        f", {data.num_truncated} sequences cut to seq_len {spec.seq_len}"
+        if data.num_truncated
+        else ""
+    )
     return PreparedData(
         shards=shards,
-        heldout=encode_examples(heldout_sets),
-        summary=f"{len(examples)} {kind} examples into {len(shards)} shards and "
-        f"{len(heldout)} held-out{cut}",
+        heldout=encode_examples(data.heldout),
+        summary=f"{data.num_examples} {kind} examples into {len(shards)} shards and "
+        f"{data.num_heldout} held-out{cut}",
+        shard_samples=[len(part) for part in parts],
+        num_tokens=sum(len(s.ids) for s in data.train.values()),
+        num_heldout=data.num_heldout,
     )
 
 
@@ -190,53 +275,52 @@ class JobService:
         blobs: BlobStore,
         rounds: RoundService,
         catalog: ModelCatalog,
+        ledger: Ledger,
         datasets_dir: Path | None = None,
+        *,
+        on_created: Callable[[], None] = lambda: None,
     ) -> None:
         """`datasets_dir`: where jobs may read JSONL files from (None: builtin datasets only)."""
         self._db = db
         self._blobs = blobs
         self._rounds = rounds
         self._catalog = catalog
+        self._ledger = ledger
         self._datasets_dir = datasets_dir
+        self._on_created = on_created
         # Preparing a job holds a whole model and its tokenized data in memory: one at a time.
         self._preparing = threading.Lock()
 
-    def create_job(self, spec: JobSpec, metadata: dict[str, str] | None = None) -> Job:
-        """Validate and prepare a job, then queue it with round 0 open.
+    # -- creating and preparing -----------------------------------------------------------
 
-        Everything that can fail on the user's input (the model, the data, the settings) fails
-        here, before anything is stored.
+    def create_job(
+        self,
+        spec: JobSpec,
+        metadata: dict[str, str] | None = None,
+        *,
+        owner: str = DEFAULT_OWNER,
+    ) -> Job:
+        """Check a job's input and store it as `validating_files`; `prepare_next` queues it.
+
+        Mistakes in the settings, the model name or any line of the data fail here, before
+        anything is stored.
         """
-        with self._preparing:
-            return self._create_job(spec, metadata)
-
-    def _create_job(self, spec: JobSpec, metadata: dict[str, str] | None) -> Job:
-        base = self._catalog.resolve(spec.model, seed=spec.seed, chat=spec.method != "lm")
-        data = prepare_data(spec, base.tokenizer, base.config, self._datasets_dir)
-        model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
-        # Frozen weights travel only when workers need them: under LoRA, and for DPO's reference.
-        needs_base = spec.adapter == "lora" or spec.method == "dpo"
-        if needs_base:
-            base.store(self._blobs)
-        config_sha = self._blobs.put_bytes(config_to_bytes(base.config))
-        heldout_sha = self._blobs.put_bytes(data.heldout)
-        shard_shas = [self._blobs.put_bytes(shard) for shard in data.shards]
-        params_sha = self._blobs.put_bytes(state_to_bytes(trainable_state(model)))
-
+        check_account(owner)
+        self._validate(spec)
         now = time.time()
         job = Job(
             id=new_id("ftjob"),
-            status=JobStatus.QUEUED.value,
+            status=JobStatus.VALIDATING_FILES.value,
             model=spec.model,
             spec=spec.to_dict(),
             created_at=now,
             metadata_=metadata,
-            model_config_sha256=config_sha,
-            heldout_sha256=heldout_sha,
-            shard_sha256s=shard_shas,
-            base_sha256s=base.weight_sha256s if needs_base else [],
-            param_shapes={n: list(s) for n, s in parameter_shapes(model).items()},
-            num_trainable_params=count_parameters(model),
+            owner=owner,
+            model_config_sha256="",
+            heldout_sha256="",
+            shard_sha256s=[],
+            param_shapes={},
+            num_trainable_params=0,
             tasks_created=0,
             rounds_completed=0,
             trained_tokens=0,
@@ -244,23 +328,227 @@ class JobService:
         with self._db.transaction() as session:
             session.add(job)
             session.flush()
+            add_event(session, job.id, f"validating {spec.dataset} for {spec.model}")
+        logger.info("job %s created by %s: %s on %s", job.id, owner, spec.method, spec.model)
+        self._on_created()
+        return job
+
+    def _validate(self, spec: JobSpec) -> None:
+        """Every check of a job's input that needs no model weights: the model exists, every
+        example parses and fits, and there is enough data for the shards and a held-out set."""
+        base = self._known_model(spec.model)
+        config = self._catalog.config(base, chat=spec.method != "lm")
+        if spec.method == "lm":
+            check_context(spec, config)
+            prepare_tokens(spec)
+        else:
+            tokenize_data(spec, self._catalog.tokenizer(base), config, self._datasets_dir)
+
+    def _known_model(self, name: str) -> str:
+        """The catalog model whose tokenizer and config `name` has (a checkpoint: its job's)."""
+        if name.startswith("ftckpt-") and self._catalog.manifest(name) is None:
+            with self._db.transaction() as session:
+                checkpoint = session.get(Checkpoint, name)
+                if checkpoint is not None:
+                    return self._known_model(session.get_one(Job, checkpoint.job_id).model)
+        self._catalog.require(name)
+        return name
+
+    def prepare_next(self) -> str | None:
+        """Prepare the oldest job still validating and queue it; returns its id (None: none)."""
+        with self._db.transaction() as session:
+            job = session.scalars(
+                select(Job)
+                .where(Job.status == JobStatus.VALIDATING_FILES.value)
+                .order_by(Job.created_at)
+                .limit(1)
+            ).first()
+        if job is None:
+            return None
+        with self._preparing:
+            try:
+                prepared = self._prepare(job)
+            except ConfigError as exc:  # the user's input: say what to fix
+                self._fail(job.id, "user_error", str(exc))
+                return job.id
+            except Exception as exc:  # ours: log it, and tell the user it was not their fault
+                logger.exception("job %s: preparing failed", job.id)
+                self._fail(job.id, "platform_error", f"preparing the job failed: {exc}")
+                return job.id
+        self._queue(job.id, prepared)
+        return job.id
+
+    def _prepare(self, job: Job) -> dict[str, Any]:
+        """Everything a queued job needs, built and stored; returns the job's new fields."""
+        spec = JobSpec(**job.spec)
+        if spec.model.startswith("ftckpt-"):
+            self._materialize_checkpoint(spec.model)
+        base = self._catalog.resolve(spec.model, seed=spec.seed, chat=spec.method != "lm")
+        data = prepare_data(spec, base.tokenizer, base.config, self._datasets_dir)
+        model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
+        # Frozen weights travel only when workers need them: under LoRA, and for DPO's reference.
+        needs_base = spec.adapter == "lora" or spec.method == "dpo"
+        if needs_base:
+            base.store(self._blobs)
+        num_params = count_parameters(model, trainable_only=False)
+        num_trainable = count_parameters(model)
+        num_samples = sum(data.shard_samples)
+        return {
+            "model_config_sha256": self._blobs.put_bytes(config_to_bytes(base.config)),
+            "heldout_sha256": self._blobs.put_bytes(data.heldout),
+            "shard_sha256s": [self._blobs.put_bytes(shard) for shard in data.shards],
+            "base_sha256s": base.weight_sha256s if needs_base else [],
+            "param_shapes": {n: list(s) for n, s in parameter_shapes(model).items()},
+            "num_trainable_params": num_trainable,
+            "num_model_params": num_params,
+            "memory_bytes": estimate_memory_bytes(
+                spec, num_params=num_params, num_trainable=num_trainable, config=base.config
+            ),
+            "shard_samples": data.shard_samples,
+            "tokens_per_sample": data.num_tokens / max(1, num_samples),
+            "initial_params_sha256": self._blobs.put_bytes(state_to_bytes(trainable_state(model))),
+            "estimated_credits": micro_credits(
+                estimate_job_flops(
+                    spec,
+                    num_params=num_params,
+                    tokens_per_sample=data.num_tokens / max(1, num_samples),
+                    num_samples=num_samples,
+                    num_heldout=data.num_heldout,
+                    num_train_tasks=spec.min_clients,
+                )
+            ),
+            "summary": data.summary,
+        }
+
+    def _materialize_checkpoint(self, checkpoint_id: str) -> None:
+        """Store a checkpoint's merged model in the catalog, so a job can start from it."""
+        if self._catalog.manifest(checkpoint_id) is not None:
+            return
+        with self._db.transaction() as session:
+            checkpoint = session.get(Checkpoint, checkpoint_id)
+            if checkpoint is None:
+                raise ConfigError(f"no checkpoint {checkpoint_id!r}")
+            source = session.get_one(Job, checkpoint.job_id)
+        params = state_from_bytes(self._blobs.read(checkpoint.params_sha256))
+        store_merged(source, params, self._blobs, self._catalog, name=checkpoint_id)
+
+    def _queue(self, job_id: str, prepared: dict[str, Any]) -> None:
+        now = time.time()
+        summary = prepared.pop("summary")
+        with self._db.transaction() as session:
+            job = session.get_one(Job, job_id, with_for_update=True)
+            if job.status != JobStatus.VALIDATING_FILES.value:  # cancelled meanwhile
+                return
+            for name, value in prepared.items():
+                setattr(job, name, value)
+            job.status = JobStatus.QUEUED.value
+            job.queued_at = now
+            spec = JobSpec(**job.spec)
             add_event(
                 session,
                 job.id,
-                f"validated {data.summary}; {spec.model} ({spec.method}, {spec.adapter}) has "
-                f"{job.num_trainable_params:,} trainable parameters",
+                f"validated {summary}; {spec.model} ({spec.method}, {spec.adapter}) has "
+                f"{job.num_trainable_params:,} trainable parameters; queued, estimated "
+                f"{format_credits(job.estimated_credits)} credits",
             )
-            self._rounds.start_job(session, job, params_sha, now)
         logger.info(
-            "job %s created: %s %s on %s, %d rounds, %s trainable parameters",
-            job.id,
+            "job %s queued: %s %s on %s, %s trainable parameters, ~%s credits",
+            job_id,
             spec.method,
             spec.adapter,
             spec.model,
-            spec.num_rounds,
             f"{job.num_trainable_params:,}",
+            format_credits(job.estimated_credits),
         )
+
+    def _fail(self, job_id: str, code: str, message: str) -> None:
+        now = time.time()
+        with self._db.transaction() as session:
+            job = session.get_one(Job, job_id, with_for_update=True)
+            if JobStatus(job.status).is_terminal:
+                return
+            job.status = JobStatus.FAILED.value
+            job.finished_at = now
+            job.error = {"code": code, "message": message, "param": None}
+            self._rounds.stop_tasks(session, job, now)
+            add_event(session, job.id, message, level="error")
+        logger.warning("job %s failed (%s): %s", job_id, code, message)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def pause(self, job_id: str) -> Job:
+        """Stop leasing a job's tasks; running ones are revoked and will run again on resume."""
+        now = time.time()
+        with self._db.transaction() as session:
+            job = self._locked(session, job_id)
+            check_job_move(JobStatus(job.status), JobStatus.PAUSED)
+            job.status = JobStatus.PAUSED.value
+            revoked = self._revoke_leases(session, job, now)
+            add_event(session, job.id, f"paused ({revoked} running tasks revoked)")
+            return job
+
+    def resume(self, job_id: str) -> Job:
+        """A paused job runs again (or, if it never started, goes back to the queue)."""
+        now = time.time()
+        with self._db.transaction() as session:
+            job = self._locked(session, job_id)
+            target = JobStatus.RUNNING if job.started_at is not None else JobStatus.QUEUED
+            if job.status != JobStatus.PAUSED.value:
+                check_job_move(JobStatus(job.status), target)  # explains why not
+            job.status = target.value
+            for round_ in session.scalars(
+                select(Round).where(Round.job_id == job.id, Round.status == "open")
+            ):
+                round_.deadline_at = now + self._rounds.timeout_s(session, job, now)
+            session.execute(
+                update(Task)
+                .where(Task.job_id == job.id, Task.status == TaskStatus.PENDING.value)
+                .values(available_since=now)
+            )
+            add_event(session, job.id, f"resumed ({target.value})")
+            return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a job for good; work already accepted is still paid for."""
+        now = time.time()
+        with self._db.transaction() as session:
+            job = self._locked(session, job_id)
+            check_job_move(JobStatus(job.status), JobStatus.CANCELLED)
+            job.status = JobStatus.CANCELLED.value
+            job.finished_at = now
+            self._rounds.stop_tasks(session, job, now)
+            self._rounds.grant_job(session, job)
+            add_event(session, job.id, "cancelled")
+            return job
+
+    @staticmethod
+    def _locked(session: Session, job_id: str) -> Job:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
         return job
+
+    @staticmethod
+    def _revoke_leases(session: Session, job: Job, now: float) -> int:
+        revoked = 0
+        for task in session.scalars(
+            select(Task).where(Task.job_id == job.id, Task.status == TaskStatus.LEASED.value)
+        ):
+            for lease in session.scalars(
+                select(Lease).where(
+                    Lease.task_id == task.id, Lease.outcome == LeaseOutcome.ACTIVE.value
+                )
+            ):
+                lease.outcome = LeaseOutcome.CANCELLED.value
+                lease.ended_at = now
+            task.status = TaskStatus.PENDING.value
+            task.worker_id = None
+            task.lease_deadline = None
+            task.available_since = now
+            revoked += 1
+        return revoked
+
+    # -- reading ---------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> Job:
         with self._db.transaction() as session:
@@ -291,6 +579,43 @@ class JobService:
                 session.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.index))
             )
 
+    def list_tasks(self, job_id: str) -> list[tuple[Task, list[DataSpan]]]:
+        """Every task of a job with its data spans, in round order."""
+        self.get_job(job_id)
+        with self._db.transaction() as session:
+            tasks = list(
+                session.scalars(
+                    select(Task).where(Task.job_id == job_id).order_by(Task.round_index, Task.index)
+                )
+            )
+            by_task: dict[str, list[DataSpan]] = {}
+            for span in session.scalars(
+                select(DataSpan)
+                .where(DataSpan.job_id == job_id, DataSpan.task_id.is_not(None))
+                .order_by(DataSpan.id)
+            ):
+                by_task.setdefault(span.task_id or "", []).append(span)
+            return [(task, by_task.get(task.id, [])) for task in tasks]
+
+    def list_checkpoints(
+        self, job_id: str, *, after: str | None = None, limit: int = 10
+    ) -> tuple[list[Checkpoint], bool]:
+        """A job's checkpoints, newest first, and whether there are more."""
+        self.get_job(job_id)
+        with self._db.transaction() as session:
+            query = (
+                select(Checkpoint)
+                .where(Checkpoint.job_id == job_id)
+                .order_by(Checkpoint.version.desc())
+            )
+            if after is not None:
+                anchor = session.get(Checkpoint, after)
+                if anchor is None or anchor.job_id != job_id:
+                    raise NotFoundError(f"no checkpoint {after!r} of job {job_id} to page after")
+                query = query.where(Checkpoint.version < anchor.version)
+            rows = list(session.scalars(query.limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
     def tasks_accepted(self, job_id: str) -> dict[int, int]:
         """Round index -> how many of its tasks have an accepted result."""
         with self._db.transaction() as session:
@@ -300,6 +625,10 @@ class JobService:
                 .group_by(Task.round_index)
             )
             return {index: count for index, count in rows}
+
+    def spending(self, job_id: str) -> dict[str, int]:
+        with self._db.transaction() as session:
+            return self._ledger.job_spending(session, job_id)
 
     def list_events(self, job_id: str, limit: int = 100) -> list[Event]:
         self.get_job(job_id)

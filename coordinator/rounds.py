@@ -1,9 +1,16 @@
-"""The life of a round: open it with one train task per online worker, close it with an outer step.
+"""The life of a round: open it with train tasks for the job's workers, close it with an outer step.
 
 Each round also carries one evaluate task, which a worker runs on the held-out set for the
 version the round starts from; after the last training round a final round only evaluates, and
 closing it packages the result (adapter and merged model). So version r's held-out metrics
 belong to round r, and the coordinator never runs the model itself while training.
+
+A round closes once its evaluation is in and every train task is accepted, or, after its
+deadline, as soon as a quorum of them is. Its step averages the accepted pseudo-gradients
+(weighted by tokens) together with late results of earlier rounds (weighted down by their
+staleness). Train tasks still running at the close either keep running, to be applied later
+(`late_updates=stale`), or are revoked (`drop`); tasks nobody took are cancelled, and their data
+spans go back to the free list. Credit for the round's results is granted when it closes.
 
 Closing is claimed with a conditional update (`open` -> `aggregating`), so exactly one
 coordinator steps a round even when several share the database; a crash while aggregating is
@@ -14,30 +21,54 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from swarm.compression import make_delta
+from swarm.coordinator import spans
 from swarm.coordinator.aggregation import average_payloads, nesterov_step
 from swarm.coordinator.artifacts import build_artifacts
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
-from swarm.coordinator.storage import Database, Event, Job, Lease, Round, Task, Worker
+from swarm.coordinator.ledger import Ledger
+from swarm.coordinator.storage import (
+    Checkpoint,
+    Database,
+    Event,
+    Job,
+    Lease,
+    Round,
+    Task,
+    Worker,
+)
 from swarm.models import state_from_bytes, state_to_bytes
 from swarm.scheduler import (
     JobSpec,
     JobStatus,
+    LeaseOutcome,
     RoundStatus,
     TaskStatus,
     check_job_move,
     num_tasks_for_round,
     shard_for_task,
     task_seed,
+    worker_account,
+)
+from swarm.scheduler.work import (
+    effective_flops_per_s,
+    expected_task_s,
+    quorum_count,
+    reference_speed,
+    round_timeout_s,
+    samples_per_task,
+    staleness_weight,
+    task_flops,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,42 +85,78 @@ class Version:
     delta_bytes: int | None = None
 
 
+def _read_state(blobs: BlobStore, sha256: str) -> dict[str, torch.Tensor]:
+    return state_from_bytes(blobs.read(sha256))
+
+
+def _put_state(blobs: BlobStore, state: dict[str, torch.Tensor]) -> str:
+    return blobs.put_bytes(state_to_bytes(state))
+
+
+def new_checkpoint_id(job_id: str, version: int) -> str:
+    return f"ftckpt-{job_id.removeprefix('ftjob-')[:24]}-{version}"
+
+
 class RoundService:
     def __init__(
-        self, db: Database, blobs: BlobStore, catalog: ModelCatalog, *, worker_online_s: float
+        self,
+        db: Database,
+        blobs: BlobStore,
+        catalog: ModelCatalog,
+        ledger: Ledger,
+        *,
+        worker_online_s: float,
+        max_task_s: float = 3600.0,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._catalog = catalog
+        self._ledger = ledger
         self._worker_online_s = worker_online_s
+        self._max_task_s = max_task_s
 
-    def start_job(self, session: Session, job: Job, params_sha256: str, now: float) -> None:
+    def start_job(self, session: Session, job: Job, now: float) -> None:
+        """A queued job starts: round 0 opens at its initial parameters."""
         check_job_move(JobStatus(job.status), JobStatus.RUNNING)
         job.status = JobStatus.RUNNING.value
         job.started_at = now
+        params = job.initial_params_sha256 or ""
         self.open_round(
-            session,
-            job,
-            0,
-            Version(params_sha256=params_sha256, worker_params_sha256=params_sha256),
-            now,
+            session, job, 0, Version(params_sha256=params, worker_params_sha256=params), now
         )
 
     def open_round(
-        self, session: Session, job: Job, index: int, version: Version, now: float
+        self,
+        session: Session,
+        job: Job,
+        index: int,
+        version: Version,
+        now: float,
+        *,
+        train: bool = True,
     ) -> Round:
         spec = JobSpec(**job.spec)
-        online = (
+        online = Worker.last_seen_at >= now - self._worker_online_s
+        mine = (
             session.scalar(
                 select(func.count())
                 .select_from(Worker)
-                .where(Worker.last_seen_at >= now - self._worker_online_s)
+                .where(online, Worker.assigned_job_id == job.id)
             )
             or 0
         )
-        # Training rounds get one train task per online worker; the round after the last one only
-        # measures the final version. Every round's last task evaluates the version it starts from.
-        num_train = num_tasks_for_round(spec, online) if index < spec.num_rounds else 0
+        unplaced = (
+            session.scalar(
+                select(func.count())
+                .select_from(Worker)
+                .where(online, Worker.assigned_job_id.is_(None))
+            )
+            or 0
+        )
+        # Training rounds get one train task per worker placed on the job (or not yet placed
+        # anywhere); the final round only measures the last version. Every round's last task
+        # evaluates the version it starts from.
+        num_train = num_tasks_for_round(spec, mine + unplaced) if train else 0
         num_tasks = num_train + 1
         round_ = Round(
             job_id=job.id,
@@ -103,10 +170,12 @@ class RoundService:
             num_tasks=num_tasks,
             num_train_tasks=num_train,
             opened_at=now,
+            deadline_at=now + self.timeout_s(session, job, now),
             tokens=0,
             bytes_up=0,
             bytes_down=0,
             num_clients=0,
+            num_late=0,
         )
         session.add(round_)
         session.flush()
@@ -128,29 +197,69 @@ class RoundService:
             )
         job.tasks_created += num_train
         logger.info(
-            "job %s round %d opened with %d train tasks and an evaluation (%d workers online)",
+            "job %s round %d opened with %d train tasks and an evaluation (%d workers placed)",
             job.id,
             index,
             num_train,
-            online,
+            mine,
         )
         return round_
 
-    def rounds_ready(self) -> list[int]:
-        """Open rounds of running jobs whose every task has an accepted result."""
-        with self._db.transaction() as session:
-            unfinished = select(Task.round_id).where(Task.status != TaskStatus.ACCEPTED.value)
-            return list(
-                session.scalars(
-                    select(Round.id)
-                    .join(Job, Job.id == Round.job_id)
-                    .where(
-                        Round.status == RoundStatus.OPEN.value,
-                        Job.status == JobStatus.RUNNING.value,
-                        Round.id.not_in(unfinished),
-                    )
-                )
+    def timeout_s(self, session: Session, job: Job, now: float) -> float:
+        """How long a round waits for all its train tasks: a few nominal task times."""
+        spec = JobSpec(**job.spec)
+        speeds = session.execute(
+            select(Worker.flops_per_s, Worker.hardware).where(
+                Worker.assigned_job_id == job.id,
+                Worker.last_seen_at >= now - self._worker_online_s,
             )
+        )
+        speed = reference_speed(
+            effective_flops_per_s(measured, hardware.get("flops_per_s", 0))
+            for measured, hardware in speeds
+        )
+        tokens = round(samples_per_task(spec) * (job.tokens_per_sample or 0.0))
+        flops = task_flops(spec, job.num_model_params, tokens)
+        return round_timeout_s(spec, expected_task_s(flops, speed), self._max_task_s)
+
+    def rounds_ready(self, now: float | None = None) -> list[int]:
+        """Open rounds of running jobs that may close now."""
+        now = time.time() if now is None else now
+        ready = []
+        with self._db.transaction() as session:
+            rows = session.execute(
+                select(Round, Job)
+                .join(Job, Job.id == Round.job_id)
+                .where(
+                    Round.status == RoundStatus.OPEN.value, Job.status == JobStatus.RUNNING.value
+                )
+            ).all()
+            for round_, job in rows:
+                tasks = list(session.scalars(select(Task).where(Task.round_id == round_.id)))
+                if self._may_close(session, job, round_, tasks, now):
+                    ready.append(round_.id)
+        return ready
+
+    def _may_close(
+        self, session: Session, job: Job, round_: Round, tasks: list[Task], now: float
+    ) -> bool:
+        if any(t.kind == "evaluate" and t.status != TaskStatus.ACCEPTED.value for t in tasks):
+            return False
+        train = [t for t in tasks if t.kind == "train" and t.status != TaskStatus.CANCELLED.value]
+        live = [t for t in train if t.status != TaskStatus.ACCEPTED.value]
+        if not live:
+            return True
+        if all(
+            t.inner_steps is None and t.status == TaskStatus.PENDING.value for t in live
+        ) and not spans.data_left(session, job, self._blobs):
+            return True  # the job's data is all cut: these tasks will never get any
+        accepted = len(train) - len(live)
+        deadline = round_.deadline_at
+        return (
+            deadline is not None
+            and now >= deadline
+            and accepted >= quorum_count(JobSpec(**job.spec), len(train))
+        )
 
     def recover(self) -> int:
         """Reopen rounds a crashed coordinator left half-aggregated; returns how many."""
@@ -163,7 +272,7 @@ class RoundService:
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def close_round(self, round_id: int) -> bool:
-        """Aggregate a complete round and publish the next version; False if someone else did."""
+        """Aggregate a round and publish the next version; False if someone else did."""
         with self._db.transaction() as session:
             claimed = session.execute(
                 update(Round)
@@ -178,29 +287,43 @@ class RoundService:
             round_ = session.get_one(Round, round_id)
             job = session.get_one(Job, round_.job_id)
             tasks = list(session.scalars(select(Task).where(Task.round_id == round_id)))
+            late = list(
+                session.scalars(
+                    select(Task).where(
+                        Task.job_id == job.id,
+                        Task.kind == "train",
+                        Task.status == TaskStatus.ACCEPTED.value,
+                        Task.applied_round.is_(None),
+                        Task.round_index < round_.index,
+                    )
+                )
+            )
         began = time.perf_counter()
         spec = JobSpec(**job.spec)
-        train = [t for t in tasks if t.kind == "train"]
+        accepted = [t for t in tasks if t.kind == "train" and t.status == TaskStatus.ACCEPTED.value]
         # Rounds opened before evaluate tasks existed (migration 0003) have none.
         evaluation = next((t.metrics or {} for t in tasks if t.kind == "evaluate"), None)
         version: Version | None = None
         artifacts: dict[str, Any] | None = None
         try:
-            if train:
-                new_params, new_momentum = self._outer_step(job, spec, round_, train)
-                version = self._publish(spec, round_, new_params, new_momentum)
+            if round_.num_train_tasks or accepted or late:
+                version = self._outer_step(job, spec, round_, [*accepted, *late])
             elif job.status == JobStatus.RUNNING.value:  # the final evaluation: package the result
                 artifacts = self._artifacts(job, round_)
         except Exception as exc:  # a platform fault: fail the job loudly, never strand the round
             logger.exception("job %s round %d: closing failed", job.id, round_.index)
             self._fail_job(round_id, f"closing round {round_.index} failed: {exc}")
             return True
-        self._commit_round(round_id, train, evaluation, version, artifacts)
+        self._commit_round(round_id, [*accepted, *late], evaluation, version, artifacts)
         logger.info(
-            "job %s round %d closed in %.2fs: held-out loss of version %d %.4f",
+            "job %s round %d closed in %.2fs with %d of %d train results%s: held-out loss of "
+            "version %d %.4f",
             job.id,
             round_.index,
             time.perf_counter() - began,
+            len(accepted),
+            round_.num_train_tasks or 0,
+            f" and {len(late)} late" if late else "",
             round_.index,
             (evaluation or {}).get("eval_loss", float("nan")),
         )
@@ -217,50 +340,52 @@ class RoundService:
                 job.status = JobStatus.FAILED.value
                 job.finished_at = now
                 job.error = {"code": "platform_error", "message": message, "param": None}
+                self.stop_tasks(session, job, now)
             session.add(
                 Event(job_id=job.id, created_at=now, level="error", type="message", message=message)
             )
 
-    def _outer_step(
-        self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
-        average = average_payloads(
-            [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
-            [float((t.metrics or {}).get("tokens", 1)) for t in tasks],
-            shapes,
-            spec.update_policy(),
-        )
-        params = state_from_bytes(self._blobs.read(round_.params_sha256))
+    def _outer_step(self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]) -> Version:
+        """Average the results (late ones weighted down), step, and publish the next version."""
+        params = _read_state(self._blobs, round_.params_sha256)
         momentum = (
-            state_from_bytes(self._blobs.read(round_.momentum_sha256))
-            if round_.momentum_sha256
-            else None
+            _read_state(self._blobs, round_.momentum_sha256) if round_.momentum_sha256 else None
         )
-        return nesterov_step(
-            params,
-            average,
-            momentum,
-            lr=spec.outer_lr,
-            momentum=spec.outer_momentum,
-        )
+        if tasks:
+            shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
+            average = average_payloads(
+                [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
+                [
+                    float((t.metrics or {}).get("tokens", 1))
+                    * staleness_weight(round_.index - t.round_index)
+                    for t in tasks
+                ],
+                shapes,
+                spec.update_policy(),
+            )
+            params, momentum = nesterov_step(
+                params, average, momentum, lr=spec.outer_lr, momentum=spec.outer_momentum
+            )
+        # With no result at all the version is republished unchanged (momentum too), so
+        # workers still find an unbroken run of deltas.
+        return self._publish(spec, round_, params, momentum)
 
     def _publish(
         self,
         spec: JobSpec,
         round_: Round,
         params: dict[str, torch.Tensor],
-        momentum: dict[str, torch.Tensor],
+        momentum: dict[str, torch.Tensor] | None,
     ) -> Version:
         """Store the next version and the broadcast delta workers of this version apply."""
-        held = state_from_bytes(self._blobs.read(round_.worker_params_sha256))
+        held = _read_state(self._blobs, round_.worker_params_sha256)
         delta, worker_params = make_delta(
             held, params, spec.broadcast_policy(), seed=task_seed(spec.seed, round_.index + 1, 0)
         )
         return Version(
-            params_sha256=self._blobs.put_bytes(state_to_bytes(params)),
-            momentum_sha256=self._blobs.put_bytes(state_to_bytes(momentum)),
-            worker_params_sha256=self._blobs.put_bytes(state_to_bytes(worker_params)),
+            params_sha256=_put_state(self._blobs, params),
+            momentum_sha256=_put_state(self._blobs, momentum) if momentum is not None else None,
+            worker_params_sha256=_put_state(self._blobs, worker_params),
             delta_sha256=self._blobs.put_bytes(delta),
             delta_bytes=len(delta),
         )
@@ -270,13 +395,13 @@ class RoundService:
 
         Built from the workers' copy of the version, the one the final evaluation measured.
         """
-        params = state_from_bytes(self._blobs.read(round_.worker_params_sha256))
+        params = _read_state(self._blobs, round_.worker_params_sha256)
         return build_artifacts(job, params, self._blobs, self._catalog)
 
     def _commit_round(
         self,
         round_id: int,
-        train: list[Task],
+        applied: list[Task],
         evaluation: dict[str, Any] | None,
         version: Version | None,
         artifacts: dict[str, Any] | None,
@@ -292,18 +417,22 @@ class RoundService:
                     func.coalesce(func.sum(Lease.bytes_down), 0),
                 ).where(Lease.round_id == round_id)
             ).one()
-            metrics = [t.metrics or {} for t in train]
+            own = [t for t in applied if t.round_id == round_id]
+            metrics = [t.metrics or {} for t in applied]
+            own_metrics = [t.metrics or {} for t in own] or metrics
             tokens = sum(int(m.get("tokens", 0)) for m in metrics)
-            if train:
+            own_tokens = sum(int(m.get("tokens", 0)) for m in own_metrics)
+            if applied:
                 round_.train_loss = sum(
-                    m.get("loss_mean", 0.0) * m.get("tokens", 0) for m in metrics
-                ) / max(tokens, 1)
+                    m.get("loss_mean", 0.0) * m.get("tokens", 0) for m in own_metrics
+                ) / max(own_tokens, 1)
             if evaluation is not None:
                 round_.eval_metrics = held_out_metrics(spec.method, evaluation)
                 round_.eval_loss = round_.eval_metrics["loss"]
                 job.eval_loss = round_.eval_loss
                 job.eval_metrics = round_.eval_metrics
             round_.tokens = tokens
+            round_.num_late = len(applied) - len(own)
             round_.bytes_up, round_.bytes_down = int(totals[0]), int(totals[1])
             round_.num_clients = len({m.get("worker_id") for m in metrics})
             round_.status = RoundStatus.CLOSED.value
@@ -311,39 +440,185 @@ class RoundService:
             if round_.index == 0:
                 job.initial_eval_loss = round_.eval_loss
                 job.initial_eval_metrics = round_.eval_metrics
-            job.rounds_completed = min(round_.index + 1, spec.num_rounds)
+            final = version is None
+            job.rounds_completed = round_.index + (0 if final else 1)
             job.trained_tokens += tokens
+            for task in applied:
+                session.get_one(Task, task.id).applied_round = round_.index
+            dropped = self._settle_unfinished(session, job, spec, round_, now)
+            self.grant_round(session, job, round_)
             session.add(
                 Event(
                     job_id=job.id,
                     created_at=now,
                     level="info",
                     type="metrics",
-                    message=_round_message(round_, spec.num_rounds),
+                    message=_round_message(round_, final, dropped),
                     data=round_summary(round_),
                 )
             )
+            if self._is_checkpoint(spec, round_.index, final):
+                self._add_checkpoint(session, job, round_, now)
             if job.status != JobStatus.RUNNING.value:
                 return
             if version is not None:
-                self.open_round(session, job, round_.index + 1, version, now)
+                train_next = self._trains_again(session, job, spec, round_.index + 1)
+                if not train_next:
+                    self.stop_tasks(session, job, now)  # late tasks have no round left to join
+                self.open_round(session, job, round_.index + 1, version, now, train=train_next)
                 return
             job.status = JobStatus.SUCCEEDED.value
             job.finished_at = now
             job.result_params_sha256 = round_.worker_params_sha256
             job.artifacts = artifacts
+            self.grant_job(session, job)
             session.add(
                 Event(
                     job_id=job.id,
                     created_at=now,
                     level="info",
                     type="message",
-                    message=f"job succeeded after {spec.num_rounds} rounds: held-out "
+                    message=f"job succeeded after {round_.index} rounds: held-out "
                     f"{describe_metrics(job.initial_eval_metrics)} -> "
                     f"{describe_metrics(job.eval_metrics)}; artifacts: "
                     f"{', '.join(sorted(artifacts or {}))}",
                 )
             )
+
+    def _trains_again(self, session: Session, job: Job, spec: JobSpec, index: int) -> bool:
+        """Whether round `index` trains, or is the final evaluation."""
+        if not spec.finishes_by_epochs():
+            return index < spec.num_rounds
+        unapplied = session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(
+                Task.job_id == job.id,
+                Task.kind == "train",
+                Task.status == TaskStatus.ACCEPTED.value,
+                Task.applied_round.is_(None),
+            )
+        )
+        return bool(unapplied) or not spans.data_done(session, job, self._blobs)
+
+    def _settle_unfinished(
+        self, session: Session, job: Job, spec: JobSpec, round_: Round, now: float
+    ) -> int:
+        """Cancel what the closed round leaves behind; returns how many running tasks were
+        revoked. Tasks nobody holds are cancelled. Running ones keep going (stale mode) until
+        their result could only be applied more than `max_staleness` versions late."""
+        horizon = round_.index + 1 - (spec.max_staleness if spec.late_updates == "stale" else 0)
+        unfinished = session.scalars(
+            select(Task).where(
+                Task.job_id == job.id,
+                Task.kind == "train",
+                Task.status.in_([TaskStatus.PENDING.value, TaskStatus.LEASED.value]),
+                or_(
+                    Task.round_id == round_.id,
+                    Task.round_index < horizon,
+                ),
+            )
+        )
+        revoked = 0
+        for task in unfinished:
+            if task.status == TaskStatus.LEASED.value and task.round_index >= horizon:
+                continue  # stale mode: may still be applied by a later round
+            revoked += task.status == TaskStatus.LEASED.value
+            self._cancel_task(session, task, now)
+        return revoked
+
+    def _cancel_task(self, session: Session, task: Task, now: float) -> None:
+        for lease in session.scalars(
+            select(Lease).where(
+                Lease.task_id == task.id, Lease.outcome == LeaseOutcome.ACTIVE.value
+            )
+        ):
+            lease.outcome = LeaseOutcome.CANCELLED.value
+            lease.ended_at = now
+        task.status = TaskStatus.CANCELLED.value
+        task.worker_id = None
+        task.lease_deadline = None
+        spans.release(session, task.id)
+
+    def stop_tasks(
+        self,
+        session: Session,
+        job: Job,
+        now: float,
+        *,
+        kinds: Iterable[str] = ("train", "evaluate"),
+    ) -> None:
+        """Cancel every unfinished task of the job (it stopped, or has no round left to run)."""
+        for task in session.scalars(
+            select(Task).where(
+                Task.job_id == job.id,
+                Task.kind.in_(list(kinds)),
+                Task.status.in_([TaskStatus.PENDING.value, TaskStatus.LEASED.value]),
+            )
+        ):
+            self._cancel_task(session, task, now)
+
+    def grant_round(self, session: Session, job: Job, round_: Round) -> None:
+        """Grant the credit of the results this round's close used: its evaluation, and the
+        train results its step applied."""
+        tasks = session.scalars(
+            select(Task).where(
+                Task.job_id == job.id,
+                Task.status == TaskStatus.ACCEPTED.value,
+                or_(
+                    Task.applied_round == round_.index,
+                    (Task.round_id == round_.id) & (Task.kind == "evaluate"),
+                ),
+            )
+        )
+        self._grant(session, job, tasks)
+
+    def grant_job(self, session: Session, job: Job) -> None:
+        """Grant every accepted result of a job that has ended (honest work is paid)."""
+        tasks = session.scalars(
+            select(Task).where(Task.job_id == job.id, Task.status == TaskStatus.ACCEPTED.value)
+        )
+        self._grant(session, job, tasks)
+
+    def _grant(self, session: Session, job: Job, tasks: Iterable[Task]) -> None:
+        accounts: dict[str, str] = {}
+        for task in tasks:
+            worker_id = (task.metrics or {}).get("worker_id") or task.worker_id or ""
+            if worker_id not in accounts:
+                worker = session.get(Worker, worker_id)
+                accounts[worker_id] = (worker.account_id if worker else None) or worker_account(
+                    worker_id
+                )
+            self._ledger.grant(session, task, accounts[worker_id], job.owner)
+
+    @staticmethod
+    def _is_checkpoint(spec: JobSpec, version: int, final: bool) -> bool:
+        if version == 0:
+            return False
+        return final or (spec.checkpoint_every > 0 and version % spec.checkpoint_every == 0)
+
+    def _add_checkpoint(self, session: Session, job: Job, round_: Round, now: float) -> None:
+        """Keep version `round_.index` (measured by this round's evaluation) as a checkpoint."""
+        previous = session.scalars(
+            select(Round).where(Round.job_id == job.id, Round.index == round_.index - 1)
+        ).first()
+        metrics: dict[str, Any] = {"step": round_.index}
+        if previous is not None and previous.train_loss is not None:
+            metrics["train_loss"] = previous.train_loss
+        for key, value in (round_.eval_metrics or {}).items():
+            if key != "examples":
+                metrics[f"valid_{'mean_' if 'accuracy' in key else ''}{key}"] = value
+        session.add(
+            Checkpoint(
+                id=new_checkpoint_id(job.id, round_.index),
+                job_id=job.id,
+                version=round_.index,
+                step_number=round_.index,
+                params_sha256=round_.worker_params_sha256,
+                metrics=metrics,
+                created_at=now,
+            )
+        )
 
 
 HELD_OUT_KEYS = {
@@ -372,14 +647,16 @@ def describe_metrics(metrics: dict[str, float] | None) -> str:
     )
 
 
-def _round_message(round_: Round, num_rounds: int) -> str:
+def _round_message(round_: Round, final: bool, revoked: int) -> str:
     held_out = describe_metrics(round_.eval_metrics)
-    if round_.index >= num_rounds:
+    if final:
         return f"final version: held-out {held_out}"
-    return (
-        f"round {round_.index}: train loss {round_.train_loss:.4f}; held-out at its start "
-        f"{held_out}"
+    train = (
+        "no train results" if round_.train_loss is None else f"train loss {round_.train_loss:.4f}"
     )
+    late = f", {round_.num_late} late results applied" if round_.num_late else ""
+    dropped = f", {revoked} unfinished tasks revoked" if revoked else ""
+    return f"round {round_.index}: {train}{late}{dropped}; held-out at its start {held_out}"
 
 
 def round_summary(round_: Round) -> dict[str, Any]:
@@ -395,8 +672,10 @@ def round_summary(round_: Round) -> dict[str, Any]:
         "bytes_up": round_.bytes_up,
         "bytes_down": round_.bytes_down,
         "num_clients": round_.num_clients,
+        "num_late": round_.num_late,
         "num_tasks": round_.num_tasks,
         "delta_bytes": round_.delta_bytes,
         "opened_at": round_.opened_at,
+        "deadline_at": round_.deadline_at,
         "closed_at": round_.closed_at,
     }

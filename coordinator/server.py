@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -20,13 +21,16 @@ from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
+from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
+from swarm.coordinator.scheduling import Scheduler
 from swarm.coordinator.servicer import WorkerServicer
 from swarm.coordinator.settings import CoordinatorSettings
 from swarm.coordinator.storage import Database
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.protocol.service import add_worker_service, new_server
+from swarm.scheduler import ResearchShare
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +38,25 @@ READY_FILE = "coordinator.json"
 
 
 class Housekeeper(threading.Thread):
-    """Expires leases and closes complete rounds; wakes early when a result is accepted."""
+    """Expires leases, closes rounds that may close, starts queued jobs and places workers;
+    wakes early when a result is accepted or a job is queued."""
 
     def __init__(
         self,
         tasks: TaskService,
         rounds: RoundService,
+        scheduler: Scheduler,
         *,
         wake: threading.Event | None = None,
         period_s: float = 0.5,
+        placement_period_s: float = 2.0,
     ) -> None:
         super().__init__(name="housekeeper", daemon=True)
         self._tasks = tasks
         self._rounds = rounds
+        self._scheduler = scheduler
         self._period_s = period_s
+        self._placement_period_s = placement_period_s
         self._wake = wake or threading.Event()
         self._stopping = threading.Event()
 
@@ -59,16 +68,56 @@ class Housekeeper(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        next_placement = 0.0
         while not self._stopping.is_set():
             self._wake.wait(self._period_s)
             self._wake.clear()
             try:
-                self._tasks.expire_leases()
-                for round_id in self._rounds.rounds_ready():
-                    self._rounds.close_round(round_id)
+                place = time.monotonic() >= next_placement
+                self.tick(place=place)
+                if place:
+                    next_placement = time.monotonic() + self._placement_period_s
             except Exception:  # the top of a loop: log and keep the coordinator alive
                 logger.exception("housekeeping failed; retrying in %.1fs", self._period_s)
                 time.sleep(self._period_s)
+
+    def tick(self, *, place: bool = True) -> None:
+        """One round of housekeeping (tests call it directly)."""
+        self._tasks.expire_leases()
+        for round_id in self._rounds.rounds_ready():
+            self._rounds.close_round(round_id)
+        started = self._scheduler.admit_jobs()
+        if place or started:
+            self._scheduler.place_workers()
+
+
+class Preparer(threading.Thread):
+    """Prepares jobs that are validating (loading models, tokenizing data), one at a time, off
+    the housekeeper's thread; a job left validating by a crash is prepared again."""
+
+    def __init__(
+        self, jobs: JobService, *, wake: threading.Event, on_queued: Callable[[], None]
+    ) -> None:
+        super().__init__(name="preparer", daemon=True)
+        self._jobs = jobs
+        self._wake = wake
+        self._on_queued = on_queued
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(5.0)
+            self._wake.clear()
+            try:
+                while not self._stopping.is_set() and self._jobs.prepare_next() is not None:
+                    self._on_queued()
+            except Exception:  # the top of a loop: log and keep the coordinator alive
+                logger.exception("preparing jobs failed; retrying")
+                time.sleep(1.0)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -95,11 +144,27 @@ class Services:
     rounds: RoundService
     tasks: TaskService
     catalog: ModelCatalog
+    ledger: Ledger
     jobs: JobService
+    scheduler: Scheduler
     servicer: WorkerServicer
     housekeeper: Housekeeper
+    preparer: Preparer
     grpc_server: grpc.Server
     grpc_port: int
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        self.housekeeper.start()
+        self.preparer.start()
+
+    def stop(self) -> None:
+        self.housekeeper.stop()
+        self.preparer.stop()
+        self.grpc_server.stop(grace=2.0).wait()
+        self.housekeeper.join(timeout=10)
+        self.preparer.join(timeout=60)
+        self.db.dispose()
 
 
 def build_services(settings: CoordinatorSettings) -> Services:
@@ -109,13 +174,45 @@ def build_services(settings: CoordinatorSettings) -> Services:
     db.migrate()
     blobs = BlobStore(settings.data_dir / "blobs")
     catalog = ModelCatalog(settings.data_dir / "models", blobs)
-    rounds = RoundService(db, blobs, catalog, worker_online_s=settings.worker_online_s)
+    ledger = Ledger(ResearchShare(ppm=round(settings.research_share * 1_000_000)))
+    rounds = RoundService(
+        db,
+        blobs,
+        catalog,
+        ledger,
+        worker_online_s=settings.worker_online_s,
+        max_task_s=settings.max_task_s,
+    )
     reopened = rounds.recover()
     if reopened:
         logger.warning("reopened %d round(s) left mid-aggregation by a previous run", reopened)
     wake = threading.Event()
-    tasks = TaskService(db, settings.lease_policy(), on_result_accepted=wake.set)
-    housekeeper = Housekeeper(tasks, rounds, wake=wake)
+    prepare = threading.Event()
+    tasks = TaskService(
+        db,
+        settings.lease_policy(),
+        blobs,
+        ledger,
+        worker_online_s=settings.worker_online_s,
+        on_result_accepted=wake.set,
+    )
+    scheduler = Scheduler(
+        db,
+        rounds,
+        ledger,
+        worker_online_s=settings.worker_online_s,
+        require_credits=settings.require_credits,
+    )
+    housekeeper = Housekeeper(tasks, rounds, scheduler, wake=wake)
+    jobs = JobService(
+        db,
+        blobs,
+        rounds,
+        catalog,
+        ledger,
+        settings.data_dir / "datasets",
+        on_created=prepare.set,
+    )
     servicer = WorkerServicer(
         WorkerRegistry(db), tasks, blobs, heartbeat_interval_s=settings.heartbeat_interval_s
     )
@@ -135,9 +232,12 @@ def build_services(settings: CoordinatorSettings) -> Services:
         rounds=rounds,
         tasks=tasks,
         catalog=catalog,
-        jobs=JobService(db, blobs, rounds, catalog, settings.data_dir / "datasets"),
+        ledger=ledger,
+        jobs=jobs,
+        scheduler=scheduler,
         servicer=servicer,
         housekeeper=housekeeper,
+        preparer=Preparer(jobs, wake=prepare, on_queued=wake.set),
         grpc_server=grpc_server,
         grpc_port=grpc_port,
     )
@@ -146,24 +246,16 @@ def build_services(settings: CoordinatorSettings) -> Services:
 def run(settings: CoordinatorSettings) -> None:
     """Serve until SIGINT or SIGTERM."""
     services = build_services(settings)
-    db, servicer, grpc_server, housekeeper = (
-        services.db,
-        services.servicer,
-        services.grpc_server,
-        services.housekeeper,
-    )
     grpc_port = services.grpc_port
     http_socket = _bind(settings.host, settings.http_port)
     http_port = http_socket.getsockname()[1]
 
-    app = create_app(db, services.jobs, services.catalog, services.blobs)
-    app.state.servicer = servicer
+    app = create_app(services)
     http_server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
 
-    grpc_server.start()
-    housekeeper.start()
+    services.start()
     _write_ready_file(settings.data_dir, settings.host, grpc_port, http_port)
     logger.info(
         "coordinator serving gRPC on %s:%d and HTTP on http://%s:%d (data in %s)",
@@ -183,10 +275,7 @@ def run(settings: CoordinatorSettings) -> None:
     try:
         http_server.run(sockets=[http_socket])
     finally:
-        housekeeper.stop()
-        grpc_server.stop(grace=2.0).wait()
-        housekeeper.join(timeout=10)
-        db.dispose()
+        services.stop()
         (settings.data_dir / READY_FILE).unlink(missing_ok=True)
         logger.info("coordinator stopped")
 

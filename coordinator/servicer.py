@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,7 @@ class WorkerServicer:
 
     def lease_task(self, request: m.LeaseTaskRequest) -> m.LeaseTaskResponse:
         worker = self._workers.authenticate(request.session, touch=True)
-        response = self._tasks.lease(worker.id)
+        response = self._tasks.lease(worker.id, request.cached_sha256s)
         self.count("tasks_leased" if response.task else "lease_empty")
         return response
 
@@ -84,6 +85,7 @@ class WorkerServicer:
         self, worker_id: str, chunks: Iterator[tuple[int, bytes, int]]
     ) -> Iterator[m.BlobChunk]:
         sent = 0
+        began = time.perf_counter()
         try:
             for offset, data, total in chunks:
                 sent += len(data)
@@ -91,7 +93,7 @@ class WorkerServicer:
         finally:
             self.count("blob_bytes_sent", sent)
             if sent:
-                self._tasks.record_download(worker_id, sent)
+                self._tasks.record_download(worker_id, sent, time.perf_counter() - began)
 
     def submit_result(
         self, header: m.ResultHeader, chunks: Iterator[bytes]

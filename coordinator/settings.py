@@ -28,6 +28,13 @@ class CoordinatorSettings(BaseSettings):
         default=30.0, gt=0, le=86_400, description="a worker seen this recently counts as online"
     )
     grpc_threads: int = Field(default=32, ge=2, le=1024)
+    research_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of each job's spending for research"
+    )
+    require_credits: bool = Field(
+        default=False,
+        description="start a job only if its owner's balance covers its estimated cost",
+    )
     log_level: str = "INFO"
 
     def lease_policy(self) -> LeasePolicy:

@@ -56,6 +56,16 @@ class Worker(Base):
     last_seen_at: Mapped[float] = mapped_column(Float, index=True)
     tasks_accepted: Mapped[int] = mapped_column(Integer, default=0)
     tasks_failed: Mapped[int] = mapped_column(Integer, default=0)
+    account_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    """The ledger account its credits go to (`worker:<id>` unless linked to an owner)."""
+    flops_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Training throughput measured on its accepted tasks (a moving average), FLOP/s."""
+    download_bytes_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Blob download rate measured by the coordinator (a moving average)."""
+    assigned_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    """The job placement gives this worker's train tasks to (None: any)."""
+    cached_sha256s: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """Blobs the worker said it holds at its latest lease request."""
 
 
 class Job(Base):
@@ -87,6 +97,24 @@ class Job(Base):
     eval_metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     artifacts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """kind (`adapter`, `merged`) -> {"files": {relative path: sha256}}."""
+    owner: Mapped[str] = mapped_column(String(80), index=True, default="user:default")
+    """The ledger account that pays for the job's work."""
+    num_model_params: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Every parameter of the model, frozen or not: what each token's compute scales with."""
+    memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Estimated memory a worker needs for one of its train tasks."""
+    shard_samples: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    """Samples (windows, conversations or pairs) in each training shard."""
+    tokens_per_sample: Mapped[float] = mapped_column(Float, default=0.0)
+    data_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    """The epoch new data spans are cut from."""
+    data_cursor: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    """Per shard: how far into this epoch's sample order spans have been cut."""
+    estimated_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Micro-credits the whole job is expected to cost, estimated when it is queued."""
+    queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    initial_params_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The trainable parameters round 0 starts from."""
 
 
 class Round(Base):
@@ -117,6 +145,10 @@ class Round(Base):
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     num_clients: Mapped[int] = mapped_column(Integer, default=0)
+    deadline_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """After this the round closes as soon as a quorum of its train tasks is accepted."""
+    num_late: Mapped[int] = mapped_column(Integer, default=0)
+    """Results of earlier rounds that arrived late and were applied in this round's step."""
 
 
 class Task(Base):
@@ -139,6 +171,87 @@ class Task(Base):
     result_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     accepted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    inner_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """A train task's inner steps, sized at its first lease for the worker that took it, when
+    its data spans are cut (None until then)."""
+    applied_round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The round whose outer step used this result (a late result: a later one)."""
+    credits: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Micro-credits the accepted work earns."""
+
+
+class DataSpan(Base):
+    """A run of consecutive positions in one shard's sample order for one epoch.
+
+    `free` spans wait to be leased (returned by tasks that will never finish), `assigned` ones
+    belong to one live task, `consumed` ones to one accepted task. Within an epoch the consumed
+    spans of a shard tile its sample order, so each sample is trained on exactly once.
+    """
+
+    __tablename__ = "data_spans"
+    __table_args__ = (Index("ix_data_spans_job_state", "job_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    shard: Mapped[int] = mapped_column(Integer)
+    start: Mapped[int] = mapped_column(Integer)
+    stop: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(12))
+    task_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+
+
+class Checkpoint(Base):
+    """A published version kept as a named checkpoint (OpenAI `fine_tuning.job.checkpoint`)."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "version", name="uq_checkpoints_job_version"),)
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    step_number: Mapped[int] = mapped_column(BigInteger)
+    """Inner steps the job had trained when this version was published."""
+    params_sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Account(Base):
+    """A ledger account: `mint` and `consumed` (system), `pool:research`, `worker:<id>`,
+    `user:<name>`, and `pending:<account>` for credit earned but not yet granted."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Micro-credits: the sum of this account's entries."""
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class LedgerTransaction(Base):
+    """One balanced movement of credits; (kind, task_id) is unique, so a task's work is accrued,
+    granted or reversed at most once."""
+
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (UniqueConstraint("kind", "task_id", name="uq_ledger_kind_task"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    task_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    memo: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
 
 
 class Lease(Base):
@@ -157,6 +270,8 @@ class Lease(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_by: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """No heartbeat extends the lease past this: derived from the worker's measured speed."""
 
 
 class Event(Base):

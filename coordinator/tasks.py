@@ -2,9 +2,17 @@
 
 Invariants, each enforced inside one transaction:
 - a task has at most one active lease, and a worker at most one;
-- a result is accepted at most once per task, and only while its round is open; a late or
-  duplicate result is acknowledged and ignored;
-- a task whose lease expires or is handed back becomes pending again at once.
+- a result is accepted at most once per task, and only while its round is open, or, for a
+  train task the round kept running past its close (`late_updates=stale`), while that task is
+  still leased; any other late or duplicate result is acknowledged and ignored;
+- a task whose lease expires or is handed back becomes pending again at once, with the same
+  data span; if its round has closed, it is cancelled and its span returns to the free list;
+- a train task's data span is cut at its first lease, sized for the worker that took it, and
+  consumed when its result is accepted (see `swarm.coordinator.spans`);
+- accepting a result accrues its credit in the same transaction (see `swarm.coordinator.ledger`).
+
+A lease lives `ttl_s` past each heartbeat, but never longer than its limit: several times the
+time the task should take this worker, from its measured training speed and download rate.
 """
 
 from __future__ import annotations
@@ -12,13 +20,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from swarm.compression import CompressionPolicy, payload_size_bound
+from swarm.coordinator import spans
+from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import (
@@ -35,11 +46,25 @@ from swarm.scheduler import (
     RoundStatus,
     TaskStatus,
     max_tokens_per_task,
+    micro_credits,
+    worker_account,
+)
+from swarm.scheduler.work import (
+    effective_flops_per_s,
+    expected_task_s,
+    inner_steps_for,
+    lease_limit_s,
+    reference_speed,
+    task_flops,
+    update_ema,
 )
 
 logger = logging.getLogger(__name__)
 
 CANDIDATES_PER_LEASE = 64
+MAX_CACHED_REPORTED = 256
+# Downloads smaller than this say more about latency than about bandwidth.
+MIN_RATE_SAMPLE_BYTES = 1 << 20
 # How many versions back a worker may be and still catch up from deltas, not full parameters.
 MAX_PARAM_DELTAS = 8
 
@@ -63,15 +88,24 @@ class TaskService:
         self,
         db: Database,
         policy: LeasePolicy,
+        blobs: BlobStore,
+        ledger: Ledger,
+        *,
+        worker_online_s: float = 30.0,
         on_result_accepted: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._policy = policy
+        self._blobs = blobs
+        self._ledger = ledger
+        self._worker_online_s = worker_online_s
         self._on_result_accepted = on_result_accepted
 
     # -- leasing ---------------------------------------------------------------------------
 
-    def lease(self, worker_id: str, now: float | None = None) -> m.LeaseTaskResponse:
+    def lease(
+        self, worker_id: str, cached: Sequence[str] = (), now: float | None = None
+    ) -> m.LeaseTaskResponse:
         now = time.time() if now is None else now
         with self._db.transaction() as session:
             held = session.scalars(
@@ -80,11 +114,17 @@ class TaskService:
                 )
             ).first()
             if held is not None:  # the worker lost our answer: hand out the same task again
-                held.deadline = self._policy.deadline(held.leased_at, now)
+                held.deadline = self._policy.deadline(
+                    held.leased_at, now, _limit(held.leased_at, held.expires_by)
+                )
                 task = session.get_one(Task, held.task_id)
                 task.lease_deadline = held.deadline
                 return m.LeaseTaskResponse(task=self._describe(session, task, held.deadline))
 
+            worker = session.get_one(Worker, worker_id)
+            holds = sorted(set(cached))[:MAX_CACHED_REPORTED]
+            if cached and holds != (worker.cached_sha256s or []):
+                worker.cached_sha256s = holds
             in_rounds = set(
                 session.scalars(
                     select(Lease.round_id)
@@ -98,6 +138,7 @@ class TaskService:
                     )
                 )
             )
+            assigned = worker.assigned_job_id
             candidates = session.scalars(
                 select(Task)
                 .join(Round, Round.id == Task.round_id)
@@ -107,22 +148,42 @@ class TaskService:
                     Round.status == RoundStatus.OPEN.value,
                     Job.status == JobStatus.RUNNING.value,
                 )
-                .order_by(Job.created_at, Task.round_index, Task.index)
+                .order_by(
+                    case((Task.job_id == (assigned or ""), 0), else_=1),
+                    Job.created_at,
+                    Task.round_index,
+                    Task.index,
+                )
                 .limit(CANDIDATES_PER_LEASE)
                 .with_for_update(skip_locked=True, of=Task)
             )
             waiting = False
             for task in candidates:
+                job = session.get_one(Job, task.job_id)
+                if job.memory_bytes > worker.hardware.get("memory_bytes", 0) > 0:
+                    continue  # the task would not fit this worker's memory
+                # A worker's own job comes first; another job's task is open to it only once
+                # that job's workers have left it alone (the same rule as a second task).
+                foreign = assigned is not None and task.job_id != assigned
                 if not self._policy.may_take(
                     attempts=task.attempts,
                     available_since=task.available_since,
                     now=now,
                     # Evaluations are open to anyone: they add no update to the round.
-                    worker_in_round=task.kind == "train" and task.round_id in in_rounds,
+                    worker_in_round=foreign
+                    or (task.kind == "train" and task.round_id in in_rounds),
                 ):
                     waiting = True
                     continue
-                deadline = self._policy.deadline(now, now)
+                if task.kind == "train" and task.inner_steps is None:
+                    ready = self._assign_data(session, task, worker, now)
+                    if ready is None:
+                        waiting = True
+                        continue
+                    if not ready:
+                        continue
+                limit_s = self._lease_limit_s(session, task, job, worker)
+                deadline = self._policy.deadline(now, now, limit_s)
                 task.status = TaskStatus.LEASED.value
                 task.worker_id = worker_id
                 task.lease_deadline = deadline
@@ -133,18 +194,20 @@ class TaskService:
                         worker_id=worker_id,
                         leased_at=now,
                         deadline=deadline,
+                        expires_by=now + min(limit_s, self._policy.max_task_s),
                         outcome=LeaseOutcome.ACTIVE.value,
                         bytes_down=0,
                         bytes_up=0,
                     )
                 )
                 logger.info(
-                    "task %s (job %s round %d) leased to worker %s, attempt %d",
+                    "task %s (job %s round %d) leased to worker %s, attempt %d, %s",
                     task.id,
                     task.job_id,
                     task.round_index,
                     worker_id,
                     task.attempts + 1,
+                    f"{task.inner_steps} inner steps" if task.kind == "train" else "evaluation",
                 )
                 return m.LeaseTaskResponse(task=self._describe(session, task, deadline))
         if waiting:
@@ -152,6 +215,70 @@ class TaskService:
                 retry_after_s=1.0, reason="waiting for other workers to take the rest of this round"
             )
         return m.LeaseTaskResponse(retry_after_s=2.0, reason="no tasks are waiting")
+
+    def _assign_data(self, session: Session, task: Task, worker: Worker, now: float) -> bool | None:
+        """Size a train task for `worker` and cut its data span.
+
+        True when the task is ready; None when no data is free right now (other tasks hold
+        the rest, which may come back); False when the job's data is used up, and the task,
+        which will never have any, is cancelled.
+        """
+        job = session.get_one(Job, task.job_id, with_for_update=True, populate_existing=True)
+        spec = JobSpec(**job.spec)
+        speed = effective_flops_per_s(worker.flops_per_s, worker.hardware.get("flops_per_s", 0))
+        steps = inner_steps_for(spec, speed, self._reference_speed(session, job, now))
+        held = set(worker.cached_sha256s or [])
+        prefer = frozenset(i for i, sha in enumerate(job.shard_sha256s) if sha in held)
+        rows = spans.cut(session, job, self._blobs, task.id, steps * spec.batch_size, prefer)
+        if rows:
+            task.shard_index = rows[0].shard
+            task.inner_steps = -(-sum(r.stop - r.start for r in rows) // spec.batch_size)
+            return True
+        if spans.data_done(session, job, self._blobs):
+            task.status = TaskStatus.CANCELLED.value
+            logger.info("task %s (job %s): the job's data is used up; cancelled", task.id, job.id)
+            return False
+        return None
+
+    def _reference_speed(self, session: Session, job: Job, now: float) -> float | None:
+        """The median training speed of the job's online workers."""
+        workers = session.execute(
+            select(Worker.flops_per_s, Worker.hardware).where(
+                Worker.assigned_job_id == job.id,
+                Worker.last_seen_at >= now - self._worker_online_s,
+            )
+        )
+        return reference_speed(
+            effective_flops_per_s(measured, hardware.get("flops_per_s", 0))
+            for measured, hardware in workers
+        )
+
+    def _lease_limit_s(self, session: Session, task: Task, job: Job, worker: Worker) -> float:
+        """How long this worker may hold this task at most: from its speed and download rate."""
+        spec = JobSpec(**job.spec)
+        tokens = round(_task_samples(task, spec, session) * (job.tokens_per_sample or 0.0))
+        flops = task_flops(spec, job.num_model_params, tokens, kind=task.kind)
+        held = set(worker.cached_sha256s or [])
+        needed = [*(job.base_sha256s or []), job.model_config_sha256]
+        needed.append(
+            job.shard_sha256s[task.shard_index] if task.kind == "train" else job.heldout_sha256
+        )
+        round_ = session.get_one(Round, task.round_id)
+        needed.append(round_.worker_params_sha256)
+        download = sum(self._size(sha) for sha in needed if sha not in held)
+        expected = expected_task_s(
+            flops,
+            effective_flops_per_s(worker.flops_per_s, worker.hardware.get("flops_per_s", 0)),
+            download_bytes=download,
+            download_bytes_per_s=worker.download_bytes_per_s,
+        )
+        return lease_limit_s(expected, self._policy.max_task_s)
+
+    def _size(self, sha256: str) -> int:
+        try:
+            return self._blobs.size(sha256)
+        except NotFoundError:
+            return 0
 
     def _describe(self, session: Session, task: Task, deadline: float) -> m.Task:
         job = session.get_one(Job, task.job_id)
@@ -185,26 +312,29 @@ class TaskService:
                     param_deltas=_param_deltas(session, round_),
                 ),
             )
+        rows = spans.of_task(session, task.id)
+        steps = task.inner_steps or spec.inner_steps
         return m.Task(
             **header,
             max_result_bytes=_max_result_bytes(job, spec),
             train=m.TrainTask(
                 model_config_sha256=job.model_config_sha256,
                 params_sha256=round_.worker_params_sha256,
-                tokens_sha256=job.shard_sha256s[task.shard_index],
-                inner_steps=spec.inner_steps,
+                tokens_sha256=job.shard_sha256s[rows[0].shard],
+                inner_steps=steps,
                 batch_size=spec.batch_size,
                 seq_len=spec.seq_len,
                 learning_rate=float(spec.inner_lr or 0.0),
                 weight_decay=spec.weight_decay,
                 max_grad_norm=spec.max_grad_norm,
-                warmup_steps=spec.warmup_steps,
+                warmup_steps=min(spec.warmup_steps, steps),
                 seed=task.seed,
                 update_policy=m.CompressionPolicy(**spec.update_policy().to_dict()),
                 broadcast_policy=broadcast_policy,
                 param_deltas=_param_deltas(session, round_),
                 base_sha256s=list(job.base_sha256s or []),
                 recipe=recipe,
+                sample_indices=spans.indices(job, self._blobs, rows),
             ),
         )
 
@@ -222,13 +352,15 @@ class TaskService:
                 if lease is None:
                     revoked.append(task_id)
                     continue
-                lease.deadline = self._policy.deadline(lease.leased_at, now)
+                lease.deadline = self._policy.deadline(
+                    lease.leased_at, now, _limit(lease.leased_at, lease.expires_by)
+                )
                 session.get_one(Task, task_id).lease_deadline = lease.deadline
                 extended.append(task_id)
         return extended, revoked
 
-    def record_download(self, worker_id: str, num_bytes: int) -> None:
-        """Charge downloaded bytes to the worker's active lease, for per-round traffic."""
+    def record_download(self, worker_id: str, num_bytes: int, seconds: float) -> None:
+        """Charge downloaded bytes to the worker's active lease, and measure its download rate."""
         with self._db.transaction() as session:
             session.execute(
                 update(Lease)
@@ -238,6 +370,12 @@ class TaskService:
                 )
                 .values(bytes_down=Lease.bytes_down + num_bytes)
             )
+            if num_bytes >= MIN_RATE_SAMPLE_BYTES and seconds > 0:
+                worker = session.get(Worker, worker_id)
+                if worker is not None:
+                    worker.download_bytes_per_s = update_ema(
+                        worker.download_bytes_per_s, num_bytes / seconds
+                    )
 
     def expire_leases(self, now: float | None = None) -> int:
         """Return tasks whose lease deadline passed to the pending pool; returns how many."""
@@ -286,11 +424,16 @@ class TaskService:
         lease.ended_at = now
         task = session.get_one(Task, lease.task_id, with_for_update=True)
         if task.status == TaskStatus.LEASED.value and task.worker_id == lease.worker_id:
-            task.status = TaskStatus.PENDING.value
+            round_ = session.get_one(Round, task.round_id)
+            if round_.status == RoundStatus.OPEN.value:
+                task.status = TaskStatus.PENDING.value
+                task.available_since = now
+            else:  # a late task of a closed round: nobody else will run it
+                task.status = TaskStatus.CANCELLED.value
+                spans.release(session, task.id)
             task.worker_id = None
             task.lease_deadline = None
             task.attempts += 1
-            task.available_since = now
         worker = session.get(Worker, lease.worker_id)
         if worker is not None and outcome is not LeaseOutcome.HANDED_BACK:
             worker.tasks_failed += 1
@@ -315,7 +458,7 @@ class TaskService:
                 raise MessageTooLargeError(
                     f"result of {header.payload_size} bytes exceeds this task's limit of {limit}"
                 )
-            _check_metrics(task, spec, header.metrics)
+            _check_metrics(task, spec, header.metrics, _task_samples(task, spec, session))
             return Submission(
                 task_id=task.id,
                 kind=task.kind,
@@ -343,6 +486,7 @@ class TaskService:
             reason = _ignore_reason(task, round_, job)
             if reason is not None:
                 return m.SubmitResultResponse(accepted=False, message=reason)
+            spec = JobSpec(**job.spec)
             task.status = TaskStatus.ACCEPTED.value
             task.result_sha256 = result_sha256
             task.metrics = {**asdict(header.metrics), "worker_id": worker_id}
@@ -355,20 +499,47 @@ class TaskService:
                         LeaseOutcome.SUBMITTED if lease is mine[-1] else LeaseOutcome.SUPERSEDED
                     ).value
                     lease.ended_at = now
-            session.get_one(Worker, worker_id).tasks_accepted += 1
+            spans.consume(session, task.id)
+            worker = session.get_one(Worker, worker_id)
+            worker.tasks_accepted += 1
+            tokens = header.metrics.tokens
+            if task.kind == "evaluate":
+                tokens = round(header.metrics.examples * (job.tokens_per_sample or 0.0))
+            flops = task_flops(spec, job.num_model_params, tokens, kind=task.kind)
+            task.credits = micro_credits(flops)
+            self._ledger.accrue(
+                session, task, worker.account_id or worker_account(worker.id), task.credits
+            )
+            if task.kind == "train" and header.metrics.compute_s > 0:
+                speed = flops / max(header.metrics.compute_s, 1e-3)
+                worker.flops_per_s = update_ema(worker.flops_per_s, speed)
         metrics = header.metrics
         logger.info(
-            "task %s (job %s round %d) accepted from worker %s: %s",
+            "task %s (job %s round %d) accepted from worker %s%s: %s",
             task.id,
             task.job_id,
             task.round_index,
             worker_id,
+            " after its round closed" if round_.status != RoundStatus.OPEN.value else "",
             f"held-out loss {metrics.eval_loss:.4f}"
             if task.kind == "evaluate"
             else f"loss {metrics.loss_first:.4f} -> {metrics.loss_last:.4f}",
         )
         self._on_result_accepted()
         return m.SubmitResultResponse(accepted=True, message="result accepted")
+
+
+def _limit(leased_at: float, expires_by: float | None) -> float | None:
+    return None if expires_by is None else expires_by - leased_at
+
+
+def _task_samples(task: Task, spec: JobSpec, session: Session) -> int:
+    """Samples a task covers: its span for train tasks, the evaluation size otherwise."""
+    if task.kind == "evaluate":
+        return spec.eval_examples
+    if task.inner_steps is None:
+        return spec.inner_steps * spec.batch_size
+    return sum(r.stop - r.start for r in spans.of_task(session, task.id))
 
 
 def _recipe(spec: JobSpec) -> m.Recipe:
@@ -386,7 +557,7 @@ def _recipe(spec: JobSpec) -> m.Recipe:
     )
 
 
-def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics) -> None:
+def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics, num_samples: int) -> None:
     """Metrics must describe the work the task asked for."""
     if task.kind == "evaluate":
         if metrics.steps != 0 or not 1 <= metrics.examples <= spec.eval_examples:
@@ -405,14 +576,15 @@ def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics) -> None:
                 "evaluation metrics must be finite, the loss non-negative and accuracies in [0, 1]"
             )
         return
-    bound = max_tokens_per_task(spec)
+    bound = max_tokens_per_task(spec, num_samples)
     exact = spec.method == "lm"
-    if metrics.steps != spec.inner_steps or not (
+    steps = task.inner_steps or spec.inner_steps
+    if metrics.steps != steps or not (
         metrics.tokens == bound if exact else 0 < metrics.tokens <= bound
     ):
         raise ProtocolError(
             f"metrics claim {metrics.tokens} tokens in {metrics.steps} steps; task {task.id} "
-            f"trains {'exactly' if exact else 'at most'} {bound} tokens in {spec.inner_steps} steps"
+            f"trains {'exactly' if exact else 'at most'} {bound} tokens in {steps} steps"
         )
 
 
@@ -420,8 +592,18 @@ def _ignore_reason(task: Task, round_: Round, job: Job) -> str | None:
     """Why a result for `task` would be acknowledged but ignored, or None if it would count."""
     if task.status == TaskStatus.ACCEPTED.value:
         return f"task {task.id} already has an accepted result; yours was ignored"
-    if round_.status != RoundStatus.OPEN.value or job.status != JobStatus.RUNNING.value:
-        return f"round {round_.index} of job {job.id} is no longer open; result ignored"
+    if task.status == TaskStatus.CANCELLED.value:
+        return f"task {task.id} was cancelled (its round closed without it); result ignored"
+    if job.status != JobStatus.RUNNING.value:
+        return f"job {job.id} is {job.status}; result ignored"
+    if round_.status != RoundStatus.OPEN.value:
+        late_kept = (
+            task.kind == "train"
+            and task.status == TaskStatus.LEASED.value
+            and JobSpec(**job.spec).late_updates == "stale"
+        )
+        if not late_kept:
+            return f"round {round_.index} of job {job.id} is no longer open; result ignored"
     return None
 
 

@@ -41,7 +41,9 @@ from swarm.models.training import (
     InnerLoopConfig,
     InnerLoopInterrupted,
     InnerLoopResult,
+    batches_of,
     run_inner_loop,
+    sample_order,
 )
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "SequenceSet",
     "SupervisedFineTuning",
     "apply_adapter",
+    "batches_of",
     "build_model",
     "build_objective",
     "config_from_bytes",
@@ -85,6 +88,7 @@ __all__ = [
     "parse_dataset",
     "preset_config",
     "run_inner_loop",
+    "sample_order",
     "split_tokens",
     "state_from_bytes",
     "state_to_bytes",

@@ -1,6 +1,6 @@
 """What a task optimizes and measures: language modelling, SFT and DPO.
 
-- `LanguageModeling`: next-token loss on random windows of a token stream (the text jobs).
+- `LanguageModeling`: next-token loss on windows of a token stream (the text jobs).
 - `SupervisedFineTuning`: next-token loss on the assistant tokens of conversations only;
   evaluated as held-out loss and token accuracy.
 - `DirectPreference`: DPO (Rafailov et al. 2023). The implicit reward of a reply is
@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,13 +28,23 @@ METHODS = ("lm", "sft", "dpo")
 
 
 class Objective(abc.ABC):
-    """A loss to train on and the held-out metrics to report."""
+    """A loss to train on and the held-out metrics to report.
+
+    Training data is a numbered list of samples (windows of text, conversations, preference
+    pairs); a train task names the samples it consumes, which is how the coordinator accounts
+    for every sample exactly once per epoch.
+    """
+
+    @property
+    @abc.abstractmethod
+    def num_samples(self) -> int:
+        """How many samples the training data holds (indices are 0 to num_samples - 1)."""
 
     @abc.abstractmethod
     def training_loss(
-        self, model: torch.nn.Module, rng: np.random.Generator, batch_size: int
+        self, model: torch.nn.Module, indices: Sequence[int]
     ) -> tuple[torch.Tensor, int]:
-        """The loss of one random batch, and how many tokens it processed."""
+        """The loss of the batch made of the samples at `indices`, and its token count."""
 
     @abc.abstractmethod
     def evaluate(
@@ -44,17 +54,25 @@ class Objective(abc.ABC):
 
 
 class LanguageModeling(Objective):
+    """Sample i is the window of `seq_len` tokens starting at token i * seq_len."""
+
     def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
         if len(tokens) < seq_len + 1:
             raise ConfigError(f"shard has {len(tokens)} tokens, fewer than seq_len + 1")
         self.tokens = tokens
         self.seq_len = seq_len
 
+    @property
+    def num_samples(self) -> int:
+        return len(self.tokens) // self.seq_len
+
     def training_loss(
-        self, model: torch.nn.Module, rng: np.random.Generator, batch_size: int
+        self, model: torch.nn.Module, indices: Sequence[int]
     ) -> tuple[torch.Tensor, int]:
-        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=batch_size)
-        windows = np.stack([self.tokens[s : s + self.seq_len] for s in starts])
+        _check_indices(indices, self.num_samples)
+        windows = np.stack(
+            [self.tokens[i * self.seq_len : (i + 1) * self.seq_len] for i in indices]
+        )
         batch = torch.from_numpy(windows.astype(np.int64))
         return model(input_ids=batch, labels=batch).loss, batch.numel()
 
@@ -86,20 +104,34 @@ def _token_stats(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, to
     return (losses * counted).sum(), correct.sum(), int(counted.sum())
 
 
+def _check_indices(indices: Sequence[int], num_samples: int) -> None:
+    if not indices:
+        raise ConfigError("a batch needs at least one sample")
+    bad = next((i for i in indices if not 0 <= i < num_samples), None)
+    if bad is not None:
+        raise ConfigError(f"sample {bad} does not exist: the data has {num_samples} samples")
+
+
 def _chunks(num: int, size: int) -> Iterator[list[int]]:
     for start in range(0, num, size):
         yield list(range(start, min(num, start + size)))
 
 
 class SupervisedFineTuning(Objective):
+    """Sample i is conversation i."""
+
     def __init__(self, sequences: SequenceSet) -> None:
         self.sequences = sequences
 
+    @property
+    def num_samples(self) -> int:
+        return len(self.sequences)
+
     def training_loss(
-        self, model: torch.nn.Module, rng: np.random.Generator, batch_size: int
+        self, model: torch.nn.Module, indices: Sequence[int]
     ) -> tuple[torch.Tensor, int]:
-        indices = rng.integers(0, len(self.sequences), size=batch_size).tolist()
-        batch = self.sequences.batch(indices, pad_id=0)
+        _check_indices(indices, self.num_samples)
+        batch = self.sequences.batch(list(indices), pad_id=0)
         loss = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
         ).loss
@@ -135,6 +167,8 @@ def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 class DirectPreference(Objective):
+    """Sample i is preference pair i (its chosen and its rejected reply)."""
+
     def __init__(
         self,
         chosen: SequenceSet,
@@ -148,6 +182,10 @@ class DirectPreference(Objective):
         self.chosen, self.rejected = chosen, rejected
         self.beta = beta
         self.reference = reference
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.chosen)
 
     def _reference_logps(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         with torch.no_grad():
@@ -172,9 +210,10 @@ class DirectPreference(Objective):
         return self.beta * (chosen_ratio - rejected_ratio)
 
     def training_loss(
-        self, model: torch.nn.Module, rng: np.random.Generator, batch_size: int
+        self, model: torch.nn.Module, indices: Sequence[int]
     ) -> tuple[torch.Tensor, int]:
-        indices = rng.integers(0, len(self.chosen), size=batch_size).tolist()
+        _check_indices(indices, self.num_samples)
+        indices = list(indices)
         margins = self._margins(model, indices)
         tokens = sum(int(self.chosen.offsets[i + 1] - self.chosen.offsets[i]) for i in indices)
         tokens += sum(int(self.rejected.offsets[i + 1] - self.rejected.offsets[i]) for i in indices)

@@ -99,12 +99,18 @@ def _check_family(model_type: Any, where: str) -> None:
         )
 
 
+def preset_model_config(name: str, chat: bool = False) -> dict[str, Any]:
+    """A preset's config; with `chat`, its vocabulary covers the byte chat tokenizer."""
+    config = preset_config(name)
+    if chat:
+        config["vocab_size"] = max(config["vocab_size"], len(byte_chat_tokenizer()))
+    return config
+
+
 def load_preset(name: str, seed: int = 0, chat: bool = False) -> LoadedModel:
     """A random-init preset; with `chat`, its vocabulary covers the byte chat tokenizer."""
-    config = preset_config(name)
+    config = preset_model_config(name, chat)
     tokenizer = byte_chat_tokenizer()
-    if chat:
-        config["vocab_size"] = max(config["vocab_size"], len(tokenizer))
     model = build_model(config, seed=seed)
     return LoadedModel(name=name, source="preset", config=config, model=model, tokenizer=tokenizer)
 

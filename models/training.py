@@ -1,8 +1,8 @@
 """The inner loop of a DiLoCo round.
 
 A `train` task runs `InnerLoopConfig.steps` AdamW steps of its objective from the round's
-parameters, on random batches of its data shard, and returns the pseudo-gradient: start minus
-end. Everything is
+parameters, over the samples of its data shard that the coordinator assigned to it (in that
+order, `batch_size` at a time), and returns the pseudo-gradient: start minus end. Everything is
 seeded by the task, so an honest recomputation on the same machine is bit-exact.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,10 +59,34 @@ class InnerLoopResult:
     compute_s: float
 
 
+def sample_order(num_samples: int, count: int, seed: int) -> list[int]:
+    """`count` sample indices in a seeded shuffled order, each once per pass over the data.
+
+    For runs that pick their own samples (benchmarks, tests); the swarm's tasks get theirs
+    from the coordinator.
+    """
+    if num_samples < 1:
+        raise ConfigError("the data has no samples")
+    rng = np.random.default_rng(seed)
+    passes = [rng.permutation(num_samples) for _ in range(-(-count // num_samples))]
+    return np.concatenate(passes)[:count].tolist() if passes else []
+
+
+def batches_of(samples: Sequence[int], steps: int, batch_size: int) -> list[Sequence[int]]:
+    """Split `samples` into `steps` batches of `batch_size` (the last one may be smaller)."""
+    if -(-len(samples) // batch_size) != steps:
+        raise ConfigError(
+            f"{len(samples)} samples make {-(-len(samples) // batch_size)} batches of "
+            f"{batch_size}, not the {steps} steps asked for"
+        )
+    return [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+
+
 def run_inner_loop(
     model: torch.nn.Module,
     objective: Objective,
     config: InnerLoopConfig,
+    samples: Sequence[int] | None = None,
     on_step: Callable[[int, float], bool] | None = None,
 ) -> InnerLoopResult:
     """Train `model` in place for `config.steps` AdamW steps and return the pseudo-gradient.
@@ -71,26 +95,30 @@ def run_inner_loop(
         model: a causal LM whose trainable parameters hold the round's starting version.
         objective: what to optimize, over the task's data shard.
         config: the inner-loop hyperparameters.
+        samples: the sample indices to train on, in order, `config.batch_size` per step (the
+            last step may take fewer); None draws `sample_order` from the config's seed.
         on_step: called after each step with (step, loss); returning False stops the loop
             with `InnerLoopInterrupted`.
     """
+    if samples is None:
+        samples = sample_order(objective.num_samples, config.steps * config.batch_size, config.seed)
+    batches = batches_of(samples, config.steps, config.batch_size)
     start = trainable_state(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95)
     )
-    rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)  # dropout masks (LoRA dropout, GPT-2's own) are seeded too
     losses: list[float] = []
     num_tokens = 0
     model.train()
     began = time.perf_counter()
-    for step in range(config.steps):
+    for step, batch in enumerate(batches):
         # Linear warm-up: AdamW's moment estimates restart every task.
         scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * scale
-        loss, tokens = objective.training_loss(model, rng, config.batch_size)
+        loss, tokens = objective.training_loss(model, batch)
         num_tokens += tokens
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at inner step {step}")

@@ -77,6 +77,7 @@ class HeartbeatResponse:
 @dataclass(frozen=True, kw_only=True)
 class LeaseTaskRequest:
     session: Session
+    cached_sha256s: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +129,7 @@ class TrainTask:
     param_deltas: list[ParamDelta] = field(default_factory=list)
     base_sha256s: list[str] = field(default_factory=list)
     recipe: Recipe = field(default_factory=lambda: Recipe())
+    sample_indices: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

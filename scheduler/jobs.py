@@ -63,7 +63,7 @@ class TaskStatus(str, enum.Enum):
     PENDING = "pending"
     LEASED = "leased"
     ACCEPTED = "accepted"
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # its round closed without it, or its job stopped
 
 
 class LeaseOutcome(str, enum.Enum):
@@ -94,7 +94,14 @@ class JobSpec:
         lora_target_modules: comma-separated module names; empty means every linear layer.
         dpo_beta: DPO's beta (how far the policy may move from the reference).
         num_rounds: outer steps (published versions) before the job succeeds.
-        inner_steps: AdamW steps per train task (DiLoCo's H).
+        num_epochs: when above 0, the job instead trains until every sample has been consumed
+            this many times (each exactly once per epoch), however many rounds that takes.
+        inner_steps: AdamW steps per train task (DiLoCo's H) for a worker of median speed.
+        work_sizing: `adaptive` gives each worker inner steps in proportion to its measured
+            speed, so a round takes about as long on slow and fast machines; `fixed` gives
+            every task `inner_steps`.
+        min_inner_steps, max_inner_steps: the range adaptive sizing stays in (0: a quarter
+            of and four times `inner_steps`).
         batch_size: sequences per inner step.
         seq_len: tokens per sequence.
         inner_lr: AdamW learning rate; unset, the method's default (`default_learning_rate`):
@@ -104,8 +111,18 @@ class JobSpec:
         warmup_steps: linear warm-up of each task's inner learning rate.
         outer_lr: outer Nesterov SGD learning rate (DiLoCo: 0.7).
         outer_momentum: outer Nesterov momentum (DiLoCo: 0.9).
-        min_clients: train tasks per round at least (the round waits for all of them).
+        min_clients: train tasks per round at least.
         max_clients: train tasks per round at most, however many workers are online.
+        round_quorum: the share of a round's train tasks that must be accepted before the
+            round may close at its deadline without the rest.
+        round_timeout_s: how long a round waits for all its train tasks before closing at
+            its quorum (0: three times the expected task time, at least a minute).
+        late_updates: what happens to train tasks still running when their round closes:
+            `stale` keeps them, and a result that arrives is applied in a later round's step
+            with weight 1 / (1 + staleness); `drop` revokes them.
+        max_staleness: a late task still running this many rounds after its own is revoked.
+        priority: the queue serves higher priorities first (-100 to 100).
+        checkpoint_every: keep every N-th version as a checkpoint (the last one always).
         num_shards: contiguous shards the training tokens are split into.
         heldout_fraction: tail of the text kept for held-out evaluation.
         codec: the codec chain for pseudo-gradients of large tensors: a preset (`none`, `fp16`,
@@ -132,7 +149,11 @@ class JobSpec:
     lora_target_modules: str = ""
     dpo_beta: float = 0.1
     num_rounds: int = 10
+    num_epochs: int = 0
     inner_steps: int = 20
+    work_sizing: str = "adaptive"
+    min_inner_steps: int = 0
+    max_inner_steps: int = 0
     batch_size: int = 16
     seq_len: int = 128
     inner_lr: float | None = None
@@ -143,6 +164,12 @@ class JobSpec:
     outer_momentum: float = 0.9
     min_clients: int = 2
     max_clients: int = 64
+    round_quorum: float = 0.5
+    round_timeout_s: float = 0.0
+    late_updates: str = "stale"
+    max_staleness: int = 1
+    priority: int = 0
+    checkpoint_every: int = 1
     num_shards: int = 16
     heldout_fraction: float = 0.05
     codec: str = "int8"
@@ -168,7 +195,15 @@ class JobSpec:
             raise ConfigError("adapter: text (lm) jobs train every weight; use adapter=full")
         limits: dict[str, tuple[float, float]] = {
             "num_rounds": (1, 100_000),
+            "num_epochs": (0, 10_000),
             "inner_steps": (1, 100_000),
+            "min_inner_steps": (0, 100_000),
+            "max_inner_steps": (0, 100_000),
+            "round_quorum": (0.01, 1.0),
+            "round_timeout_s": (0.0, 7 * 86_400.0),
+            "max_staleness": (0, 100),
+            "priority": (-100, 100),
+            "checkpoint_every": (0, 100_000),
             "batch_size": (1, 4096),
             "seq_len": (8, 131_072),
             "inner_lr": (1e-9, 1.0),
@@ -207,6 +242,20 @@ class JobSpec:
                 raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
             if f.type == "str" and not isinstance(value, str):
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
+        for name, allowed in (("work_sizing", WORK_SIZINGS), ("late_updates", LATE_UPDATES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r:.40}"
+                )
+        if not self.min_inner_steps:
+            object.__setattr__(self, "min_inner_steps", max(1, self.inner_steps // 4))
+        if not self.max_inner_steps:
+            object.__setattr__(self, "max_inner_steps", min(100_000, self.inner_steps * 4))
+        if not self.min_inner_steps <= self.inner_steps <= self.max_inner_steps:
+            raise ConfigError(
+                f"inner_steps ({self.inner_steps}) must lie in [min_inner_steps, "
+                f"max_inner_steps] = [{self.min_inner_steps}, {self.max_inner_steps}]"
+            )
         for name in ("codec", "small_tensor_codec", "broadcast_codec"):
             try:
                 parse_chain(getattr(self, name))
@@ -261,6 +310,9 @@ class JobSpec:
             seed=seed,
         )
 
+    def finishes_by_epochs(self) -> bool:
+        return self.num_epochs > 0
+
     def update_policy(self) -> CompressionPolicy:
         """How workers encode pseudo-gradients."""
         return CompressionPolicy(
@@ -277,6 +329,9 @@ class JobSpec:
             small_elements=self.small_tensor_elements,
         )
 
+
+WORK_SIZINGS = ("adaptive", "fixed")
+LATE_UPDATES = ("stale", "drop")
 
 DEFAULT_DATASETS = {
     "lm": "builtin:tiny_corpus",

@@ -34,9 +34,14 @@ class LeasePolicy:
                 f"ttl_s ({self.ttl_s}) must not exceed max_task_s ({self.max_task_s})"
             )
 
-    def deadline(self, leased_at: float, now: float) -> float:
-        """The deadline of a lease granted at `leased_at`, as of a heartbeat at `now`."""
-        return min(now + self.ttl_s, leased_at + self.max_task_s)
+    def deadline(self, leased_at: float, now: float, limit_s: float | None = None) -> float:
+        """The deadline of a lease granted at `leased_at`, as of a heartbeat at `now`.
+
+        `limit_s` is how long this lease may live at most, from the worker's measured speed
+        (`swarm.scheduler.work.lease_limit_s`); never more than `max_task_s`.
+        """
+        limit = self.max_task_s if limit_s is None else min(limit_s, self.max_task_s)
+        return min(now + self.ttl_s, leased_at + limit)
 
     def may_take(
         self, *, attempts: int, available_since: float, now: float, worker_in_round: bool

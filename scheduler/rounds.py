@@ -13,7 +13,7 @@ def num_tasks_for_round(spec: JobSpec, num_active_workers: int) -> int:
 
 
 def shard_for_task(first_task_number: int, task_index: int, num_shards: int) -> int:
-    """Shards are consumed in order across rounds, so every shard is used before any repeats."""
+    """A task's shard before its data span is cut (spread the shards over a round's tasks)."""
     return (first_task_number + task_index) % num_shards
 
 
@@ -23,8 +23,10 @@ def task_seed(job_seed: int, round_index: int, task_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def max_tokens_per_task(spec: JobSpec) -> int:
-    """Tokens a train task processes: exactly this for text jobs, at most this for chat data
-    (sequences are as long as their example; DPO runs two per pair)."""
-    per_sequence = spec.seq_len * (2 if spec.method == "dpo" else 1)
-    return spec.inner_steps * spec.batch_size * per_sequence
+def max_tokens_per_task(spec: JobSpec, num_samples: int | None = None) -> int:
+    """Tokens a train task of `num_samples` samples processes (default: `inner_steps` full
+    batches): exactly this for text jobs, at most this for chat data (sequences are as long as
+    their example; DPO runs two per pair)."""
+    if num_samples is None:
+        num_samples = spec.inner_steps * spec.batch_size
+    return num_samples * spec.seq_len * (2 if spec.method == "dpo" else 1)

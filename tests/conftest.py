@@ -13,6 +13,7 @@ import pytest
 
 from swarm.coordinator.server import Services, build_services
 from swarm.coordinator.settings import CoordinatorSettings
+from swarm.coordinator.storage import Job
 from swarm.scheduler import JobSpec
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -59,21 +60,34 @@ class LiveCoordinator:
     target: str
 
 
-def start_live_coordinator(data_dir: Path, **overrides: Any) -> LiveCoordinator:
+def wire_services(data_dir: Path, **overrides: Any) -> Services:
+    """A coordinator's services on SQLite in `data_dir`, wired but not serving: tests drive
+    them directly (`services.housekeeper.tick()` for one round of housekeeping)."""
     settings = CoordinatorSettings(
         host="127.0.0.1", grpc_port=0, http_port=0, data_dir=data_dir, **overrides
     )
-    services = build_services(settings)
-    services.grpc_server.start()
-    services.housekeeper.start()
+    return build_services(settings)
+
+
+def start_job(services: Services, spec: JobSpec, **create: Any) -> Job:
+    """Create a job, prepare it and let the scheduler start it, as the coordinator's threads
+    would; the job as stored afterwards."""
+    job = services.jobs.create_job(spec, **create)
+    assert services.jobs.prepare_next() == job.id
+    services.scheduler.admit_jobs()
+    started = services.jobs.get_job(job.id)
+    assert started.status == "running", (started.status, started.error)
+    return started
+
+
+def start_live_coordinator(data_dir: Path, **overrides: Any) -> LiveCoordinator:
+    services = wire_services(data_dir, **overrides)
+    services.start()
     return LiveCoordinator(services=services, target=f"127.0.0.1:{services.grpc_port}")
 
 
 def stop_live_coordinator(live: LiveCoordinator) -> None:
-    live.services.housekeeper.stop()
-    live.services.grpc_server.stop(grace=None).wait()
-    live.services.housekeeper.join(timeout=10)
-    live.services.db.dispose()
+    live.services.stop()
 
 
 @pytest.fixture

@@ -19,13 +19,14 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from sqlalchemy import select
 
+from swarm.coordinator import spans
 from swarm.coordinator.aggregation import nesterov_step
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
@@ -37,6 +38,7 @@ from swarm.coordinator.demo import (
     run_demo,
 )
 from swarm.coordinator.jobs import prepare_data
+from swarm.coordinator.storage import Database, Job, Task, sqlite_url
 from swarm.models import (
     Objective,
     apply_adapter,
@@ -45,7 +47,8 @@ from swarm.models import (
     run_inner_loop,
     trainable_state,
 )
-from swarm.scheduler import JobSpec, shard_for_task, task_seed
+from swarm.scheduler import JobSpec, task_seed
+from swarm.scheduler.work import staleness_weight
 
 TARGET_SFT_REDUCTION = 0.15
 TARGET_DPO_ACCURACY = 0.80
@@ -87,24 +90,31 @@ class Reference:
 
         self.shards = [objective(s) for s in data.shards]
         self.heldout = objective(data.heldout)
+        # The whole training set as one shard, for the single-process AdamW baseline.
+        (everything,) = prepare_data(
+            replace(spec, num_shards=1), base.tokenizer, base.config
+        ).shards
+        self.everything = objective(everything)
 
     def evaluate(self, params: dict[str, torch.Tensor]) -> dict[str, float]:
         load_trainable_state(self.model, params)
         return self.heldout.evaluate(self.model, self.spec.eval_batch_size, self.spec.eval_examples)
 
-    def replay(self, num_workers: int) -> dict[str, float]:
-        """The swarm's rounds in one process: the same tasks, average and outer step."""
+    def replay(self, rounds: list[list[ReplayTask]]) -> dict[str, float]:
+        """The swarm's rounds in one process: the same tasks (seeds, shards, samples, steps),
+        average and outer step."""
         spec = self.spec
         params, momentum = dict(self.initial), None
-        for index in range(spec.num_rounds):
+        for index, tasks in enumerate(rounds):
             updates, weights = [], []
-            for i in range(num_workers):
+            for task in tasks:
                 load_trainable_state(self.model, params)
-                shard = self.shards[shard_for_task(index * num_workers, i, spec.num_shards)]
-                config = spec.inner_loop(task_seed(spec.seed, index, i))
-                result = run_inner_loop(self.model, shard, config)
+                config = spec.inner_loop(task.seed, steps=task.inner_steps)
+                result = run_inner_loop(
+                    self.model, self.shards[task.shard], config, samples=task.samples
+                )
                 updates.append(result.pseudo_gradient)
-                weights.append(float(result.tokens))
+                weights.append(float(result.tokens) * staleness_weight(index - task.round))
             total = sum(weights)
             average = {
                 name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))
@@ -128,26 +138,49 @@ class Reference:
         config = spec.inner_loop(
             task_seed(spec.seed, 0, 0), steps=steps, batch_size=num_workers * spec.batch_size
         )
-        run_inner_loop(self.model, _Concatenated(self.shards), config)
+        run_inner_loop(self.model, self.everything, config)
         return self.evaluate(trainable_state(self.model))
 
 
-class _Concatenated(Objective):
-    """Each step's batch from a random shard: the whole training set, seen by one process."""
+@dataclass(frozen=True, kw_only=True)
+class ReplayTask:
+    """One train task the swarm applied: where it started and what it trained on."""
 
-    def __init__(self, shards: list[Objective]) -> None:
-        self.shards = shards
+    round: int
+    seed: int
+    shard: int
+    samples: list[int]
+    inner_steps: int
 
-    def training_loss(
-        self, model: torch.nn.Module, rng: np.random.Generator, batch_size: int
-    ) -> tuple[torch.Tensor, int]:
-        shard = self.shards[int(rng.integers(len(self.shards)))]
-        return shard.training_loss(model, rng, batch_size)
 
-    def evaluate(
-        self, model: torch.nn.Module, batch_size: int, max_examples: int
-    ) -> dict[str, float]:
-        raise NotImplementedError("the reference evaluates on the held-out set")
+def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[list[ReplayTask]]:
+    """Per round, the train tasks whose results its outer step applied, read from the
+    coordinator's database after the run."""
+    db = Database(sqlite_url(data_dir))
+    blobs = BlobStore(data_dir / "blobs")
+    rounds: list[list[ReplayTask]] = [[] for _ in range(spec.num_rounds)]
+    try:
+        with db.transaction() as session:
+            job = session.get_one(Job, job_id)
+            applied = session.scalars(
+                select(Task)
+                .where(Task.job_id == job_id, Task.applied_round.is_not(None))
+                .order_by(Task.round_index, Task.index)
+            )
+            for task in applied:
+                rows = spans.of_task(session, task.id)
+                rounds[task.applied_round or 0].append(
+                    ReplayTask(
+                        round=task.round_index,
+                        seed=task.seed,
+                        shard=rows[0].shard,
+                        samples=spans.indices(job, blobs, rows),
+                        inner_steps=task.inner_steps or spec.inner_steps,
+                    )
+                )
+    finally:
+        db.dispose()
+    return rounds
 
 
 def run_bench(
@@ -178,7 +211,7 @@ def run_bench(
             {"model": config.model, **recipe(demo_config, SFT_HYPERPARAMETERS)}
         )
         reference = Reference(spec, catalog)
-        replayed = reference.replay(config.num_clients)
+        replayed = reference.replay(applied_tasks(data_dir, sft["job_id"], spec))
         say(f"  replayed rounds: held-out loss {replayed['loss']:.4f}")
         plain = reference.plain_adamw(config.num_clients)
         say(f"  plain AdamW: held-out loss {plain['loss']:.4f}")

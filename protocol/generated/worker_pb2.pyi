@@ -89,10 +89,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, extended_task_ids: _Optional[_Iterable[str]] = ..., revoked_task_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class LeaseTaskRequest(_message.Message):
-    __slots__ = ("session",)
+    __slots__ = ("session", "cached_sha256s")
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_SHA256S_FIELD_NUMBER: _ClassVar[int]
     session: Session
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+    cached_sha256s: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., cached_sha256s: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CompressionPolicy(_message.Message):
     __slots__ = ("chain", "small_chain", "small_elements")
@@ -117,7 +119,7 @@ class ParamDelta(_message.Message):
     def __init__(self, version: _Optional[int] = ..., delta_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe")
+    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe", "sample_indices")
     MODEL_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     TOKENS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +136,7 @@ class TrainTask(_message.Message):
     PARAM_DELTAS_FIELD_NUMBER: _ClassVar[int]
     BASE_SHA256S_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
     model_config_sha256: str
     params_sha256: str
     tokens_sha256: str
@@ -150,7 +153,8 @@ class TrainTask(_message.Message):
     param_deltas: _containers.RepeatedCompositeFieldContainer[ParamDelta]
     base_sha256s: _containers.RepeatedScalarFieldContainer[str]
     recipe: Recipe
-    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ...) -> None: ...
+    sample_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., sample_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Recipe(_message.Message):
     __slots__ = ("objective", "dpo_beta", "adapter")

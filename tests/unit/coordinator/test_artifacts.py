@@ -28,8 +28,8 @@ from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
-from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, Job, sqlite_url
+from swarm.coordinator.server import Services
+from swarm.coordinator.storage import Database, Job
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.models import (
@@ -47,7 +47,8 @@ from swarm.models.objectives import build_objective
 from swarm.models.sources import load_preset, load_weights
 from swarm.protocol import messages as m
 from swarm.protocol.version import PROTOCOL_VERSION
-from swarm.scheduler import JobSpec, LeasePolicy
+from swarm.scheduler import JobSpec
+from tests.conftest import start_job, wire_services
 
 SPEC = JobSpec(
     model="micro-llama",
@@ -76,6 +77,7 @@ class Finished:
     blobs: BlobStore
     catalog: ModelCatalog
     jobs: JobService
+    services: Services
     job: Job
     reported: list[dict[str, float]]
     """The metrics the worker reported for each evaluation, by round."""
@@ -138,6 +140,7 @@ class InTestWorker:
                 warmup_steps=task.train.warmup_steps,
                 seed=task.train.seed,
             ),
+            samples=task.train.sample_indices,
         )
         policy = CompressionPolicy(**asdict(task.train.update_policy))
         payload = encode_payload(result.pseudo_gradient, policy, seed=task.train.seed)
@@ -185,16 +188,17 @@ class InTestWorker:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finished]:
     root = tmp_path_factory.mktemp("artifacts")
-    db = Database(sqlite_url(root))
-    db.migrate()
-    blobs = BlobStore(root / "blobs")
-    catalog = ModelCatalog(root / "models", blobs)
-    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
-    jobs = JobService(db, blobs, rounds, catalog)
-    tasks = TaskService(db, LeasePolicy(ttl_s=60.0, max_task_s=600.0, solo_wait_s=1.0))
-    worker = InTestWorker(blobs, tasks, WorkerRegistry(db))
+    services = wire_services(root, lease_ttl_s=60.0, max_task_s=600.0, solo_wait_s=1.0)
+    db, blobs, catalog, rounds, jobs = (
+        services.db,
+        services.blobs,
+        services.catalog,
+        services.rounds,
+        services.jobs,
+    )
+    worker = InTestWorker(blobs, services.tasks, WorkerRegistry(db))
     try:
-        job = jobs.create_job(SPEC)
+        job = start_job(services, SPEC)
         # Round 0: one train task and the evaluation of version 0; round 1 only evaluates.
         for expected in (["train", "evaluate"], ["evaluate"]):
             assert [worker.run_one() for _ in expected] == expected
@@ -205,6 +209,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finished]:
             blobs=blobs,
             catalog=catalog,
             jobs=jobs,
+            services=services,
             job=jobs.get_job(job.id),
             reported=worker.evaluations,
         )
@@ -363,7 +368,7 @@ def test_the_merged_folder_loads_with_transformers_and_generates(
 
 @pytest.fixture
 def client(finished: Finished) -> Iterator[TestClient]:
-    app = create_app(finished.db, finished.jobs, finished.catalog, finished.blobs)
+    app = create_app(finished.services)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -447,6 +452,10 @@ def test_http_a_running_job_has_no_artifacts(client: TestClient) -> None:
         "hyperparameters": {"seq_len": 200, "num_shards": 2, "num_rounds": 1},
     }
     job = client.post("/v1/fine_tuning/jobs", json=body).json()
+    services = client.app.state.services  # type: ignore[attr-defined]
+    assert services.jobs.prepare_next() == job["id"]
+    services.scheduler.admit_jobs()
+    job = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
     assert job["status"] == "running"
     assert job["fine_tuned_model"] is None
     listing = client.get(f"/v1/swarm/jobs/{job['id']}/artifacts").json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService, read_dataset
-from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, Event, Job, Round, Task, sqlite_url
+from swarm.coordinator.server import Services as Wired
+from swarm.coordinator.storage import Database, Event, Job, Round, Task
 from swarm.models import (
     config_from_bytes,
     decode_examples,
@@ -33,6 +33,7 @@ from swarm.models.chat import byte_chat_tokenizer, tokenize_chat, tokenize_prefe
 from swarm.models.sources import load_preset, unique_state
 from swarm.protocol.errors import ConfigError
 from swarm.scheduler import JobSpec
+from tests.conftest import wire_services
 
 SMALL: dict[str, Any] = {
     "model": "micro-llama",
@@ -58,6 +59,14 @@ class Services:
     blobs: BlobStore
     catalog: ModelCatalog
     jobs: JobService
+    wired: Wired
+
+    def start(self, job_spec: JobSpec) -> Job:
+        """Create, prepare and start a job, as the coordinator's threads would."""
+        job = self.jobs.create_job(job_spec)
+        assert self.jobs.prepare_next() == job.id
+        self.wired.scheduler.admit_jobs()
+        return self.jobs.get_job(job.id)
 
     def blob_names(self) -> set[str]:
         return {
@@ -74,20 +83,25 @@ class Services:
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
-    db = Database(sqlite_url(tmp_path))
-    db.migrate()
-    blobs = BlobStore(tmp_path / "blobs")
-    catalog = ModelCatalog(tmp_path / "models", blobs)
-    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
+    wired = wire_services(tmp_path)
     try:
         yield Services(
-            db=db,
-            blobs=blobs,
-            catalog=catalog,
-            jobs=JobService(db, blobs, rounds, catalog, datasets_dir=tmp_path),
+            db=wired.db,
+            blobs=wired.blobs,
+            catalog=wired.catalog,
+            # Datasets are read from the test's own folder.
+            jobs=JobService(
+                wired.db,
+                wired.blobs,
+                wired.rounds,
+                wired.catalog,
+                wired.ledger,
+                datasets_dir=tmp_path,
+            ),
+            wired=wired,
         )
     finally:
-        db.dispose()
+        wired.db.dispose()
 
 
 def preset_weights_sha256(name: str = "micro-llama", seed: int = 0) -> str:
@@ -122,7 +136,7 @@ def round_zero_params(services: Services, job: Job) -> dict[str, torch.Tensor]:
 def test_lora_sft_job_trains_only_adapters_on_the_shipped_instructions(
     services: Services,
 ) -> None:
-    job = services.jobs.create_job(spec())
+    job = services.start(spec())
     assert job.spec["adapter"] == "lora"
     assert job.spec["dataset"] == "builtin:smol_instruct"
     assert job.spec["validation_dataset"] == "builtin:smol_instruct_heldout"
@@ -172,7 +186,7 @@ def test_lora_sft_job_trains_only_adapters_on_the_shipped_instructions(
 
 
 def test_lora_dpo_job_holds_preference_pairs_and_the_frozen_base(services: Services) -> None:
-    job = services.jobs.create_job(spec(method="dpo"))
+    job = services.start(spec(method="dpo"))
     assert job.spec["dataset"] == "builtin:smol_prefs"
     assert job.spec["validation_dataset"] == "builtin:smol_prefs_heldout"
     assert job.spec["adapter"] == "lora"
@@ -202,7 +216,7 @@ def test_lora_dpo_job_holds_preference_pairs_and_the_frozen_base(services: Servi
 
 
 def test_full_sft_sends_no_base_weights(services: Services) -> None:
-    job = services.jobs.create_job(spec(adapter="full"))
+    job = services.start(spec(adapter="full"))
     assert job.base_sha256s == []
     assert not any("lora_" in name for name in job.param_shapes)
     assert "model.embed_tokens.weight" in job.param_shapes
@@ -215,7 +229,7 @@ def test_full_sft_sends_no_base_weights(services: Services) -> None:
 
 
 def test_full_dpo_sends_the_base_as_its_reference(services: Services) -> None:
-    job = services.jobs.create_job(spec(method="dpo", adapter="full"))
+    job = services.start(spec(method="dpo", adapter="full"))
     assert not any("lora_" in name for name in job.param_shapes)
     assert job.base_sha256s == [preset_weights_sha256()]
     assert services.blobs.exists(job.base_sha256s[0])
@@ -224,7 +238,7 @@ def test_full_dpo_sends_the_base_as_its_reference(services: Services) -> None:
 def test_a_job_starts_from_another_jobs_merged_result_only_once_it_exists(
     services: Services,
 ) -> None:
-    sft = services.jobs.create_job(spec())
+    sft = services.start(spec())
     with pytest.raises(ConfigError, match=f"unknown model '{sft.id}'"):
         services.jobs.create_job(spec(model=sft.id, method="dpo"))
     assert services.row_counts()["Job"] == 1
@@ -234,7 +248,7 @@ def test_a_job_starts_from_another_jobs_merged_result_only_once_it_exists(
     params = {n: t + 0.25 if "lora_B" in n else t for n, t in params.items()}
     build_artifacts(services.jobs.get_job(sft.id), params, services.blobs, services.catalog)
 
-    dpo = services.jobs.create_job(spec(model=sft.id, method="dpo"))
+    dpo = services.start(spec(model=sft.id, method="dpo"))
     manifest = services.catalog.manifest(sft.id)
     assert manifest is not None
     assert dpo.model == sft.id
@@ -325,8 +339,7 @@ BAD_DATA = {
 def assert_nothing_stored(services: Services, blobs_before: set[str]) -> None:
     assert services.row_counts() == {"Job": 0, "Event": 0, "Round": 0, "Task": 0}
     assert services.jobs.list_jobs().jobs == []
-    # Resolving a preset stores its weights before the data is read; nothing else may appear.
-    assert services.blob_names() - blobs_before <= {preset_weights_sha256()}
+    assert services.blob_names() == blobs_before
     assert not services.catalog.root.exists()
 
 
@@ -398,7 +411,7 @@ HTTP_HYPERPARAMETERS = {k: v for k, v in SMALL.items() if k != "model"}
 
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    app = create_app(services.db, services.jobs, services.catalog, services.blobs)
+    app = create_app(replace(services.wired, jobs=services.jobs))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -429,7 +442,10 @@ def test_post_dpo_method_object_sets_beta(client: TestClient, services: Services
     assert job["swarm"]["spec"]["adapter"] == "lora"
     assert job["training_file"] == "builtin:smol_prefs"
     assert job["validation_file"] == "builtin:smol_prefs_heldout"
+    assert job["status"] == "validating_files"
+    assert services.jobs.prepare_next() == job["id"]
     stored = services.jobs.get_job(job["id"])
+    assert stored.status == "queued"
     assert stored.spec["dpo_beta"] == 0.2
     assert stored.base_sha256s == [preset_weights_sha256()]
 

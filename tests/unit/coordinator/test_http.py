@@ -9,12 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from swarm.coordinator.blobs import BlobStore
-from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.http import create_app
-from swarm.coordinator.jobs import JobService
-from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, sqlite_url
+from tests.conftest import wire_services
 
 HYPERPARAMETERS: dict[str, Any] = {
     "num_rounds": 2,
@@ -42,30 +38,34 @@ JOB_FIELDS = {
     "error",
     "seed",
     "metadata",
+    "estimated_finish",
 }
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    db = Database(sqlite_url(tmp_path))
-    db.migrate()
-    blobs = BlobStore(tmp_path / "blobs")
-    catalog = ModelCatalog(tmp_path / "models", blobs)
-    jobs = JobService(db, blobs, RoundService(db, blobs, catalog, worker_online_s=30.0), catalog)
+    services = wire_services(tmp_path)
     try:
-        with TestClient(
-            create_app(db, jobs, catalog, blobs), raise_server_exceptions=False
-        ) as test_client:
+        with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
             yield test_client
     finally:
-        db.dispose()
+        services.db.dispose()
 
 
 def create(client: TestClient, **body: Any) -> dict[str, Any]:
+    """Create a job over HTTP; it is `validating_files` until the coordinator prepares it."""
     body = {"model": "micro-llama", "hyperparameters": HYPERPARAMETERS, **body}
     response = client.post("/v1/fine_tuning/jobs", json=body)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def settle(client: TestClient) -> None:
+    """What the coordinator's preparer and housekeeper threads do: prepare, then start jobs."""
+    services = client.app.state.services  # type: ignore[attr-defined]
+    while services.jobs.prepare_next() is not None:
+        pass
+    services.scheduler.admit_jobs()
 
 
 def assert_openai_error(response: Any, status: int) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def test_create_job_returns_an_openai_fine_tuning_job(client: TestClient) -> Non
     assert job["object"] == "fine_tuning.job"
     assert job["id"].startswith("ftjob-")
     assert job["model"] == "micro-llama"
-    assert job["status"] == "running"
+    assert job["status"] == "validating_files"
     assert isinstance(job["created_at"], int) and job["created_at"] > 1_600_000_000
     assert job["finished_at"] is None
     assert job["training_file"] == "builtin:tiny_corpus"
@@ -99,11 +99,18 @@ def test_create_job_returns_an_openai_fine_tuning_job(client: TestClient) -> Non
     assert job["swarm"]["num_rounds"] == 2
     assert job["swarm"]["rounds_completed"] == 0
     assert job["swarm"]["spec"]["inner_steps"] == 2
-    assert job["swarm"]["num_trainable_params"] > 0
+    assert job["swarm"]["owner"] == "user:default"
+    settle(client)
+    started = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert started["status"] == "running"
+    assert started["swarm"]["num_trainable_params"] > 0
+    assert started["swarm"]["estimated_credits"] > 0
+    assert started["swarm"]["credits_consumed"] == 0
 
 
 def test_created_job_can_be_fetched_by_id(client: TestClient) -> None:
     job = create(client)
+    settle(client)
     response = client.get(f"/v1/fine_tuning/jobs/{job['id']}")
     assert response.status_code == 200
     fetched = response.json()
@@ -224,6 +231,7 @@ def test_fractional_value_for_an_integer_hyperparameter_is_400(
 
 def test_events_and_rounds_of_a_job(client: TestClient) -> None:
     job = create(client)
+    settle(client)
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()
     assert events["object"] == "list"
     assert events["data"]
@@ -237,6 +245,8 @@ def test_events_and_rounds_of_a_job(client: TestClient) -> None:
 def test_healthz_reports_ok_and_job_counts(client: TestClient) -> None:
     assert client.get("/healthz").json()["jobs"] == {}
     create(client)
+    assert client.get("/healthz").json()["jobs"] == {"validating_files": 1}
+    settle(client)
     response = client.get("/healthz")
     assert response.status_code == 200
     health = response.json()

@@ -20,15 +20,17 @@ from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, Job, Round, Task, sqlite_url
+from swarm.coordinator.scheduling import Scheduler
+from swarm.coordinator.server import Services
+from swarm.coordinator.storage import Database, Job, Round, Task
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.models import state_from_bytes, state_to_bytes
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ConfigError, NotFoundError
 from swarm.protocol.version import PROTOCOL_VERSION
-from swarm.scheduler import LeasePolicy
-from tests.conftest import MICRO_SPEC
+from swarm.scheduler import JobSpec
+from tests.conftest import MICRO_SPEC, start_job, wire_services
 
 SPEC = MICRO_SPEC
 
@@ -42,6 +44,12 @@ class Coordinator:
     tasks: TaskService
     workers: WorkerRegistry
     catalog: ModelCatalog
+    scheduler: Scheduler
+    services: Services
+
+    def start(self, spec: JobSpec) -> Job:
+        """Create, prepare and start a job."""
+        return start_job(self.services, spec)
 
     def register(self) -> str:
         public_key = (
@@ -107,23 +115,21 @@ class Coordinator:
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
-    db = Database(sqlite_url(tmp_path))
-    db.migrate()
-    blobs = BlobStore(tmp_path / "blobs")
-    catalog = ModelCatalog(tmp_path / "models", blobs)
-    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
+    services = wire_services(tmp_path, lease_ttl_s=5.0, max_task_s=60.0, solo_wait_s=1.0)
     try:
         yield Coordinator(
-            db=db,
-            blobs=blobs,
-            rounds=rounds,
-            jobs=JobService(db, blobs, rounds, catalog),
-            tasks=TaskService(db, LeasePolicy(ttl_s=5.0, max_task_s=60.0, solo_wait_s=1.0)),
-            workers=WorkerRegistry(db),
-            catalog=catalog,
+            db=services.db,
+            blobs=services.blobs,
+            rounds=services.rounds,
+            jobs=services.jobs,
+            tasks=services.tasks,
+            workers=WorkerRegistry(services.db),
+            catalog=services.catalog,
+            scheduler=services.scheduler,
+            services=services,
         )
     finally:
-        db.dispose()
+        services.db.dispose()
 
 
 def gradient_like(job: Job, value: float) -> dict[str, torch.Tensor]:
@@ -131,9 +137,26 @@ def gradient_like(job: Job, value: float) -> dict[str, torch.Tensor]:
     return {n: torch.full(tuple(s), value) for n, s in job.param_shapes.items()}
 
 
-def test_create_job_opens_round_zero(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(SPEC, metadata={"team": "x"})
-    assert job.id.startswith("ftjob-")
+def test_a_job_is_validated_then_prepared_then_queued_then_started(
+    coordinator: Coordinator,
+) -> None:
+    created = coordinator.jobs.create_job(SPEC, metadata={"team": "x"})
+    assert created.id.startswith("ftjob-")
+    assert created.status == "validating_files"
+    assert created.shard_sha256s == [] and coordinator.rounds_of(created.id) == []
+
+    assert coordinator.jobs.prepare_next() == created.id
+    assert coordinator.jobs.prepare_next() is None  # nothing else is waiting
+    queued = coordinator.jobs.get_job(created.id)
+    assert queued.status == "queued" and queued.queued_at is not None
+    assert queued.estimated_credits > 0
+    assert queued.shard_samples is not None and len(queued.shard_samples) == SPEC.num_shards
+    assert queued.num_model_params >= queued.num_trainable_params > 0
+    assert queued.memory_bytes > 4 * queued.num_model_params
+    assert coordinator.rounds_of(created.id) == []
+
+    assert coordinator.scheduler.admit_jobs() == [created.id]
+    job = coordinator.jobs.get_job(created.id)
     assert job.status == "running"
     assert job.started_at is not None
     assert job.metadata_ == {"team": "x"}
@@ -159,22 +182,23 @@ def test_create_job_opens_round_zero(coordinator: Coordinator) -> None:
     # Only train tasks consume shards.
     assert coordinator.jobs.get_job(job.id).tasks_created == SPEC.min_clients
 
-    events = coordinator.jobs.list_events(job.id)
-    assert any("validated" in e.message for e in events)
+    events = [e.message for e in coordinator.jobs.list_events(job.id)]
+    assert any("validated" in e and "queued" in e for e in events), events
+    assert any(e.startswith("started") for e in events), events
     assert coordinator.jobs.count_by_status() == {"running": 1}
 
 
 def test_round_zero_has_one_task_per_online_worker(coordinator: Coordinator) -> None:
     for _ in range(3):
         coordinator.register()
-    job = coordinator.jobs.create_job(SPEC)
+    job = coordinator.start(SPEC)
     [round_0] = coordinator.rounds_of(job.id)
     assert (round_0.num_train_tasks, round_0.num_tasks) == (3, 4)
     assert [t.kind for t in coordinator.tasks_of(round_0.id)] == ["train"] * 3 + ["evaluate"]
 
 
 def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(SPEC)
+    job = coordinator.start(SPEC)
     w1, w2 = coordinator.register(), coordinator.register()
     [round_0] = coordinator.rounds_of(job.id)
     params_0 = state_from_bytes(coordinator.blobs.read(round_0.params_sha256))
@@ -279,7 +303,7 @@ def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
 
 
 def test_the_final_round_packages_the_measured_version(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(replace(SPEC, num_rounds=1))
+    job = coordinator.start(replace(SPEC, num_rounds=1))
     w1, w2 = coordinator.register(), coordinator.register()
     coordinator.train(job, w1, gradient_like(job, 0.25), tokens=64)
     coordinator.train(job, w2, gradient_like(job, 0.25), tokens=64)
@@ -302,7 +326,7 @@ def test_the_final_round_packages_the_measured_version(coordinator: Coordinator)
 
 
 def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(SPEC)
+    job = coordinator.start(SPEC)
     w1, w2 = coordinator.register(), coordinator.register()
     for worker in (w1, w2):
         coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64)
@@ -328,7 +352,7 @@ def test_leased_task_names_the_current_version(coordinator: Coordinator) -> None
 
 
 def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(SPEC)
+    job = coordinator.start(SPEC)
     w1, w2 = coordinator.register(), coordinator.register()
     for worker in (w1, w2):
         assert coordinator.train(job, worker, gradient_like(job, 0.25), tokens=64).accepted
@@ -345,7 +369,7 @@ def test_a_round_whose_outer_step_fails_is_not_stranded(coordinator: Coordinator
 
 
 def test_a_final_round_whose_packaging_fails_fails_the_job(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(replace(SPEC, num_rounds=1))
+    job = coordinator.start(replace(SPEC, num_rounds=1))
     w1, w2 = coordinator.register(), coordinator.register()
     coordinator.train(job, w1, gradient_like(job, 0.25), tokens=64)
     coordinator.train(job, w2, gradient_like(job, 0.25), tokens=64)
@@ -366,7 +390,7 @@ def test_a_final_round_whose_packaging_fails_fails_the_job(coordinator: Coordina
 
 
 def test_a_round_opened_before_evaluate_tasks_still_closes(coordinator: Coordinator) -> None:
-    job = coordinator.jobs.create_job(SPEC)
+    job = coordinator.start(SPEC)
     w1, w2 = coordinator.register(), coordinator.register()
     [round_0] = coordinator.rounds_of(job.id)
     # What migration 0003 leaves of a round opened by the previous release: train tasks only.
@@ -465,7 +489,7 @@ def test_list_jobs_after_an_unknown_id_is_not_found(coordinator: Coordinator) ->
 def test_the_next_version_is_broadcast_as_a_delta_workers_can_apply(
     coordinator: Coordinator,
 ) -> None:
-    job = coordinator.jobs.create_job(SPEC)
+    job = coordinator.start(SPEC)
     w1, w2 = coordinator.register(), coordinator.register()
     [round_0] = coordinator.rounds_of(job.id)
     assert round_0.worker_params_sha256 == round_0.params_sha256  # version 0 is sent whole

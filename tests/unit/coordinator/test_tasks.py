@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from swarm.compression import encode_payload
 from swarm.coordinator.blobs import BlobStore
-from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.jobs import JobService
+from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker, sqlite_url
+from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.protocol import messages as m
@@ -31,7 +31,7 @@ from swarm.protocol.errors import (
 )
 from swarm.protocol.version import PROTOCOL_VERSION
 from swarm.scheduler import JobSpec, LeasePolicy
-from tests.conftest import MICRO_SPEC
+from tests.conftest import MICRO_SPEC, start_job, wire_services
 
 SPEC = MICRO_SPEC
 POLICY = LeasePolicy(ttl_s=5.0, max_task_s=60.0, solo_wait_s=3.0)
@@ -125,17 +125,16 @@ class Coordinator:
         return self.tasks.accept_result(worker_id, header, empty)
 
 
+SETTINGS = {"lease_ttl_s": POLICY.ttl_s, "max_task_s": POLICY.max_task_s, "solo_wait_s": 3.0}
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Job]:
     """A migrated database with one job (round 0 open), built once and copied per test."""
     root = tmp_path_factory.mktemp("template")
-    db = Database(sqlite_url(root))
-    db.migrate()
-    blobs = BlobStore(root / "blobs")
-    catalog = ModelCatalog(root / "models", blobs)
-    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
-    job = JobService(db, blobs, rounds, catalog).create_job(SPEC)
-    db.dispose()
+    services = wire_services(root, **SETTINGS)
+    job = start_job(services, SPEC)
+    services.db.dispose()
     return root, job
 
 
@@ -143,22 +142,19 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Job]:
 def coordinator(template: tuple[Path, Job], tmp_path: Path) -> Iterator[Coordinator]:
     source, job = template
     shutil.copytree(source, tmp_path, dirs_exist_ok=True)
-    db = Database(sqlite_url(tmp_path))
-    blobs = BlobStore(tmp_path / "blobs")
-    catalog = ModelCatalog(tmp_path / "models", blobs)
-    rounds = RoundService(db, blobs, catalog, worker_online_s=30.0)
+    services = wire_services(tmp_path, **SETTINGS)
     try:
         yield Coordinator(
-            db=db,
-            blobs=blobs,
-            rounds=rounds,
-            jobs=JobService(db, blobs, rounds, catalog),
-            tasks=TaskService(db, POLICY),
-            workers=WorkerRegistry(db),
+            db=services.db,
+            blobs=services.blobs,
+            rounds=services.rounds,
+            jobs=services.jobs,
+            tasks=services.tasks,
+            workers=WorkerRegistry(services.db),
             job=job,
         )
     finally:
-        db.dispose()
+        services.db.dispose()
 
 
 # -- leasing -------------------------------------------------------------------------------
@@ -423,7 +419,11 @@ def test_hand_back_of_an_unknown_task_is_not_found(coordinator: Coordinator) -> 
 def test_first_result_is_accepted_and_a_duplicate_is_ignored(coordinator: Coordinator) -> None:
     calls = []
     coordinator.tasks = TaskService(
-        coordinator.db, POLICY, on_result_accepted=lambda: calls.append(1)
+        coordinator.db,
+        POLICY,
+        coordinator.blobs,
+        Ledger(),
+        on_result_accepted=lambda: calls.append(1),
     )
     w1 = coordinator.register()
     task_id = coordinator.lease_id(w1)

@@ -25,6 +25,7 @@ from swarm.models.objectives import (
 from swarm.models.shards import encode_shard
 from swarm.models.sources import load_preset
 from swarm.models.tokenizer import encode_text
+from swarm.models.training import sample_order
 from swarm.protocol.errors import ConfigError
 
 VOCAB = 259
@@ -77,12 +78,12 @@ def masked_nll_by_hand(
 # ---- supervised fine-tuning ----------------------------------------------------------------
 
 
-def test_sft_training_loss_is_the_masked_cross_entropy_of_the_sampled_batch() -> None:
+def test_sft_training_loss_is_the_masked_cross_entropy_of_the_named_batch() -> None:
     model = micro()
     objective = SupervisedFineTuning(SEQUENCES)
-    loss, tokens = objective.training_loss(model, np.random.default_rng(5), batch_size=4)
-    indices = np.random.default_rng(5).integers(0, len(SEQUENCES), size=4).tolist()
-    assert len(set(indices)) > 1  # the batch is padded
+    assert objective.num_samples == len(SEQUENCES)
+    indices = [2, 0, 1, 0]  # sequences of different lengths: the batch is padded
+    loss, tokens = objective.training_loss(model, indices)
     total, count = masked_nll_by_hand(model, SEQUENCES, indices)
     assert loss.item() == pytest.approx(total / count, abs=1e-5)
     assert tokens == sum(int(SEQUENCES.offsets[i + 1] - SEQUENCES.offsets[i]) for i in indices)
@@ -157,16 +158,24 @@ def test_lm_evaluation_is_deterministic_and_independent_of_batching() -> None:
     assert objective.evaluate(model, batch_size=4, max_examples=3)["examples"] == 3.0
 
 
-def test_lm_training_loss_is_the_loss_of_random_windows() -> None:
+def test_lm_samples_are_the_consecutive_windows_of_the_shard() -> None:
     model = build_model(load_preset("micro-llama").config, seed=0)
     objective = LanguageModeling(TOKENS, seq_len=16)
-    loss, tokens = objective.training_loss(model, np.random.default_rng(2), batch_size=3)
+    assert objective.num_samples == len(TOKENS) // 16
+    loss, tokens = objective.training_loss(model, [5, 0, 2])
     assert tokens == 3 * 16
-    starts = np.random.default_rng(2).integers(0, len(TOKENS) - 16, size=3)
+    starts = [5 * 16, 0, 2 * 16]
     windows = torch.from_numpy(np.stack([TOKENS[s : s + 16] for s in starts]).astype(np.int64))
     with torch.no_grad():
         expected = model(input_ids=windows, labels=windows).loss
     assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("indices", [[], [0, 10_000], [-1]])
+def test_a_batch_naming_samples_the_shard_lacks_is_refused(indices: list[int]) -> None:
+    objective = LanguageModeling(TOKENS, seq_len=16)
+    with pytest.raises(ConfigError, match="sample"):
+        objective.training_loss(build_model(load_preset("micro-llama").config), indices)
 
 
 # ---- direct preference optimization --------------------------------------------------------
@@ -204,11 +213,11 @@ def lora(model: torch.nn.Module, dropout: float = 0.0) -> torch.nn.Module:
 
 def train(model: torch.nn.Module, objective: Objective, steps: int, lr: float) -> list[float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    rng = np.random.default_rng(0)
+    order = sample_order(objective.num_samples, steps * 4, seed=0)
     model.train()
     losses = []
-    for _ in range(steps):
-        loss, _ = objective.training_loss(model, rng, batch_size=4)
+    for step in range(steps):
+        loss, _ = objective.training_loss(model, order[step * 4 : (step + 1) * 4])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -238,9 +247,9 @@ def test_fresh_lora_policy_equals_its_reference() -> None:
     assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-7)
     assert metrics["examples"] == 4.0
     model.train()
-    loss, tokens = objective.training_loss(model, np.random.default_rng(0), batch_size=2)
+    indices = [1, 3]
+    loss, tokens = objective.training_loss(model, indices)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
-    indices = np.random.default_rng(0).integers(0, 4, size=2).tolist()
     assert tokens == sum(
         int(s.offsets[i + 1] - s.offsets[i]) for s in (CHOSEN, REJECTED) for i in indices
     )
@@ -253,10 +262,10 @@ def test_reference_pass_leaves_the_training_mode_as_it_was() -> None:
     model = lora(micro(), dropout=0.5)
     objective = DirectPreference(CHOSEN, REJECTED, beta=0.1)
     model.train()
-    objective.training_loss(model, np.random.default_rng(0), batch_size=2)
+    objective.training_loss(model, [0, 1])
     assert model.training
     model.eval()
-    objective.training_loss(model, np.random.default_rng(0), batch_size=2)
+    objective.training_loss(model, [0, 1])
     assert not model.training
 
 
@@ -294,7 +303,7 @@ def test_full_fine_tuning_dpo_without_a_reference_is_refused() -> None:
     model = apply_adapter(micro(), AdapterConfig(kind="full"))
     objective = DirectPreference(CHOSEN, REJECTED, beta=0.1)
     with pytest.raises(ConfigError, match="needs a LoRA adapter"):
-        objective.training_loss(model, np.random.default_rng(0), batch_size=2)
+        objective.training_loss(model, [0, 1])
     with pytest.raises(ConfigError, match="needs a LoRA adapter"):
         objective.evaluate(model, batch_size=2, max_examples=2)
 

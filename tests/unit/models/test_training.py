@@ -17,6 +17,7 @@ from swarm.models import (
     encode_text,
     preset_config,
     run_inner_loop,
+    sample_order,
     trainable_state,
 )
 from swarm.protocol.errors import ConfigError
@@ -180,3 +181,29 @@ def test_evaluation_needs_one_window_plus_one_token() -> None:
         evaluate_loss(model, TOKENS[:32])
     with pytest.raises(ConfigError):
         evaluate_loss(model, TOKENS[:0])
+
+
+def test_the_loop_trains_on_exactly_the_samples_it_is_given() -> None:
+    samples = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]  # 3 steps of 4, the last one short
+    config = InnerLoopConfig(steps=3, batch_size=4, learning_rate=1e-2, seed=7)
+    result = run_inner_loop(_model(), OBJECTIVE, config, samples=samples)
+    assert len(result.losses) == 3
+    assert result.tokens == len(samples) * SEQ_LEN
+    # The same samples in another order are another task.
+    reordered = run_inner_loop(_model(), OBJECTIVE, config, samples=samples[::-1])
+    assert reordered.losses != result.losses
+
+
+@pytest.mark.parametrize("count", [0, 8, 13])
+def test_samples_that_do_not_make_the_asked_steps_are_refused(count: int) -> None:
+    config = InnerLoopConfig(steps=3, batch_size=4, learning_rate=1e-2)
+    with pytest.raises(ConfigError, match="not the 3 steps"):
+        run_inner_loop(_model(), OBJECTIVE, config, samples=list(range(count)))
+
+
+def test_sample_order_visits_every_sample_once_per_pass() -> None:
+    order = sample_order(7, 17, seed=3)
+    assert len(order) == 17
+    assert sorted(order[:7]) == list(range(7)) and sorted(order[7:14]) == list(range(7))
+    assert order == sample_order(7, 17, seed=3)
+    assert order != sample_order(7, 17, seed=4)
