@@ -247,14 +247,11 @@ class JobSpec:
                 raise ConfigError(
                     f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r:.40}"
                 )
-        if not self.min_inner_steps:
-            object.__setattr__(self, "min_inner_steps", max(1, self.inner_steps // 4))
-        if not self.max_inner_steps:
-            object.__setattr__(self, "max_inner_steps", min(100_000, self.inner_steps * 4))
-        if not self.min_inner_steps <= self.inner_steps <= self.max_inner_steps:
+        low, high = self.inner_steps_range()
+        if not low <= self.inner_steps <= high:
             raise ConfigError(
                 f"inner_steps ({self.inner_steps}) must lie in [min_inner_steps, "
-                f"max_inner_steps] = [{self.min_inner_steps}, {self.max_inner_steps}]"
+                f"max_inner_steps] = [{low}, {high}]"
             )
         for name in ("codec", "small_tensor_codec", "broadcast_codec"):
             try:
@@ -308,6 +305,13 @@ class JobSpec:
             max_grad_norm=self.max_grad_norm,
             warmup_steps=min(self.warmup_steps, steps),
             seed=seed,
+        )
+
+    def inner_steps_range(self) -> tuple[int, int]:
+        """The inner steps adaptive sizing gives a task, at least and at most."""
+        return (
+            self.min_inner_steps or max(1, self.inner_steps // 4),
+            self.max_inner_steps or min(100_000, self.inner_steps * 4),
         )
 
     def finishes_by_epochs(self) -> bool:

@@ -59,7 +59,8 @@ def inner_steps_for(spec: JobSpec, speed: float | None, reference: float | None)
     if spec.work_sizing == "fixed" or not speed or not reference:
         return spec.inner_steps
     steps = round(spec.inner_steps * speed / reference)
-    return max(spec.min_inner_steps, min(spec.max_inner_steps, steps))
+    low, high = spec.inner_steps_range()
+    return max(low, min(high, steps))
 
 
 def expected_task_s(

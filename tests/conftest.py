@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,16 @@ def start_job(services: Services, spec: JobSpec, **create: Any) -> Job:
     started = services.jobs.get_job(job.id)
     assert started.status == "running", (started.status, started.error)
     return started
+
+
+def wait_until_running(services: Services, job_id: str, timeout_s: float = 60.0) -> Job:
+    """A live coordinator's job once its own threads have prepared and started it."""
+    deadline = time.monotonic() + timeout_s
+    while (job := services.jobs.get_job(job_id)).status in ("validating_files", "queued"):
+        assert time.monotonic() < deadline, f"job {job_id} is still {job.status}"
+        time.sleep(0.05)
+    assert job.status == "running", (job.status, job.error)
+    return job
 
 
 def start_live_coordinator(data_dir: Path, **overrides: Any) -> LiveCoordinator:

@@ -39,7 +39,7 @@ from swarm.protocol.version import PROTOCOL_VERSION
 if TYPE_CHECKING:
     from tests.conftest import LiveCoordinator
 
-from tests.conftest import MICRO_SPEC
+from tests.conftest import MICRO_SPEC, wait_until_running
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +288,8 @@ def expect_raw_error(code: grpc.StatusCode, call: Any, *args: Any, **kwargs: Any
 @pytest.fixture
 def harness(live_coordinator: LiveCoordinator) -> Iterator[Harness]:
     """A live coordinator with one running job (round 0 open, two train tasks) and a client."""
-    job = live_coordinator.services.jobs.create_job(SPEC)
+    services = live_coordinator.services
+    job = wait_until_running(services, services.jobs.create_job(SPEC).id)
     channel = open_channel(live_coordinator.target)
     try:
         yield Harness(live=live_coordinator, job=job, channel=channel, client=WorkerClient(channel))
