@@ -39,7 +39,7 @@ class Transport:
     def __init__(
         self,
         target: str,
-        register_request: m.RegisterWorkerRequest,
+        register_request: Callable[[], m.RegisterWorkerRequest],
         *,
         stop: threading.Event,
         rpc_timeout_s: float = 15.0,
@@ -70,7 +70,7 @@ class Transport:
             self.registration = self.retry(
                 "RegisterWorker",
                 lambda: self._client.register_worker(
-                    self._register_request, timeout_s=self._rpc_timeout_s
+                    self._register_request(), timeout_s=self._rpc_timeout_s
                 ),
             )
             logger.info(

@@ -80,15 +80,25 @@ class Worker:
         key = load_or_create_key(self.settings.data_dir / "identity.key")
         hardware = profile_with_benchmark(self.settings.data_dir / "benchmark.json")
         self._key = key
-        transport = Transport(
-            self.settings.coordinator,
-            m.RegisterWorkerRequest(
+        def registration() -> m.RegisterWorkerRequest:
+            """Signed afresh for every attempt: the coordinator checks how recent it is."""
+            signed_at = time.time()
+            public_key = public_key_bytes(key)
+            return m.RegisterWorkerRequest(
                 protocol_version=PROTOCOL_VERSION,
                 name=self.settings.name,
-                public_key=public_key_bytes(key),
+                public_key=public_key,
                 hardware=hardware,
                 client_version=CLIENT_VERSION,
-            ),
+                signed_at_unix_s=signed_at,
+                signature=key.sign(
+                    m.registration_signing_bytes(public_key, self.settings.name, signed_at)
+                ),
+            )
+
+        transport = Transport(
+            self.settings.coordinator,
+            registration,
             stop=self.stop,
             rpc_timeout_s=self.settings.rpc_timeout_s,
             max_backoff_s=self.settings.max_backoff_s,

@@ -83,8 +83,12 @@ def start_coordinator(
     db: str | None = None,
     extra_env: dict[str, str] | None = None,
     timeout_s: float = 60.0,
+    *,
+    grpc_port: int = 0,
+    http_port: int = 0,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start `swarm coordinator` on free loopback ports; return it and its ready file."""
+    """Start `swarm coordinator` on loopback (free ports unless given); return it and its
+    ready file."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / READY_FILE).unlink(missing_ok=True)
     command = [
@@ -95,9 +99,9 @@ def start_coordinator(
         "--host",
         "127.0.0.1",
         "--grpc-port",
-        "0",
+        str(grpc_port),
         "--http-port",
-        "0",
+        str(http_port),
         "--data-dir",
         str(data_dir),
     ]

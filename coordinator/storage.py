@@ -46,7 +46,7 @@ class Worker(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
-    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), index=True)
     hardware: Mapped[dict[str, Any]] = mapped_column(JSON)
     protocol_version: Mapped[int] = mapped_column(Integer)

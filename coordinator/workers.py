@@ -1,4 +1,9 @@
-"""Worker registration and session authentication."""
+"""Worker registration and session authentication.
+
+A worker proves it holds its Ed25519 key by signing its registration. Registering again with a
+key the coordinator knows (a restarted or re-connecting client) keeps the worker's id, and so
+its credits, its place and its lease, under a fresh session token.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from dataclasses import asdict
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sqlalchemy import select
+
 from swarm.coordinator.storage import Database, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import IntegrityError, ProtocolError, UnauthenticatedError
@@ -19,6 +26,8 @@ from swarm.protocol.limits import MAX_NAME_CHARS
 from swarm.protocol.version import check_protocol_version
 
 logger = logging.getLogger(__name__)
+
+MAX_CLOCK_SKEW_S = 600.0
 
 
 def _hash_token(token: bytes) -> str:
@@ -30,7 +39,8 @@ class WorkerRegistry:
         self._db = db
 
     def register(self, request: m.RegisterWorkerRequest, peer: str) -> tuple[Worker, bytes]:
-        """Create a worker and a fresh session token (stored hashed)."""
+        """A worker and a fresh session token (stored hashed); the same worker as before if
+        its key is known."""
         check_protocol_version(request.protocol_version)
         if len(request.public_key) != 32:
             raise ProtocolError(
@@ -41,29 +51,52 @@ class WorkerRegistry:
             raise ProtocolError(f"name must be at most {MAX_NAME_CHARS} printable characters")
         if request.hardware.memory_bytes < 0 or request.hardware.flops_per_s < 0:
             raise ProtocolError("hardware profile has negative numbers")
-        token = secrets.token_bytes(32)
         now = time.time()
-        worker = Worker(
-            id=f"wk-{secrets.token_hex(8)}",
-            name=name,
-            public_key=request.public_key,
-            token_hash=_hash_token(token),
-            hardware=asdict(request.hardware),
-            protocol_version=request.protocol_version,
-            client_version=request.client_version[:64],
-            peer=peer[:128],
-            registered_at=now,
-            last_seen_at=now,
-            tasks_accepted=0,
-            tasks_failed=0,
-        )
+        skew = request.signed_at_unix_s - now
+        if not abs(skew) <= MAX_CLOCK_SKEW_S:
+            raise ProtocolError(
+                f"the registration is signed {skew:+.0f}s from the coordinator's clock; set this "
+                "machine's clock right (NTP) and join again"
+            )
+        try:
+            Ed25519PublicKey.from_public_bytes(request.public_key).verify(
+                request.signature,
+                m.registration_signing_bytes(
+                    request.public_key, request.name, request.signed_at_unix_s
+                ),
+            )
+        except (InvalidSignature, ValueError):
+            raise IntegrityError(
+                "the registration's signature does not verify against its public key"
+            ) from None
+        token = secrets.token_bytes(32)
         with self._db.transaction() as session:
-            session.add(worker)
+            worker = session.scalars(
+                select(Worker).where(Worker.public_key == request.public_key)
+            ).first()
+            returning = worker is not None
+            if worker is None:
+                worker = Worker(
+                    id=f"wk-{secrets.token_hex(8)}",
+                    public_key=request.public_key,
+                    registered_at=now,
+                    tasks_accepted=0,
+                    tasks_failed=0,
+                )
+                session.add(worker)
+            worker.name = name
+            worker.token_hash = _hash_token(token)
+            worker.hardware = asdict(request.hardware)
+            worker.protocol_version = request.protocol_version
+            worker.client_version = request.client_version[:64]
+            worker.peer = peer[:128]
+            worker.last_seen_at = now
         logger.info(
-            "worker %s (%s, %s) registered from %s",
+            "worker %s (%s, %s) %s from %s",
             worker.id,
             name,
             request.hardware.device_type,
+            "registered again" if returning else "registered",
             peer,
         )
         return worker, token

@@ -51,6 +51,8 @@ class RegisterWorkerRequest:
     public_key: bytes
     hardware: HardwareProfile
     client_version: str = ""
+    signed_at_unix_s: float = 0.0
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +289,18 @@ def from_proto(message: Message, cls: type[T]) -> T:
         else:
             kwargs[name] = getattr(message, name)
     return cls(**kwargs)
+
+
+def registration_signing_bytes(public_key: bytes, name: str, signed_at_unix_s: float) -> bytes:
+    """The exact bytes a worker signs when it registers, proving it holds its key."""
+    return (
+        b"swarm.v1/register\x00"
+        + public_key
+        + b"\x00"
+        + name.encode()
+        + b"\x00"
+        + repr(float(signed_at_unix_s)).encode()
+    )
 
 
 def result_signing_bytes(task_id: str, payload_sha256: str, metrics: TaskMetrics) -> bytes:

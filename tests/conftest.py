@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from swarm.coordinator.server import Services, build_services
 from swarm.coordinator.settings import CoordinatorSettings
 from swarm.coordinator.storage import Job
+from swarm.protocol import messages as m
+from swarm.protocol.version import PROTOCOL_VERSION
 from swarm.scheduler import JobSpec
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -51,6 +55,31 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def signed_registration(
+    key: Ed25519PrivateKey | None = None,
+    *,
+    name: str = "tester",
+    hardware: m.HardwareProfile | None = None,
+    protocol_version: int = PROTOCOL_VERSION,
+    public_key: bytes | None = None,
+    signed_at: float | None = None,
+) -> m.RegisterWorkerRequest:
+    """A registration signed by `key` (a new one by default), as a real client sends it."""
+    key = key or Ed25519PrivateKey.generate()
+    if public_key is None:
+        public_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    signed_at = time.time() if signed_at is None else signed_at
+    return m.RegisterWorkerRequest(
+        protocol_version=protocol_version,
+        name=name,
+        public_key=public_key,
+        hardware=hardware or m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
+        client_version="test",
+        signed_at_unix_s=signed_at,
+        signature=key.sign(m.registration_signing_bytes(public_key, name, signed_at)),
+    )
 
 
 @dataclass

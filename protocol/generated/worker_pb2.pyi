@@ -45,18 +45,22 @@ class HardwareProfile(_message.Message):
     def __init__(self, device_type: _Optional[str] = ..., device_name: _Optional[str] = ..., num_devices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpu_cores: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., platform: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("protocol_version", "name", "public_key", "hardware", "client_version")
+    __slots__ = ("protocol_version", "name", "public_key", "hardware", "client_version", "signed_at_unix_s", "signature")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     public_key: bytes
     hardware: HardwareProfile
     client_version: str
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., client_version: _Optional[str] = ...) -> None: ...
+    signed_at_unix_s: float
+    signature: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., client_version: _Optional[str] = ..., signed_at_unix_s: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("session", "heartbeat_interval_s", "max_chunk_bytes", "coordinator_version")

@@ -39,7 +39,7 @@ from swarm.protocol.version import PROTOCOL_VERSION
 if TYPE_CHECKING:
     from tests.conftest import LiveCoordinator
 
-from tests.conftest import MICRO_SPEC, wait_until_running
+from tests.conftest import MICRO_SPEC, signed_registration, wait_until_running
 
 pytestmark = pytest.mark.integration
 
@@ -75,21 +75,9 @@ def public_bytes(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def register_request(
-    *, public_key: bytes, protocol_version: int = PROTOCOL_VERSION, name: str = "tester"
-) -> m.RegisterWorkerRequest:
-    return m.RegisterWorkerRequest(
-        protocol_version=protocol_version,
-        name=name,
-        public_key=public_key,
-        hardware=m.HardwareProfile(device_type="cpu", cpu_cores=2, memory_bytes=1 << 30),
-        client_version="test",
-    )
-
-
 def register(client: WorkerClient, name: str = "tester") -> Volunteer:
     key = Ed25519PrivateKey.generate()
-    reply = client.register_worker(register_request(public_key=public_bytes(key), name=name))
+    reply = client.register_worker(signed_registration(key, name=name))
     return Volunteer(key=key, session=reply.session)
 
 
@@ -309,9 +297,7 @@ def test_register_with_unsupported_protocol_version_is_failed_precondition(
 ) -> None:
     with open_channel(live_coordinator.target) as channel:
         client = WorkerClient(channel)
-        request = register_request(
-            public_key=public_bytes(Ed25519PrivateKey.generate()), protocol_version=version
-        )
+        request = signed_registration(protocol_version=version)
         with pytest.raises(VersionMismatchError) as info:
             client.register_worker(request)
         assert info.value.grpc_code == "FAILED_PRECONDITION"
@@ -334,7 +320,7 @@ def test_register_with_wrong_public_key_length_is_invalid_argument(
         message = expect_error(
             "INVALID_ARGUMENT",
             client.register_worker,
-            register_request(public_key=os.urandom(key_len)),
+            signed_registration(public_key=os.urandom(key_len)),
         )
         assert "32-byte Ed25519" in message
         assert f"got {key_len} bytes" in message
@@ -342,6 +328,54 @@ def test_register_with_wrong_public_key_length_is_invalid_argument(
 
         register(client)
         assert count_workers(live_coordinator) == 1
+
+
+def test_a_registration_not_signed_by_its_key_is_refused(
+    live_coordinator: LiveCoordinator,
+) -> None:
+    victim, impostor = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    with open_channel(live_coordinator.target) as channel:
+        client = WorkerClient(channel)
+        honest = client.register_worker(signed_registration(victim, name="victim"))
+        # The impostor claims the victim's public key (and so its id and credits).
+        forged = signed_registration(impostor, public_key=public_bytes(victim), name="victim")
+        message = expect_error("DATA_LOSS", client.register_worker, forged)
+        assert "signature does not verify" in message
+        unsigned = dataclasses.replace(forged, signature=b"")
+        expect_error("DATA_LOSS", client.register_worker, unsigned)
+        assert count_workers(live_coordinator) == 1
+        # The victim's session still works.
+        client.heartbeat(m.HeartbeatRequest(session=honest.session))
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_a_registration_signed_far_from_now_is_refused_with_the_clock_to_fix(
+    live_coordinator: LiveCoordinator, skew_s: float
+) -> None:
+    with open_channel(live_coordinator.target) as channel:
+        client = WorkerClient(channel)
+        request = signed_registration(signed_at=time.time() + skew_s)
+        message = expect_error("INVALID_ARGUMENT", client.register_worker, request)
+        assert "clock" in message and "NTP" in message
+        assert count_workers(live_coordinator) == 0
+
+
+def test_registering_again_with_the_same_key_keeps_the_worker(
+    live_coordinator: LiveCoordinator,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    with open_channel(live_coordinator.target) as channel:
+        client = WorkerClient(channel)
+        first = client.register_worker(signed_registration(key, name="laptop"))
+        again = client.register_worker(signed_registration(key, name="laptop-renamed"))
+        assert again.session.worker_id == first.session.worker_id
+        assert again.session.token != first.session.token
+        assert count_workers(live_coordinator) == 1
+        # Only the newest session is valid: a restarted client's old process is shut out.
+        expect_error("UNAUTHENTICATED", client.heartbeat, m.HeartbeatRequest(session=first.session))
+        client.heartbeat(m.HeartbeatRequest(session=again.session))
+        with live_coordinator.services.db.transaction() as session:
+            assert session.get_one(Worker, first.session.worker_id).name == "laptop-renamed"
 
 
 # -- 2. sessions ---------------------------------------------------------------------------

@@ -82,6 +82,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("download_bytes_per_s", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("assigned_job_id", sa.String(length=40), nullable=True))
         batch_op.add_column(sa.Column("cached_sha256s", sa.JSON(), nullable=True))
+        batch_op.create_index("ix_workers_public_key", ["public_key"])
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("owner", sa.String(length=80), nullable=False, server_default="user:default")
@@ -142,6 +143,7 @@ def downgrade() -> None:
         ):
             batch_op.drop_column(column)
     with op.batch_alter_table("workers", schema=None) as batch_op:
+        batch_op.drop_index("ix_workers_public_key")
         for column in (
             "cached_sha256s",
             "assigned_job_id",

@@ -12,26 +12,23 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarm.client.cache import BlobCache
-from swarm.client.identity import public_key_bytes
 from swarm.client.transport import Transport
-from swarm.protocol import messages as m
 from swarm.protocol.errors import IntegrityError, NotFoundError, ProtocolError
 from swarm.protocol.limits import CHUNK_BYTES
-from swarm.protocol.version import PROTOCOL_VERSION
-from tests.conftest import LiveCoordinator
+from tests.conftest import LiveCoordinator, signed_registration
 
 BLOB = os.urandom(2 * CHUNK_BYTES + 12_345)  # spans several streamed chunks
 
 
 @pytest.fixture
 def transport(live_coordinator: LiveCoordinator) -> Iterator[Transport]:
-    request = m.RegisterWorkerRequest(
-        protocol_version=PROTOCOL_VERSION,
-        name="cache-test",
-        public_key=public_key_bytes(Ed25519PrivateKey.generate()),
-        hardware=m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
+    key = Ed25519PrivateKey.generate()
+    link = Transport(
+        live_coordinator.target,
+        lambda: signed_registration(key, name="cache-test"),
+        stop=threading.Event(),
+        rpc_timeout_s=10.0,
     )
-    link = Transport(live_coordinator.target, request, stop=threading.Event(), rpc_timeout_s=10.0)
     try:
         yield link
     finally:

@@ -7,17 +7,15 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarm.client.identity import public_key_bytes
 from swarm.client.transport import Stopped, Transport, backoff_delays
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ProtocolError, TransportError
-from swarm.protocol.version import PROTOCOL_VERSION
-from tests.conftest import LiveCoordinator
+from tests.conftest import LiveCoordinator, signed_registration
 
 
 class HighestRandom(random.Random):
@@ -27,13 +25,10 @@ class HighestRandom(random.Random):
         return b
 
 
-def register_request() -> m.RegisterWorkerRequest:
-    return m.RegisterWorkerRequest(
-        protocol_version=PROTOCOL_VERSION,
-        name="transport-test",
-        public_key=public_key_bytes(Ed25519PrivateKey.generate()),
-        hardware=m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
-    )
+def register_request() -> Callable[[], m.RegisterWorkerRequest]:
+    """What the worker gives its transport: a registration signed afresh on each call."""
+    key = Ed25519PrivateKey.generate()
+    return lambda: signed_registration(key, name="transport-test")
 
 
 def free_port() -> int:
@@ -154,6 +149,8 @@ def test_call_registers_again_when_the_session_is_forgotten(
         assert response.task is None
         assert "no tasks" in response.reason
         assert link.registration is not None
-        assert link.registration.session.worker_id not in {"wk-forgotten", first.session.worker_id}
+        # The same key is the same worker, under a fresh session token.
+        assert link.registration.session.worker_id == first.session.worker_id
+        assert link.registration.session.token not in {b"stale", first.session.token}
     finally:
         link.close()

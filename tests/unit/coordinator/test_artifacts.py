@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -46,9 +44,8 @@ from swarm.models.chat import generate_reply, render_ids
 from swarm.models.objectives import build_objective
 from swarm.models.sources import load_preset, load_weights
 from swarm.protocol import messages as m
-from swarm.protocol.version import PROTOCOL_VERSION
 from swarm.scheduler import JobSpec
-from tests.conftest import start_job, wire_services
+from tests.conftest import signed_registration, start_job, wire_services
 
 SPEC = JobSpec(
     model="micro-llama",
@@ -87,17 +84,7 @@ class InTestWorker:
     """Leases tasks and runs them the way `swarm.client.worker.Worker` does, in-process."""
 
     def __init__(self, blobs: BlobStore, tasks: TaskService, workers: WorkerRegistry) -> None:
-        public_key = (
-            Ed25519PrivateKey.generate()
-            .public_key()
-            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        )
-        request = m.RegisterWorkerRequest(
-            protocol_version=PROTOCOL_VERSION,
-            name="in-test",
-            public_key=public_key,
-            hardware=m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
-        )
+        request = signed_registration(name="in-test")
         self.id = workers.register(request, "ipv4:127.0.0.1:1")[0].id
         self.blobs = blobs
         self.tasks = tasks

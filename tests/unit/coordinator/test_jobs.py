@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from swarm.compression import apply_delta, encode_payload
@@ -28,9 +26,8 @@ from swarm.coordinator.workers import WorkerRegistry
 from swarm.models import state_from_bytes, state_to_bytes
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ConfigError, NotFoundError
-from swarm.protocol.version import PROTOCOL_VERSION
 from swarm.scheduler import JobSpec
-from tests.conftest import MICRO_SPEC, start_job, wire_services
+from tests.conftest import MICRO_SPEC, signed_registration, start_job, wire_services
 
 SPEC = MICRO_SPEC
 
@@ -52,17 +49,7 @@ class Coordinator:
         return start_job(self.services, spec)
 
     def register(self) -> str:
-        public_key = (
-            Ed25519PrivateKey.generate()
-            .public_key()
-            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        )
-        request = m.RegisterWorkerRequest(
-            protocol_version=PROTOCOL_VERSION,
-            name="volunteer",
-            public_key=public_key,
-            hardware=m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
-        )
+        request = signed_registration(name="volunteer")
         return self.workers.register(request, "ipv4:127.0.0.1:1")[0].id
 
     def rounds_of(self, job_id: str) -> list[Round]:

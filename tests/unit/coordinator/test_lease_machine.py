@@ -19,8 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -33,9 +31,8 @@ from swarm.coordinator.storage import DataSpan, Job, Lease, LedgerTransaction, T
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.protocol import messages as m
 from swarm.protocol.errors import PermissionDeniedError, SwarmError
-from swarm.protocol.version import PROTOCOL_VERSION
 from swarm.scheduler import JobSpec, covers_exactly
-from tests.conftest import MICRO_SPEC, wire_services
+from tests.conftest import MICRO_SPEC, signed_registration, wire_services
 
 SPEC = replace(
     MICRO_SPEC,
@@ -84,14 +81,9 @@ class LeaseMachine(RuleBasedStateMachine):
         self.services = wire_services(self.root, **SETTINGS)
         registry = WorkerRegistry(self.services.db)
         for i in range(NUM_WORKERS):
-            key = Ed25519PrivateKey.generate().public_key()
             worker, _ = registry.register(
-                m.RegisterWorkerRequest(
-                    protocol_version=PROTOCOL_VERSION,
+                signed_registration(
                     name=f"w{i}",
-                    public_key=key.public_bytes(
-                        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-                    ),
                     hardware=m.HardwareProfile(memory_bytes=1 << 30, flops_per_s=1e9 * (i + 1)),
                 ),
                 "ipv4:127.0.0.1:1",

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from swarm.compression import encode_payload
@@ -29,9 +27,8 @@ from swarm.protocol.errors import (
     PermissionDeniedError,
     ProtocolError,
 )
-from swarm.protocol.version import PROTOCOL_VERSION
 from swarm.scheduler import JobSpec, LeasePolicy
-from tests.conftest import MICRO_SPEC, start_job, wire_services
+from tests.conftest import MICRO_SPEC, signed_registration, start_job, wire_services
 
 SPEC = MICRO_SPEC
 POLICY = LeasePolicy(ttl_s=5.0, max_task_s=60.0, solo_wait_s=3.0)
@@ -48,13 +45,7 @@ class Coordinator:
     job: Job
 
     def register(self, name: str = "worker") -> str:
-        key = Ed25519PrivateKey.generate().public_key()
-        request = m.RegisterWorkerRequest(
-            protocol_version=PROTOCOL_VERSION,
-            name=name,
-            public_key=key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
-            hardware=m.HardwareProfile(memory_bytes=1 << 30, cpu_cores=2),
-        )
+        request = signed_registration(name=name)
         worker, _token = self.workers.register(request, "ipv4:127.0.0.1:1234")
         return worker.id
 
