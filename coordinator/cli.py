@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     compression.add_argument("--plot", type=Path, help="write a PNG of loss against bytes here")
     compression.add_argument("--output", type=Path, help="also write the JSON report here")
 
+    churn = benches.add_parser(
+        "churn", help="a job under client churn and a coordinator crash, against a calm run"
+    )
+    churn.add_argument("--json", action="store_true", help="print the report as JSON")
+    churn.add_argument(
+        "--quick", action="store_true", help="3 clients and a shorter job, about two minutes"
+    )
+    churn.add_argument("--clients", type=int, help="client processes (default 6)")
+    churn.add_argument("--db", help="database URL for the coordinators (default SQLite)")
+    churn.add_argument("--seed", type=int, help="seeds who is killed when (default 0)")
+    churn.add_argument("--output", type=Path, help="also write the JSON report here")
+    churn.add_argument("--work-dir", type=Path, help="keep both runs' logs and data here")
+
     models = commands.add_parser("models", help="the models a coordinator serves")
     models.add_argument("--data-dir", type=Path, help="the coordinator's data directory")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -269,6 +282,8 @@ def _jobs(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.bench_command == "finetune":
         return _bench_finetune(args)
+    if args.bench_command == "churn":
+        return _bench_churn(args)
     from dataclasses import replace
 
     from swarm.coordinator.bench import compression as bench
@@ -315,6 +330,32 @@ def _bench_finetune(args: argparse.Namespace) -> int:
         report = bench.run_bench(config, progress)
     except (SwarmError, RuntimeError, ValueError) as exc:
         print(f"swarm bench finetune: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=None if args.json else 2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text if args.json else bench.render_tables(report))
+    return 0
+
+
+def _bench_churn(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from swarm.coordinator.bench import churn as bench
+
+    config = bench.QUICK if args.quick else bench.ChurnBenchConfig()
+    try:
+        config = replace(
+            config,
+            **({"num_clients": args.clients} if args.clients else {}),
+            **({"db": args.db} if args.db else {}),
+            **({"seed": args.seed} if args.seed is not None else {}),
+            **({"work_dir": args.work_dir} if args.work_dir else {}),
+        )
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        report = bench.run_bench(config, progress)
+    except (RuntimeError, ValueError) as exc:
+        print(f"swarm bench churn: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=None if args.json else 2)
     if args.output:

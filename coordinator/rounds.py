@@ -253,13 +253,19 @@ class RoundService:
             t.inner_steps is None and t.status == TaskStatus.PENDING.value for t in live
         ) and not spans.data_left(session, job, self._blobs):
             return True  # the job's data is all cut: these tasks will never get any
-        accepted = len(train) - len(live)
-        deadline = round_.deadline_at
-        return (
-            deadline is not None
-            and now >= deadline
-            and accepted >= quorum_count(JobSpec(**job.spec), len(train))
+        spec = JobSpec(**job.spec)
+        quorum = quorum_count(spec, len(train))
+        done_at = sorted(
+            t.accepted_at or now for t in train if t.status == TaskStatus.ACCEPTED.value
         )
+        if len(done_at) < quorum:
+            return False
+        # A quorum is in: wait a share of the time it took for the rest, and no longer than
+        # the round's deadline.
+        quorum_at = done_at[quorum - 1]
+        waited_for = quorum_at + spec.round_grace * max(0.0, quorum_at - round_.opened_at)
+        deadline = round_.deadline_at if round_.deadline_at is not None else waited_for
+        return now >= min(waited_for, deadline)
 
     def recover(self) -> int:
         """Reopen rounds a crashed coordinator left half-aggregated; returns how many."""

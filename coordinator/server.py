@@ -203,6 +203,11 @@ def build_services(settings: CoordinatorSettings) -> Services:
         worker_online_s=settings.worker_online_s,
         require_credits=settings.require_credits,
     )
+    forgiven = tasks.forgive_leases()
+    if forgiven:
+        logger.warning(
+            "gave %d lease(s) a fresh deadline so their workers can report back", forgiven
+        )
     housekeeper = Housekeeper(tasks, rounds, scheduler, wake=wake)
     jobs = JobService(
         db,

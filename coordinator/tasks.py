@@ -377,6 +377,25 @@ class TaskService:
                         worker.download_bytes_per_s, num_bytes / seconds
                     )
 
+    def forgive_leases(self, now: float | None = None) -> int:
+        """At start-up: give every active lease a fresh `ttl_s`, so that workers who kept
+        computing while the coordinator was down can heartbeat and submit instead of losing
+        their work to an expiry they could not prevent. Returns how many leases."""
+        now = time.time() if now is None else now
+        with self._db.transaction() as session:
+            leases = list(
+                session.scalars(select(Lease).where(Lease.outcome == LeaseOutcome.ACTIVE.value))
+            )
+            for lease in leases:
+                lease.deadline = max(
+                    lease.deadline,
+                    self._policy.deadline(
+                        lease.leased_at, now, _limit(lease.leased_at, lease.expires_by)
+                    ),
+                )
+                session.get_one(Task, lease.task_id).lease_deadline = lease.deadline
+        return len(leases)
+
     def expire_leases(self, now: float | None = None) -> int:
         """Return tasks whose lease deadline passed to the pending pool; returns how many."""
         now = time.time() if now is None else now

@@ -16,7 +16,6 @@ from dataclasses import asdict
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from sqlalchemy import select
 
 from swarm.coordinator.storage import Database, Worker

@@ -75,7 +75,7 @@ def check_account(account: str) -> str:
         f"{prefix}:" not in ("worker:", "user:", "pool:")
         or not name
         or len(account) > MAX_ACCOUNT_CHARS
-        or not all(c.isalnum() or c in "._-@" for c in name)
+        or not all(c.isascii() and (c.isalnum() or c in "._-@") for c in name)
     ):
         raise ConfigError(
             f"account {account!r:.100} must be user:NAME, worker:ID or pool:NAME (letters, digits "

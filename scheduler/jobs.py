@@ -117,6 +117,9 @@ class JobSpec:
             round may close at its deadline without the rest.
         round_timeout_s: how long a round waits for all its train tasks before closing at
             its quorum (0: three times the expected task time, at least a minute).
+        round_grace: once a quorum of train results is in, the round waits this share of the
+            time the quorum took for the rest, then closes without them (stragglers, workers
+            that died); never past `round_timeout_s`.
         late_updates: what happens to train tasks still running when their round closes:
             `stale` keeps them, and a result that arrives is applied in a later round's step
             with weight 1 / (1 + staleness); `drop` revokes them.
@@ -166,6 +169,7 @@ class JobSpec:
     max_clients: int = 64
     round_quorum: float = 0.5
     round_timeout_s: float = 0.0
+    round_grace: float = 0.25
     late_updates: str = "stale"
     max_staleness: int = 1
     priority: int = 0
@@ -201,6 +205,7 @@ class JobSpec:
             "max_inner_steps": (0, 100_000),
             "round_quorum": (0.01, 1.0),
             "round_timeout_s": (0.0, 7 * 86_400.0),
+            "round_grace": (0.0, 100.0),
             "max_staleness": (0, 100),
             "priority": (-100, 100),
             "checkpoint_every": (0, 100_000),

@@ -82,41 +82,44 @@ def assign_workers(
         else:
             free.append(worker)
 
-    # Rule 3: minimums in queue order, from free workers, then from donors.
-    for job in jobs:
-        while len(members[job.id]) < job.min_workers:
-            candidates = [w for w in free if fits(w, job)]
-            if candidates:
-                chosen = min(candidates, key=lambda w: rank(w, job))
-                free.remove(chosen)
-            else:
-                donors = [
-                    (w, other)
-                    for other in jobs
-                    if can_give(other, job)
-                    for w in members[other.id]
-                    if fits(w, job)
-                ]
-                if not donors:
-                    break
-                chosen, donor = min(donors, key=lambda pair: rank(pair[0], job))
-                members[donor.id].remove(chosen)
-            members[job.id].append(chosen)
+    def fill_minimums() -> None:
+        """Rule 3: minimums in queue order, from free workers, then from donors."""
+        for job in jobs:
+            while len(members[job.id]) < job.min_workers:
+                candidates = [w for w in free if fits(w, job)]
+                if candidates:
+                    chosen = min(candidates, key=lambda w: rank(w, job))
+                    free.remove(chosen)
+                else:
+                    donors = [
+                        (w, other)
+                        for other in jobs
+                        if can_give(other, job)
+                        for w in members[other.id]
+                        if fits(w, job)
+                    ]
+                    if not donors:
+                        break
+                    chosen, donor = min(donors, key=lambda pair: rank(pair[0], job))
+                    members[donor.id].remove(chosen)
+                members[job.id].append(chosen)
 
+    fill_minimums()
     # Rule 4: spread the rest.
-    assignment: dict[str, str | None] = {}
     for worker in sorted(free, key=lambda w: -(w.speed or 0.0)):
         open_jobs = [
             job for job in jobs if fits(worker, job) and len(members[job.id]) < job.max_workers
         ]
-        if not open_jobs:
-            assignment[worker.id] = None
-            continue
-        job = min(
-            open_jobs,
-            key=lambda j: (len(members[j.id]), -affinity(worker, j), order[j.id]),
-        )
-        members[job.id].append(worker)
+        if open_jobs:
+            job = min(
+                open_jobs,
+                key=lambda j: (len(members[j.id]), -affinity(worker, j), order[j.id]),
+            )
+            members[job.id].append(worker)
+            free.remove(worker)
+    # Spreading may have given a later job a worker to spare for an earlier one still short.
+    fill_minimums()
+    assignment: dict[str, str | None] = {worker.id: None for worker in free}
     for job_id, assigned in members.items():
         for worker in assigned:
             assignment[worker.id] = job_id

@@ -71,7 +71,10 @@ def admit(
             waiting[job.id] = "waiting for the jobs ahead of it"
             continue
         free = num_workers - reserved - (reserved_research if job.research else 0)
-        if (not running and not start) or free >= job.min_workers:
+        # The head of the queue starts on an idle swarm, however few workers are online (it
+        # waits for them there); running research jobs leave the swarm idle for other jobs.
+        idle = not start and all(r.research and not job.research for r in running)
+        if idle or free >= job.min_workers:
             start.append(job.id)
             if job.research:
                 reserved_research += job.min_workers

@@ -99,7 +99,11 @@ def round_timeout_s(spec: JobSpec, expected_s: float | None, max_task_s: float) 
 
 def quorum_count(spec: JobSpec, num_train_tasks: int) -> int:
     """Accepted train tasks a round needs before it may close at its deadline."""
-    return max(1, math.ceil(spec.round_quorum * num_train_tasks)) if num_train_tasks else 0
+    if not num_train_tasks:
+        return 0
+    # Less a hair, so that a share that is a whole number of tasks (0.28 of 25: 7.000000001
+    # in floating point) asks for exactly that many.
+    return max(1, math.ceil(spec.round_quorum * num_train_tasks - 1e-9))
 
 
 def staleness_weight(staleness: int) -> float:

@@ -74,6 +74,8 @@ class ChurnBenchConfig:
     seed: int = 0
     """Seeds which clients die and when."""
     timeout_s: float = 900.0
+    work_dir: Path | None = None
+    """Keep the logs and databases of both runs here (default: a temporary folder)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_clients <= 16:
@@ -154,7 +156,11 @@ def run_once(
     """One run of the job, with or without churn; what it measured and checked."""
     rng = random.Random(config.seed)
     with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-churn-")))
+        if config.work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-churn-")))
+        else:
+            work = config.work_dir / ("churn" if churn else "calm")
+            work.mkdir(parents=True, exist_ok=True)
         swarm = Swarm(work, config, stack)
         swarm.start_coordinator()
         stack.callback(swarm.stop)
@@ -229,9 +235,7 @@ def _request(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     raise RuntimeError(f"{method} {path}: the coordinator did not come back")
 
 
-def _measure(
-    http: httpx.Client, job: dict[str, Any], swarm: Swarm, churn: bool
-) -> dict[str, Any]:
+def _measure(http: httpx.Client, job: dict[str, Any], swarm: Swarm, churn: bool) -> dict[str, Any]:
     job_id = job["id"]
     rounds = _request(http, "GET", f"/v1/swarm/jobs/{job_id}/rounds")["data"]
     tasks = _request(http, "GET", f"/v1/swarm/jobs/{job_id}/tasks")["data"]
@@ -277,9 +281,7 @@ def _measure(
             "every_epoch_consumed_exactly_once": exactly_once,
             "no_task_accepted_twice": len({t["id"] for t in paid}) == len(paid),
             "ledger_balanced": bool(ledger["balanced"]),
-            "every_result_paid_once": abs(
-                sum(t["credits"] for t in paid) - ledger["minted"]
-            )
+            "every_result_paid_once": abs(sum(t["credits"] for t in paid) - ledger["minted"])
             < 1e-6 * max(1.0, ledger["minted"]),
         },
         "minted_credits": ledger["minted"],

@@ -116,13 +116,12 @@ def balances(db: Database) -> dict[str, int]:
         return {a.id: a.balance for a in session.scalars(select(Account))}
 
 
-def entry_sums(db: Database) -> dict[str, int]:
+def entry_sums(session: Session) -> dict[str, int]:
     """Every account's balance recomputed from its entries, with plain SQL."""
-    with db.engine.connect() as connection:
-        rows = connection.execute(
-            text("SELECT account_id, SUM(amount) FROM ledger_entries GROUP BY account_id")
-        )
-        return {account: int(total) for account, total in rows}
+    rows = session.execute(
+        text("SELECT account_id, SUM(amount) FROM ledger_entries GROUP BY account_id")
+    )
+    return {account: int(total) for account, total in rows}
 
 
 def num_rows(db: Database) -> tuple[int, int]:
@@ -148,16 +147,17 @@ def snapshot(db: Database) -> tuple[dict[str, int], tuple[int, int]]:
     return balances(db), num_rows(db)
 
 
-def assert_invariants(db: Database, ledger: Ledger) -> None:
-    """The ledger balances, and every stored balance is the sum of the account's entries."""
+def assert_invariants(db: Database, ledger: Ledger) -> dict[str, int]:
+    """The ledger balances, and every stored balance is the sum of the account's entries;
+    returns the stored balances."""
     with db.transaction() as session:
         totals = ledger.totals(session)
         assert totals.balanced, totals
         assert totals.entries == 0
         assert ledger.check_balances(session) == []
-    stored = balances(db)
-    sums = entry_sums(db)
-    assert {a: b for a, b in stored.items() if b} == {a: s for a, s in sums.items() if s}
+        stored = {a: b for a, b in session.execute(select(Account.id, Account.balance))}
+        assert nonzero(stored) == nonzero(entry_sums(session))
+    return stored
 
 
 def nonzero(mapping: dict[str, int]) -> dict[str, int]:
@@ -675,20 +675,31 @@ def test_a_failed_transaction_leaves_no_trace(db: Database, posting: str) -> Non
 
 # -- property: any sequence of operations keeps the books balanced ---------------------------
 
-NUM_TASKS = 4
-TASK_WORKERS = ["worker:w0", "worker:w1", "worker:w0", "user:linked"]
+NUM_TASKS = 3
+TASK_WORKERS = ["worker:w0", "worker:w1", "user:linked"]
 """Who each task's credit goes to (a worker may be linked to a user's account)."""
 OWNERS = [OWNER, "user:bob", RESEARCH_POOL]
 HOLDERS = [OWNER, "user:bob", "user:linked", "worker:w0", "worker:w1", RESEARCH_POOL]
 
-amounts = st.integers(min_value=1, max_value=5_000_000)
-operations = st.one_of(
-    st.tuples(st.just("accrue"), st.integers(0, NUM_TASKS - 1)),
-    st.tuples(st.just("grant"), st.integers(0, NUM_TASKS - 1), st.sampled_from(OWNERS)),
-    st.tuples(st.just("reverse"), st.integers(0, NUM_TASKS - 1)),
-    st.tuples(st.just("issue"), st.sampled_from(HOLDERS), amounts),
-    st.tuples(st.just("donate"), st.sampled_from(HOLDERS), amounts),
-    st.tuples(st.just("abort"), st.integers(0, NUM_TASKS - 1)),
+OPERATION_KINDS = ["accrue"] * 3 + ["grant"] * 3 + ["reverse", "abort"] + ["issue", "donate"] * 2
+"""Weighted so that most tasks get accrued and then granted or reversed."""
+
+
+def operation(kind: str, task: int, owner: str, holder: str, amount: int) -> tuple[Any, ...]:
+    if kind in ("accrue", "reverse", "abort"):
+        return (kind, task)
+    if kind == "grant":
+        return (kind, task, owner)
+    return (kind, holder, amount if kind == "issue" else amount // 5 + 1)
+
+
+operations = st.builds(
+    operation,
+    st.sampled_from(OPERATION_KINDS),
+    st.integers(0, NUM_TASKS - 1),
+    st.sampled_from(OWNERS),
+    st.sampled_from(HOLDERS),
+    st.integers(min_value=1, max_value=5_000_000),
 )
 
 
@@ -791,8 +802,7 @@ def apply(
 
 
 def check_books(db: Database, ledger: Ledger, books: Books) -> None:
-    assert_invariants(db, ledger)
-    stored = balances(db)
+    stored = assert_invariants(db, ledger)
     assert nonzero(stored) == nonzero(dict(books.balances))
     non_mint = sum(balance for account, balance in stored.items() if account != MINT)
     assert non_mint == books.accrued - books.reversed + books.issued
@@ -800,9 +810,11 @@ def check_books(db: Database, ledger: Ledger, books: Books) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    credits=st.lists(st.integers(min_value=1, max_value=10_000_000), min_size=4, max_size=4),
+    credits=st.lists(
+        st.integers(min_value=1, max_value=10_000_000), min_size=NUM_TASKS, max_size=NUM_TASKS
+    ),
     ppm=st.sampled_from([0, 1, 100_000, 333_333, 1_000_000]),
-    ops=st.lists(operations, max_size=25),
+    ops=st.lists(operations, min_size=10, max_size=30),
 )
 def test_any_sequence_of_postings_keeps_the_books_balanced(
     credits: list[int], ppm: int, ops: list[tuple[Any, ...]]
@@ -838,20 +850,20 @@ FIXED_SEQUENCE: list[tuple[Any, ...]] = [
     ("issue", OWNER, 3_000_000),
     ("accrue", 0),
     ("accrue", 1),
-    ("accrue", 3),
     ("accrue", 0),
     ("grant", 0, OWNER),
     ("grant", 0, OWNER),
     ("reverse", 1),
     ("grant", 1, OWNER),
     ("reverse", 0),
-    ("grant", 3, RESEARCH_POOL),
+    ("grant", 2, OWNER),
     ("abort", 2),
+    ("accrue", 2),
+    ("grant", 2, RESEARCH_POOL),
     ("donate", "worker:w0", 500_000),
     ("donate", "worker:w0", 10_000_000),
     ("donate", RESEARCH_POOL, 1),
     ("issue", "worker:w1", 42),
-    ("grant", 2, OWNER),
 ]
 
 
@@ -862,7 +874,7 @@ def test_a_sequence_of_postings_keeps_the_books_balanced_on_postgresql(pg: Datab
     with pg.transaction() as session:
         tasks = [
             add_task(session, f"task-{i}", c)
-            for i, c in enumerate([1_000_000, 2_000_000, 3_000_000, 4_000_001])
+            for i, c in enumerate([1_000_000, 2_000_000, 4_000_001])
         ]
     for op in FIXED_SEQUENCE:
         apply(pg, ledger, books, tasks, op)

@@ -232,7 +232,9 @@ def run_job(
                 free.append(rest)
             spans = [taken]
         else:
-            shard, spans = cut_from_cursor(cursor, sizes, want, max_epochs=max_epochs, prefer=prefer)
+            shard, spans = cut_from_cursor(
+                cursor, sizes, want, max_epochs=max_epochs, prefer=prefer
+            )
             if not spans:
                 assert shard == -1
                 break

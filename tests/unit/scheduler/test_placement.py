@@ -172,12 +172,6 @@ def test_a_worker_with_every_fitting_job_full_gets_none() -> None:
     assert assign_workers(workers, [job("a", max_workers=1)]) == {"w1": "a", "w2": None}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rule 3 runs before rule 4: the big job finds the later job at its minimum and "
-    "gives up, then rule 4 hands that job a second worker (too small for the big job), so "
-    "it ends above its minimum while holding the only worker the big job could use",
-)
 def test_a_short_job_gets_the_worker_a_later_job_can_spare_once_the_rest_are_placed() -> None:
     workers = [worker("big", 16, assigned="later"), worker("small", 2)]
     jobs = [
@@ -195,8 +189,10 @@ BLOBS = ["weights-0", "weights-1", "shard-0", "shard-1"]
 
 @st.composite
 def scenarios(
-    draw: st.DrawFn, *, all_fit: bool = False
+    draw: st.DrawFn, *, all_fit: bool = False, research_last: bool = True
 ) -> tuple[list[WorkerInfo], list[JobDemand]]:
+    """Workers and jobs; `research_last` puts the jobs in an order the queue can give (research
+    jobs after every other)."""
     num_jobs = draw(st.integers(0, 4))
     jobs = []
     for i in range(num_jobs):
@@ -211,6 +207,8 @@ def scenarios(
                 yields=draw(st.booleans()),
             )
         )
+    if research_last:
+        jobs.sort(key=lambda j: j.yields)
     job_ids = [j.id for j in jobs]
     num_workers = draw(st.integers(0, 10))
     workers = [
@@ -235,8 +233,8 @@ def could_give(donor: JobDemand, short: JobDemand, jobs: Sequence[JobDemand], co
     return jobs.index(donor) > jobs.index(short) and count > donor.min_workers
 
 
-@settings(max_examples=300, deadline=None)
-@given(scenarios())
+@settings(max_examples=150, deadline=None)
+@given(scenarios(research_last=False))
 def test_placement_respects_memory_maximums_and_places_everyone_it_can(
     scenario: tuple[list[WorkerInfo], list[JobDemand]],
 ) -> None:
@@ -256,7 +254,7 @@ def test_placement_respects_memory_maximums_and_places_everyone_it_can(
         assert counts[j.id] <= j.max_workers, j
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_a_short_job_has_no_fitting_worker_left_idle_or_on_a_research_job(
     scenario: tuple[list[WorkerInfo], list[JobDemand]],
@@ -276,7 +274,7 @@ def test_a_short_job_has_no_fitting_worker_left_idle_or_on_a_research_job(
             assert short.yields or not by_id[placed].yields, (short, w)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios(all_fit=True))
 def test_a_short_job_could_take_no_worker_under_the_rules(
     scenario: tuple[list[WorkerInfo], list[JobDemand]],
@@ -297,7 +295,7 @@ def test_a_short_job_could_take_no_worker_under_the_rules(
             assert not could_give(donor, short, jobs, counts[donor.id]), (short, donor, w)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scenarios())
 def test_a_worker_keeps_its_job_unless_a_job_ahead_is_short(
     scenario: tuple[list[WorkerInfo], list[JobDemand]],
@@ -307,9 +305,7 @@ def test_a_worker_keeps_its_job_unless_a_job_ahead_is_short(
     the workers already on it."""
     workers, jobs = scenario
     by_id = {j.id: j for j in jobs}
-    staying = {
-        j.id: [w for w in workers if w.assigned == j.id and fits(w, j)] for j in jobs
-    }
+    staying = {j.id: [w for w in workers if w.assigned == j.id and fits(w, j)] for j in jobs}
     assignment = assign_workers(workers, jobs)
     for j in jobs:
         if len(staying[j.id]) > j.max_workers or j.yields:
