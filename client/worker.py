@@ -80,6 +80,7 @@ class Worker:
         key = load_or_create_key(self.settings.data_dir / "identity.key")
         hardware = profile_with_benchmark(self.settings.data_dir / "benchmark.json")
         self._key = key
+
         def registration() -> m.RegisterWorkerRequest:
             """Signed afresh for every attempt: the coordinator checks how recent it is."""
             signed_at = time.time()
