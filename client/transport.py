@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -98,10 +99,13 @@ class Transport:
                 if self._stop.wait(delay):
                     raise Stopped(what) from None
 
-    def pause(self, attempt: int) -> None:
-        """Sleep a jittered backoff for the `attempt`-th consecutive failure (or stop)."""
+    def pause(self, attempt: int, *, stoppable: bool = True) -> None:
+        """Sleep a jittered backoff for the `attempt`-th consecutive failure; raise `Stopped`
+        if the client stops meanwhile, unless not `stoppable` (finishing a submission)."""
         delay = self._rng.uniform(0, min(self._max_backoff_s, 0.5 * 2 ** min(attempt, 30)))
-        if self._stop.wait(delay):
+        if not stoppable:
+            time.sleep(delay)
+        elif self._stop.wait(delay):
             raise Stopped("backoff")
 
     def call(self, what: str, make_call: Callable[[m.Session], T]) -> T:

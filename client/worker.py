@@ -420,7 +420,7 @@ class Worker:
                 if time.time() > task.lease_deadline_unix_s + 3600:
                     raise
                 logger.warning("submitting task %s failed (%s); retrying", task.task_id, exc)
-                time.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)) * np.random.random())
+                transport.pause(failures, stoppable=False)
         if response.accepted:
             self.stats.tasks_done += 1
             self.stats.tokens += metrics.tokens

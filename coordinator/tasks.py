@@ -477,7 +477,9 @@ class TaskService:
                 raise MessageTooLargeError(
                     f"result of {header.payload_size} bytes exceeds this task's limit of {limit}"
                 )
-            _check_metrics(task, spec, header.metrics, _task_samples(task, spec, session))
+            decided = _ignore_reason(task, session.get_one(Round, task.round_id), job)
+            if decided is None:  # an ignored result's metrics need not match a task that ended
+                _check_metrics(task, spec, header.metrics, _task_samples(task, spec, session))
             return Submission(
                 task_id=task.id,
                 kind=task.kind,
@@ -485,7 +487,7 @@ class TaskService:
                 param_shapes={n: tuple(s) for n, s in job.param_shapes.items()},
                 policy=spec.update_policy(),
                 max_bytes=limit,
-                decided=_ignore_reason(task, session.get_one(Round, task.round_id), job),
+                decided=decided,
             )
 
     def accept_result(

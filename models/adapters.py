@@ -8,13 +8,19 @@ coordinator's initial version is reproducible; workers then receive it like any 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 
 from swarm.protocol.errors import ConfigError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+# peft is imported only when a job uses LoRA: it takes seconds to import, and a volunteer's
+# client should start in less.
 
 ADAPTER_KINDS = ("lora", "full")
 ALL_LINEAR = "all-linear"
@@ -71,6 +77,8 @@ def apply_adapter(model: torch.nn.Module, adapter: AdapterConfig, seed: int = 0)
         for param in model.parameters():
             param.requires_grad_(True)
         return model
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=adapter.rank,
         lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # peft annotates int, takes float
@@ -87,11 +95,14 @@ def apply_adapter(model: torch.nn.Module, adapter: AdapterConfig, seed: int = 0)
 
 
 def is_lora(model: torch.nn.Module) -> bool:
-    return isinstance(model, PeftModel)
+    # A model can only be a PeftModel once peft is imported, so there is no need to import it.
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def merged_model(model: torch.nn.Module) -> torch.nn.Module:
     """The plain transformers model with adapters folded into its weights."""
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload()  # type: ignore[no-any-return]
+    if is_lora(model):
+        lora: PeftModel = model  # type: ignore[assignment]
+        return lora.merge_and_unload()  # type: ignore[no-any-return]
     return model

@@ -104,21 +104,28 @@ def assign_workers(
                     members[donor.id].remove(chosen)
                 members[job.id].append(chosen)
 
-    fill_minimums()
-    # Rule 4: spread the rest.
-    for worker in sorted(free, key=lambda w: -(w.speed or 0.0)):
-        open_jobs = [
-            job for job in jobs if fits(worker, job) and len(members[job.id]) < job.max_workers
-        ]
-        if open_jobs:
-            job = min(
-                open_jobs,
-                key=lambda j: (len(members[j.id]), -affinity(worker, j), order[j.id]),
-            )
-            members[job.id].append(worker)
-            free.remove(worker)
-    # Spreading may have given a later job a worker to spare for an earlier one still short.
-    fill_minimums()
+    def spread() -> None:
+        """Rule 4: spread the free workers over the jobs below their maximum."""
+        for worker in sorted(free, key=lambda w: -(w.speed or 0.0)):
+            open_jobs = [
+                job for job in jobs if fits(worker, job) and len(members[job.id]) < job.max_workers
+            ]
+            if open_jobs:
+                job = min(
+                    open_jobs,
+                    key=lambda j: (len(members[j.id]), -affinity(worker, j), order[j.id]),
+                )
+                members[job.id].append(worker)
+                free.remove(worker)
+
+    # Spreading can give a later job a worker to spare for an earlier one still short, and
+    # taking it can open a place for a worker left free: repeat until nothing moves.
+    for _ in range(len(workers) + 1):
+        before = {job_id: list(ids) for job_id, ids in members.items()}
+        fill_minimums()
+        spread()
+        if members == before:
+            break
     assignment: dict[str, str | None] = {worker.id: None for worker in free}
     for job_id, assigned in members.items():
         for worker in assigned:

@@ -59,6 +59,9 @@ JOB: dict[str, Any] = {
 """About ten rounds of six 20-step tasks of tiny-llama on the shipped corpus (ten epochs)."""
 
 FAST_LEASES = {"SWARM_LEASE_TTL_S": "3", "SWARM_HEARTBEAT_INTERVAL_S": "1"}
+# Clients retry a coordinator that is down at least every two seconds (a swarm of six, not of
+# thousands: no herd to spread out).
+CLIENT_ENV = {"SWARM_MAX_BACKOFF_S": "2"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +130,9 @@ class Swarm:
 
     def start_client(self, index: int) -> subprocess.Popen[bytes]:
         log = self.stack.enter_context((self.work / f"client-{index}.log").open("a"))
-        return start_client(self.target, f"churn-{index}", self.work / f"client-{index}", log)
+        return start_client(
+            self.target, f"churn-{index}", self.work / f"client-{index}", log, extra_env=CLIENT_ENV
+        )
 
     def kill_client(self, index: int) -> None:
         """SIGKILL: no hand-back, no goodbye; the client starts again at once."""
