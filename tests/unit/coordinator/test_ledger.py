@@ -726,11 +726,13 @@ class Books:
         self.accrued += credits
         self.move([(MINT, -credits), (pending_account(TASK_WORKERS[task]), credits)])
 
+    def awaiting_verdict(self, task: int) -> bool:
+        """Accrued, and neither granted nor reversed yet."""
+        verdicts = {("grant", task), ("reverse", task)}
+        return ("accrue", task) in self.posted and not verdicts & self.posted
+
     def grant(self, task: int, credits: int, owner: str) -> bool:
-        if ("accrue", task) not in self.posted or {
-            ("grant", task),
-            ("reverse", task),
-        } & self.posted:
+        if not self.awaiting_verdict(task):
             return False
         self.posted.add(("grant", task))
         worker = TASK_WORKERS[task]
@@ -747,10 +749,7 @@ class Books:
         return True
 
     def reverse(self, task: int, credits: int) -> bool:
-        if ("accrue", task) not in self.posted or {
-            ("grant", task),
-            ("reverse", task),
-        } & self.posted:
+        if not self.awaiting_verdict(task):
             return False
         self.posted.add(("reverse", task))
         self.reversed += credits

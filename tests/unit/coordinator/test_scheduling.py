@@ -359,7 +359,7 @@ def test_a_late_result_is_applied_in_the_next_round_weighted_by_its_staleness(
         swarm.run(worker)
     swarm.run(workers[0])  # round 1's evaluation
     swarm.tick()
-    round_0, round_1, _ = swarm.rounds(job.id)
+    _round_0, round_1, _ = swarm.rounds(job.id)
     assert round_1.num_late == 1
     with swarm.services.db.transaction() as session:
         late = session.get_one(Task, straggler.task_id)
@@ -369,7 +369,7 @@ def test_a_late_result_is_applied_in_the_next_round_weighted_by_its_staleness(
 def test_with_late_updates_dropped_the_straggler_is_revoked_and_its_data_reused(
     swarm: Swarm,
 ) -> None:
-    job, workers, straggler = three_worker_round(swarm, replace(QUORUM, late_updates="drop"))
+    _job, workers, straggler = three_worker_round(swarm, replace(QUORUM, late_updates="drop"))
     wait_out_the_grace(swarm, workers[2], straggler)
     extended, revoked = swarm.services.tasks.heartbeat(
         workers[2], [straggler.task_id], now=swarm.now
