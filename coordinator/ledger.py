@@ -94,6 +94,8 @@ class Ledger:
 
     def accrue(self, session: Session, task: Task, worker_account: str, amount: int) -> None:
         """A result was accepted: its credit is pending for the worker."""
+        if amount < 0:
+            raise ValueError(f"task {task.id} cannot earn {amount} micro-credits")
         self.post(
             session,
             "accrue",
@@ -149,10 +151,17 @@ class Ledger:
             raise ConfigError("the research pool cannot donate to itself")
         if amount <= 0:
             raise ConfigError(f"amount must be positive, got {amount}")
-        if self.balance(session, account) < amount:
+        # Lock the account's row for the check, or two concurrent donations could both pass it.
+        balance = int(
+            session.scalar(
+                select(Account.balance).where(Account.id == account).with_for_update()
+            )
+            or 0
+        )
+        if balance < amount:
             raise ConfigError(
-                f"{account} has {rules.format_credits(self.balance(session, account))} credits, "
-                f"fewer than the {rules.format_credits(amount)} to donate"
+                f"{account} has {rules.format_credits(balance)} credits, fewer than the "
+                f"{rules.format_credits(amount)} to donate"
             )
         self.post(session, "donate", rules.donation(account, amount), memo="donated to research")
 

@@ -270,6 +270,7 @@ def _measure(http: httpx.Client, job: dict[str, Any], swarm: Swarm, churn: bool)
         "job_id": job_id,
         "wall_s": round(wall_s, 1),
         "applied_tokens": applied_tokens,
+        "train_samples_per_epoch": sum(sizes),
         "goodput_tokens_per_s": applied_tokens / wall_s if wall_s > 0 else 0.0,
         "final_eval_loss": job["swarm"]["eval_loss"],
         "initial_eval_loss": job["swarm"]["initial_eval_loss"],

@@ -969,11 +969,6 @@ def test_two_coordinators_accruing_one_task_credit_it_once(pg: Database) -> None
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="donate checks the balance with a plain SELECT before posting; on PostgreSQL two "
-    "concurrent donations both pass the check and overdraw the account",
-)
 def test_concurrent_donations_cannot_overdraw_an_account(pg: Database) -> None:
     ledger = Ledger()
     with pg.transaction() as session:
