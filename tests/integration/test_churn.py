@@ -15,14 +15,15 @@ from swarm.coordinator.bench.churn import ChurnBenchConfig, run_once
 
 pytestmark = pytest.mark.integration
 
+SEQ_LEN = 128
 SMALL = ChurnBenchConfig(
     num_clients=3,
     churn_fraction=0.34,  # one client killed every round
     hyperparameters={
         "num_epochs": 2,
-        "inner_steps": 4,
+        "inner_steps": 8,
         "batch_size": 8,
-        "seq_len": 64,
+        "seq_len": SEQ_LEN,  # about six rounds of three tasks
         "num_shards": 3,
         "round_timeout_s": 8.0,
         "eval_examples": 16,
@@ -35,7 +36,7 @@ def assert_survived(result: dict[str, Any]) -> None:
     assert result["status"] == "succeeded", result
     assert result["clients_killed"] >= 2 and result["coordinator_kills"] == 1, result
     assert all(result["checks"].values()), result["checks"]
-    assert result["applied_tokens"] == 2 * result["train_samples_per_epoch"] * 64, result
+    assert result["applied_tokens"] == 2 * result["train_samples_per_epoch"] * SEQ_LEN, result
     assert result["final_eval_loss"] < result["initial_eval_loss"] * 0.8, result
 
 
