@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--model", help="base model (default smollm2-135m-instruct)")
     finetune.add_argument("--output", type=Path, help="also write the JSON report here")
 
+    credits = commands.add_parser("credits", help="balances, history and grants of credits")
+    credits.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
+    credit_commands = credits.add_subparsers(dest="credits_command", required=True)
+    show = credit_commands.add_parser("show", help="an account's balance, pending and history")
+    show.add_argument("account", help="user:NAME, worker:ID or pool:research")
+    credit_commands.add_parser("leaderboard", help="accounts by granted credits")
+    credit_commands.add_parser("ledger", help="check that all balances add up to what was minted")
+    for name, what in (
+        ("issue", "give an account credits (they are minted; operators)"),
+        ("donate", "move credits from an account to the research pool"),
+    ):
+        move = credit_commands.add_parser(name, help=what)
+        move.add_argument("account")
+        move.add_argument("amount", type=float, help="credits (1 credit = 10^15 FLOPs)")
+
     jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
     jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -104,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--method", choices=["lm", "sft", "dpo"], default="lm")
     create.add_argument("--training-file", default="", help="default: the method's built-in")
     create.add_argument("--validation-file", default=None)
+    create.add_argument(
+        "--owner", help="the credits account that pays (user:NAME; pool:research for research)"
+    )
+    create.add_argument("--priority", type=int, help="-100 to 100; higher starts first")
+    for name, what in (
+        ("cancel", "stop a job for good (accepted work is still paid)"),
+        ("pause", "stop handing out a job's tasks; running ones are revoked"),
+        ("resume", "run a paused job again"),
+        ("checkpoints", "a job's kept versions, newest first"),
+    ):
+        job_commands.add_parser(name, help=what).add_argument("job_id")
+    job_commands.add_parser("queue", help="queued jobs in the order they will start, and why")
     download = job_commands.add_parser("download", help="download a job's result files")
     download.add_argument("job_id")
     download.add_argument("--kind", choices=["adapter", "merged"], default="merged")
@@ -242,6 +269,12 @@ def _jobs(args: argparse.Namespace) -> int:
                 return _download(http, args.job_id, args.kind, args.output)
             if args.jobs_command == "list":
                 response = http.get("/v1/fine_tuning/jobs")
+            elif args.jobs_command in ("cancel", "pause", "resume"):
+                response = http.post(f"/v1/fine_tuning/jobs/{args.job_id}/{args.jobs_command}")
+            elif args.jobs_command == "checkpoints":
+                response = http.get(f"/v1/fine_tuning/jobs/{args.job_id}/checkpoints")
+            elif args.jobs_command == "queue":
+                response = http.get("/v1/swarm/queue")
             elif args.jobs_command == "get":
                 response = http.get(f"/v1/fine_tuning/jobs/{args.job_id}")
                 if response.status_code == 200:
@@ -254,16 +287,17 @@ def _jobs(args: argparse.Namespace) -> int:
                 if any(len(p) != 2 for p in pairs):
                     print("swarm jobs create: --set takes KEY=VALUE", file=sys.stderr)
                     return 2
+                hyperparameters = {"method": args.method, **{k: _parse_value(v) for k, v in pairs}}
+                if args.priority is not None:
+                    hyperparameters["priority"] = args.priority
                 response = http.post(
                     "/v1/fine_tuning/jobs",
                     json={
                         "model": args.model,
                         "training_file": args.training_file,
                         "validation_file": args.validation_file,
-                        "hyperparameters": {
-                            "method": args.method,
-                            **{k: _parse_value(v) for k, v in pairs},
-                        },
+                        "hyperparameters": hyperparameters,
+                        **({"owner": args.owner} if args.owner else {}),
                     },
                 )
         except httpx.HTTPError as exc:
@@ -272,6 +306,35 @@ def _jobs(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         print(
             f"swarm jobs: {response.json().get('error', {}).get('message', response.text)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def _credits(args: argparse.Namespace) -> int:
+    import httpx
+
+    with httpx.Client(base_url=args.url, timeout=60.0) as http:
+        try:
+            if args.credits_command == "show":
+                response = http.get("/v1/swarm/credits", params={"account": args.account})
+            elif args.credits_command == "leaderboard":
+                response = http.get("/v1/swarm/credits/leaderboard")
+            elif args.credits_command == "ledger":
+                response = http.get("/v1/swarm/ledger")
+            else:
+                response = http.post(
+                    f"/v1/swarm/credits/{args.credits_command}",
+                    json={"account": args.account, "amount": args.amount},
+                )
+        except httpx.HTTPError as exc:
+            print(f"swarm credits: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 1
+    if response.status_code != 200:
+        print(
+            f"swarm credits: {response.json().get('error', {}).get('message', response.text)}",
             file=sys.stderr,
         )
         return 1
@@ -370,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "coordinator": _coordinator,
         "demo": _demo,
         "jobs": _jobs,
+        "credits": _credits,
         "models": _models,
         "bench": _bench,
     }

@@ -153,9 +153,7 @@ class Ledger:
             raise ConfigError(f"amount must be positive, got {amount}")
         # Lock the account's row for the check, or two concurrent donations could both pass it.
         balance = int(
-            session.scalar(
-                select(Account.balance).where(Account.id == account).with_for_update()
-            )
+            session.scalar(select(Account.balance).where(Account.id == account).with_for_update())
             or 0
         )
         if balance < amount:

@@ -12,7 +12,8 @@ from swarm.coordinator.cli import build_parser as swarm_parser
 
 
 def _subcommands(parser) -> dict:  # type: ignore[no-untyped-def]
-    return next(a for a in parser._actions if a.dest in ("command", "jobs_command")).choices
+    dests = ("command", "jobs_command", "credits_command", "bench_command")
+    return next(a for a in parser._actions if a.dest in dests).choices
 
 
 def _flags(parser) -> set[str]:  # type: ignore[no-untyped-def]
@@ -26,7 +27,16 @@ def test_swarm_commands_and_flags() -> None:
         commands["coordinator"]
     )
     assert {"--json", "--clients", "--rounds"} <= _flags(commands["demo"])
-    assert {"list", "get", "create"} <= set(_subcommands(commands["jobs"]))
+    jobs = _subcommands(commands["jobs"])
+    assert {"list", "get", "create", "cancel", "pause", "resume", "checkpoints", "queue"} <= set(
+        jobs
+    )
+    assert {"--owner", "--priority", "--set"} <= _flags(jobs["create"])
+    credits = _subcommands(commands["credits"])
+    assert {"show", "leaderboard", "ledger", "issue", "donate"} <= set(credits)
+    benches = _subcommands(commands["bench"])
+    assert {"compression", "finetune", "churn"} <= set(benches)
+    assert {"--json", "--quick", "--clients", "--db", "--output"} <= _flags(benches["churn"])
 
 
 def test_swarmclient_join_flags() -> None:
