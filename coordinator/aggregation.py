@@ -26,17 +26,21 @@ def average_payloads(
     weights: Sequence[float],
     shapes: Mapping[str, tuple[int, ...]],
     policy: CompressionPolicy,
+    *,
+    total: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Weighted average of encoded updates (for example by tokens), decoded tensor by tensor.
 
     Each source is a function that opens one update payload. Only the sum and one decoded
-    tensor are in memory at once, however many updates a round has.
+    tensor are in memory at once, however many updates a round has. The weighted sum is divided
+    by `total` (default: the sum of the weights); a larger total discounts the updates, as
+    late ones are (their weight is cut, the total is not).
     """
     if not sources or len(sources) != len(weights):
         raise ConfigError(
             f"need one weight per update, got {len(sources)} updates and {len(weights)} weights"
         )
-    total = float(sum(weights))
+    total = float(sum(weights)) if total is None else float(total)
     if total <= 0:
         raise ConfigError("the weights of the updates sum to zero")
     average = {name: torch.zeros(shape) for name, shape in shapes.items()}

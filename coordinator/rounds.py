@@ -359,15 +359,18 @@ class RoundService:
         )
         if tasks:
             shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
+            tokens = [float((t.metrics or {}).get("tokens", 1)) for t in tasks]
+            # A late result counts for less, and that discount is not normalized away: a round
+            # whose only result is stale takes a smaller step, not a full one in its direction.
             average = average_payloads(
                 [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
                 [
-                    float((t.metrics or {}).get("tokens", 1))
-                    * staleness_weight(round_.index - t.round_index)
-                    for t in tasks
+                    n * staleness_weight(round_.index - t.round_index)
+                    for n, t in zip(tokens, tasks, strict=True)
                 ],
                 shapes,
                 spec.update_policy(),
+                total=sum(tokens),
             )
             params, momentum = nesterov_step(
                 params, average, momentum, lr=spec.outer_lr, momentum=spec.outer_momentum

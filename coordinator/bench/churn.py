@@ -58,7 +58,9 @@ JOB: dict[str, Any] = {
 }
 """About ten rounds of six 20-step tasks of tiny-llama on the shipped corpus (ten epochs)."""
 
-FAST_LEASES = {"SWARM_LEASE_TTL_S": "3", "SWARM_HEARTBEAT_INTERVAL_S": "1"}
+# A dead client's task goes to another worker within seconds; one that restarts gets its task
+# back at once (it registers with the same key), so the ttl only has to outlast a busy moment.
+FAST_LEASES = {"SWARM_LEASE_TTL_S": "8", "SWARM_HEARTBEAT_INTERVAL_S": "1"}
 # Clients retry a coordinator that is down at least every two seconds (a swarm of six, not of
 # thousands: no herd to spread out).
 CLIENT_ENV = {"SWARM_MAX_BACKOFF_S": "2"}

@@ -106,7 +106,9 @@ class Reference:
         spec = self.spec
         params, momentum = dict(self.initial), None
         for index, tasks in enumerate(rounds):
-            updates, weights = [], []
+            updates: list[dict[str, torch.Tensor]] = []
+            weights: list[float] = []
+            tokens: list[float] = []
             for task in tasks:
                 load_trainable_state(self.model, params)
                 config = spec.inner_loop(task.seed, steps=task.inner_steps)
@@ -114,8 +116,11 @@ class Reference:
                     self.model, self.shards[task.shard], config, samples=task.samples
                 )
                 updates.append(result.pseudo_gradient)
+                tokens.append(float(result.tokens))
                 weights.append(float(result.tokens) * staleness_weight(index - task.round))
-            total = sum(weights)
+            if not updates:  # the swarm republishes the version unchanged
+                continue
+            total = sum(tokens)  # late results are discounted, not renormalized
             average = {
                 name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))
                 for name in params

@@ -108,3 +108,17 @@ def test_weighted_average_rejects_mismatched_weights(
     updates = [make_params(i) for i in range(num_updates)]
     with pytest.raises(ConfigError, match="one weight per update"):
         weighted_average(updates, weights)
+
+
+def test_a_larger_total_discounts_the_updates_instead_of_renormalizing_them() -> None:
+    fresh, late = {"w": torch.full((2,), 1.0)}, {"w": torch.full((2,), 3.0)}
+    payloads = [encode_payload(u, LOSSLESS) for u in (fresh, late)]
+    sources = [partial(io.BytesIO, p) for p in payloads]
+    shapes = {"w": (2,)}
+    # 100 tokens each; the late one counts for half, and the total stays 200 tokens.
+    average = average_payloads(sources, [100.0, 50.0], shapes, LOSSLESS, total=200.0)
+    torch.testing.assert_close(average["w"], torch.full((2,), (100 * 1.0 + 50 * 3.0) / 200))
+    # A round whose only result is late takes half a step, not a whole one.
+    (alone,) = [partial(io.BytesIO, payloads[1])]
+    half = average_payloads([alone], [50.0], shapes, LOSSLESS, total=100.0)
+    torch.testing.assert_close(half["w"], torch.full((2,), 1.5))
