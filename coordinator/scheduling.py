@@ -127,6 +127,7 @@ class Scheduler:
                         speed=effective_flops_per_s(
                             w.flops_per_s, float(w.hardware.get("flops_per_s", 0.0))
                         ),
+                        download_bytes_per_s=w.download_bytes_per_s,
                         cached=frozenset(w.cached_sha256s or []),
                         assigned=w.assigned_job_id,
                     )

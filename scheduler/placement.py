@@ -8,10 +8,14 @@ workers download. Rules, in order:
 2. A worker stays on its job while the job wants it (moving costs a download of the new job's
    weights and data).
 3. Jobs are filled to their minimum in queue order, taking the workers that already hold the
-   most of a job's blobs, then the fastest; a job short of its minimum may take workers from
-   a later job that has more than its own minimum.
+   most of a job's blobs, then the fastest (compute, then download rate); a job short of its
+   minimum may take workers from a later job that has more than its own minimum, or from a
+   research job (which yields).
 4. The remaining workers spread over the jobs below their maximum, fewest workers first,
    preferring the job whose blobs the worker holds.
+
+Rules 3 and 4 repeat until nothing moves: spreading can leave a later job a worker to spare
+for an earlier one still short of its minimum.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class WorkerInfo:
     """0 when unknown: assumed to fit."""
     speed: float | None = None
     """Effective training FLOP/s (see `swarm.scheduler.work.effective_flops_per_s`)."""
+    download_bytes_per_s: float | None = None
+    """Measured on its downloads; a tie-breaker between equally fast workers."""
     cached: frozenset[str] = frozenset()
     assigned: str | None = None
 
@@ -61,8 +67,12 @@ def assign_workers(
     members: dict[str, list[WorkerInfo]] = {job.id: [] for job in jobs}
     free: list[WorkerInfo] = []
 
-    def rank(worker: WorkerInfo, job: JobDemand) -> tuple[float, float]:
-        return (-affinity(worker, job), -(worker.speed or 0.0))
+    def rank(worker: WorkerInfo, job: JobDemand) -> tuple[float, float, float]:
+        return (
+            -affinity(worker, job),
+            -(worker.speed or 0.0),
+            -(worker.download_bytes_per_s or 0.0),
+        )
 
     def can_give(donor: JobDemand, job: JobDemand) -> bool:
         """Whether `donor` gives up a worker so that `job` reaches its minimum."""

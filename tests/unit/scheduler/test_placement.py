@@ -315,3 +315,10 @@ def test_a_worker_keeps_its_job_unless_a_job_ahead_is_short(
             continue
         for w in staying[j.id]:
             assert assignment[w.id] == j.id, (w, by_id[j.id])
+
+
+def test_between_equally_fast_workers_the_faster_link_fills_a_minimum() -> None:
+    job = JobDemand(id="j", memory_bytes=0, min_workers=1, max_workers=1)
+    slow_link = WorkerInfo(id="a", memory_bytes=0, speed=1e9, download_bytes_per_s=1e6)
+    fast_link = WorkerInfo(id="b", memory_bytes=0, speed=1e9, download_bytes_per_s=1e8)
+    assert assign_workers([slow_link, fast_link], [job]) == {"a": None, "b": "j"}
