@@ -313,18 +313,7 @@ class RoundService:
         artifacts: dict[str, Any] | None = None
         try:
             if round_.num_train_tasks or accepted or late:
-                missing = [
-                    t
-                    for t in tasks
-                    if t.kind == "train"
-                    and t.inner_steps is not None
-                    and t.status != TaskStatus.ACCEPTED.value
-                ]
-                planned = sum(
-                    (t.inner_steps or 0) * spec.batch_size * (job.tokens_per_sample or 0.0)
-                    for t in missing
-                )
-                version = self._outer_step(job, spec, round_, [*accepted, *late], planned)
+                version = self._outer_step(job, spec, round_, [*accepted, *late])
             elif job.status == JobStatus.RUNNING.value:  # the final evaluation: package the result
                 artifacts = self._artifacts(job, round_)
         except Exception as exc:  # a platform fault: fail the job loudly, never strand the round
@@ -362,18 +351,8 @@ class RoundService:
                 Event(job_id=job.id, created_at=now, level="error", type="message", message=message)
             )
 
-    def _outer_step(
-        self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task], missing_tokens: float
-    ) -> Version:
-        """Average the results, step, and publish the next version.
-
-        Steps are proportional to the work that arrived (the linear scaling rule, applied to
-        outer steps): the average is taken over the tokens of the results plus `missing_tokens`,
-        those of the round's tasks that had data but no result yet. A round that closed
-        without some of its results takes a step shrunk to the share that arrived; a late
-        result joins a later round's step, discounted by its staleness. So the job's path
-        depends on the tokens trained, not on how many workers made each round.
-        """
+    def _outer_step(self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]) -> Version:
+        """Average the results (late ones weighted down), step, and publish the next version."""
         params = _read_state(self._blobs, round_.params_sha256)
         momentum = (
             _read_state(self._blobs, round_.momentum_sha256) if round_.momentum_sha256 else None
@@ -381,6 +360,8 @@ class RoundService:
         if tasks:
             shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
             tokens = [float((t.metrics or {}).get("tokens", 1)) for t in tasks]
+            # A late result counts for less, and that discount is not normalized away: a round
+            # whose only result is stale takes a smaller step, not a full one in its direction.
             average = average_payloads(
                 [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
                 [
@@ -389,7 +370,7 @@ class RoundService:
                 ],
                 shapes,
                 spec.update_policy(),
-                total=sum(tokens) + missing_tokens,
+                total=sum(tokens),
             )
             params, momentum = nesterov_step(
                 params, average, momentum, lr=spec.outer_lr, momentum=spec.outer_momentum

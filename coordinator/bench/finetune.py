@@ -100,13 +100,12 @@ class Reference:
         load_trainable_state(self.model, params)
         return self.heldout.evaluate(self.model, self.spec.eval_batch_size, self.spec.eval_examples)
 
-    def replay(self, rounds: list[ReplayRound]) -> dict[str, float]:
+    def replay(self, rounds: list[list[ReplayTask]]) -> dict[str, float]:
         """The swarm's rounds in one process: the same tasks (seeds, shards, samples, steps),
         average and outer step."""
         spec = self.spec
         params, momentum = dict(self.initial), None
-        for index, replayed in enumerate(rounds):
-            tasks = replayed.tasks
+        for index, tasks in enumerate(rounds):
             updates: list[dict[str, torch.Tensor]] = []
             weights: list[float] = []
             tokens: list[float] = []
@@ -121,7 +120,7 @@ class Reference:
                 weights.append(float(result.tokens) * staleness_weight(index - task.round))
             if not updates:  # the swarm republishes the version unchanged
                 continue
-            total = sum(tokens) + replayed.missing_tokens  # as the coordinator's outer step
+            total = sum(tokens)  # late results are discounted, not renormalized
             average = {
                 name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))
                 for name in params
@@ -159,37 +158,23 @@ class ReplayTask:
     inner_steps: int
 
 
-@dataclass(frozen=True, kw_only=True)
-class ReplayRound:
-    tasks: list[ReplayTask]
-    missing_tokens: float
-    """Tokens of the round's tasks that had data but whose results its step did not have."""
-
-
-def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[ReplayRound]:
-    """Per round, the train tasks whose results its outer step applied (and the tokens it
-    missed), read from the coordinator's database after the run."""
+def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[list[ReplayTask]]:
+    """Per round, the train tasks whose results its outer step applied, read from the
+    coordinator's database after the run."""
     db = Database(sqlite_url(data_dir))
     blobs = BlobStore(data_dir / "blobs")
-    applied: list[list[ReplayTask]] = [[] for _ in range(spec.num_rounds)]
-    missing = [0.0] * spec.num_rounds
+    rounds: list[list[ReplayTask]] = [[] for _ in range(spec.num_rounds)]
     try:
         with db.transaction() as session:
             job = session.get_one(Job, job_id)
-            trained = session.scalars(
+            applied = session.scalars(
                 select(Task)
-                .where(Task.job_id == job_id, Task.kind == "train", Task.inner_steps.is_not(None))
+                .where(Task.job_id == job_id, Task.applied_round.is_not(None))
                 .order_by(Task.round_index, Task.index)
             )
-            for task in trained:
-                if task.applied_round != task.round_index and task.round_index < spec.num_rounds:
-                    missing[task.round_index] += (
-                        (task.inner_steps or 0) * spec.batch_size * job.tokens_per_sample
-                    )
-                if task.applied_round is None:
-                    continue
+            for task in applied:
                 rows = spans.of_task(session, task.id)
-                applied[task.applied_round].append(
+                rounds[task.applied_round or 0].append(
                     ReplayTask(
                         round=task.round_index,
                         seed=task.seed,
@@ -200,10 +185,7 @@ def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[ReplayRoun
                 )
     finally:
         db.dispose()
-    return [
-        ReplayRound(tasks=tasks, missing_tokens=gap)
-        for tasks, gap in zip(applied, missing, strict=True)
-    ]
+    return rounds
 
 
 def run_bench(
