@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,86 +261,82 @@ def _download(http: Any, job_id: str, kind: str, output: Path | None) -> int:
     return 0
 
 
-def _jobs(args: argparse.Namespace) -> int:
+def _api(command: str, url: str, request: Callable[[Any], Any]) -> int:
+    """Run `request(http)` for `swarm <command>`; print its JSON answer, or the error."""
     import httpx
 
-    with httpx.Client(base_url=args.url, timeout=60.0) as http:
+    with httpx.Client(base_url=url, timeout=60.0) as http:
         try:
-            if args.jobs_command == "download":
-                return _download(http, args.job_id, args.kind, args.output)
-            if args.jobs_command == "list":
-                response = http.get("/v1/fine_tuning/jobs")
-            elif args.jobs_command in ("cancel", "pause", "resume"):
-                response = http.post(f"/v1/fine_tuning/jobs/{args.job_id}/{args.jobs_command}")
-            elif args.jobs_command == "checkpoints":
-                response = http.get(f"/v1/fine_tuning/jobs/{args.job_id}/checkpoints")
-            elif args.jobs_command == "queue":
-                response = http.get("/v1/swarm/queue")
-            elif args.jobs_command == "get":
-                response = http.get(f"/v1/fine_tuning/jobs/{args.job_id}")
-                if response.status_code == 200:
-                    job = response.json()
-                    job["rounds"] = http.get(f"/v1/swarm/jobs/{args.job_id}/rounds").json()["data"]
-                    print(json.dumps(job, indent=2))
-                    return 0
-            else:
-                pairs = [item.split("=", 1) for item in args.set]
-                if any(len(p) != 2 for p in pairs):
-                    print("swarm jobs create: --set takes KEY=VALUE", file=sys.stderr)
-                    return 2
-                hyperparameters = {"method": args.method, **{k: _parse_value(v) for k, v in pairs}}
-                if args.priority is not None:
-                    hyperparameters["priority"] = args.priority
-                response = http.post(
-                    "/v1/fine_tuning/jobs",
-                    json={
-                        "model": args.model,
-                        "training_file": args.training_file,
-                        "validation_file": args.validation_file,
-                        "hyperparameters": hyperparameters,
-                        **({"owner": args.owner} if args.owner else {}),
-                    },
-                )
+            response = request(http)
+            if isinstance(response, int):  # the request printed its own outcome
+                return response
+            body = response.json()
         except httpx.HTTPError as exc:
-            print(f"swarm jobs: cannot reach {args.url}: {exc}", file=sys.stderr)
+            print(f"swarm {command}: cannot reach {url}: {exc}", file=sys.stderr)
             return 1
     if response.status_code != 200:
-        print(
-            f"swarm jobs: {response.json().get('error', {}).get('message', response.text)}",
-            file=sys.stderr,
-        )
+        print(f"swarm {command}: {body.get('error', {}).get('message', body)}", file=sys.stderr)
         return 1
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(body, indent=2))
     return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    def request(http: Any) -> Any:
+        command = args.jobs_command
+        if command == "download":
+            return _download(http, args.job_id, args.kind, args.output)
+        if command == "list":
+            return http.get("/v1/fine_tuning/jobs")
+        if command in ("cancel", "pause", "resume"):
+            return http.post(f"/v1/fine_tuning/jobs/{args.job_id}/{command}")
+        if command == "checkpoints":
+            return http.get(f"/v1/fine_tuning/jobs/{args.job_id}/checkpoints")
+        if command == "queue":
+            return http.get("/v1/swarm/queue")
+        if command == "get":
+            response = http.get(f"/v1/fine_tuning/jobs/{args.job_id}")
+            if response.status_code == 200:
+                job = response.json()
+                job["rounds"] = http.get(f"/v1/swarm/jobs/{args.job_id}/rounds").json()["data"]
+                print(json.dumps(job, indent=2))
+                return 0
+            return response
+        pairs = [item.split("=", 1) for item in args.set]
+        if any(len(p) != 2 for p in pairs):
+            print("swarm jobs create: --set takes KEY=VALUE", file=sys.stderr)
+            return 2
+        hyperparameters = {"method": args.method, **{k: _parse_value(v) for k, v in pairs}}
+        if args.priority is not None:
+            hyperparameters["priority"] = args.priority
+        return http.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": args.model,
+                "training_file": args.training_file,
+                "validation_file": args.validation_file,
+                "hyperparameters": hyperparameters,
+                **({"owner": args.owner} if args.owner else {}),
+            },
+        )
+
+    return _api("jobs", args.url, request)
 
 
 def _credits(args: argparse.Namespace) -> int:
-    import httpx
-
-    with httpx.Client(base_url=args.url, timeout=60.0) as http:
-        try:
-            if args.credits_command == "show":
-                response = http.get("/v1/swarm/credits", params={"account": args.account})
-            elif args.credits_command == "leaderboard":
-                response = http.get("/v1/swarm/credits/leaderboard")
-            elif args.credits_command == "ledger":
-                response = http.get("/v1/swarm/ledger")
-            else:
-                response = http.post(
-                    f"/v1/swarm/credits/{args.credits_command}",
-                    json={"account": args.account, "amount": args.amount},
-                )
-        except httpx.HTTPError as exc:
-            print(f"swarm credits: cannot reach {args.url}: {exc}", file=sys.stderr)
-            return 1
-    if response.status_code != 200:
-        print(
-            f"swarm credits: {response.json().get('error', {}).get('message', response.text)}",
-            file=sys.stderr,
+    def request(http: Any) -> Any:
+        command = args.credits_command
+        if command == "show":
+            return http.get("/v1/swarm/credits", params={"account": args.account})
+        if command == "leaderboard":
+            return http.get("/v1/swarm/credits/leaderboard")
+        if command == "ledger":
+            return http.get("/v1/swarm/ledger")
+        return http.post(
+            f"/v1/swarm/credits/{command}", json={"account": args.account, "amount": args.amount}
         )
-        return 1
-    print(json.dumps(response.json(), indent=2))
-    return 0
+
+    return _api("credits", args.url, request)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -169,7 +169,7 @@ class JobSpec:
     max_clients: int = 64
     round_quorum: float = 0.5
     round_timeout_s: float = 0.0
-    round_grace: float = 0.25
+    round_grace: float = 0.5
     late_updates: str = "stale"
     max_staleness: int = 1
     priority: int = 0

@@ -1,0 +1,72 @@
+"""The `swarm jobs` and `swarm credits` commands against a real coordinator process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarm.coordinator.demo import start_coordinator, stop_process
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    with (tmp_path / "coordinator.log").open("w") as log:
+        process, ready = start_coordinator(tmp_path / "coordinator", log)
+        try:
+            yield f"http://127.0.0.1:{ready['http_port']}"
+        finally:
+            stop_process(process, signal.SIGTERM)
+
+
+def swarm(url: str, *args: str, expect: int = 0) -> Any:
+    """Run `swarm ARGS --url URL` (the flag goes after the command group); parse its JSON."""
+    group, *rest = args
+    result = subprocess.run(
+        [sys.executable, "-m", "swarm.coordinator", group, "--url", url, *rest],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == expect, result.stderr
+    return json.loads(result.stdout) if expect == 0 else result.stderr
+
+
+def test_a_job_is_created_watched_paused_resumed_and_cancelled_from_the_cli(url: str) -> None:
+    created = swarm(
+        url, "jobs", "create", "--model", "micro-llama", "--owner", "user:dana", "--priority",
+        "3", "--set", "num_rounds=2", "--set", "seq_len=32",
+    )
+    assert created["status"] == "validating_files"
+    assert created["swarm"]["owner"] == "user:dana" and created["swarm"]["priority"] == 3
+    job_id = created["id"]
+    deadline = time.monotonic() + 60
+    while swarm(url, "jobs", "get", job_id)["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert swarm(url, "jobs", "queue") == {"object": "list", "data": []}
+    assert swarm(url, "jobs", "pause", job_id)["status"] == "paused"
+    assert "paused job cannot become paused" in swarm(url, "jobs", "pause", job_id, expect=1)
+    assert swarm(url, "jobs", "resume", job_id)["status"] == "running"
+    assert swarm(url, "jobs", "checkpoints", job_id)["data"] == []
+    assert swarm(url, "jobs", "cancel", job_id)["status"] == "cancelled"
+
+
+def test_credits_are_issued_donated_and_checked_from_the_cli(url: str) -> None:
+    assert swarm(url, "credits", "issue", "user:eve", "4")["balance"] == 4.0
+    assert swarm(url, "credits", "donate", "user:eve", "1.5")["balance"] == 2.5
+    shown = swarm(url, "credits", "show", "user:eve")
+    assert [h["kind"] for h in shown["history"]] == ["donate", "issue"]
+    assert swarm(url, "credits", "leaderboard")["research_pool"] == 1.5
+    ledger = swarm(url, "credits", "ledger")
+    assert ledger["balanced"] and ledger["minted"] == 4.0
+    assert "fewer than the" in swarm(url, "credits", "donate", "user:eve", "99", expect=1)
