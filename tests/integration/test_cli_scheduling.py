@@ -43,8 +43,19 @@ def swarm(url: str, *args: str, expect: int = 0) -> Any:
 
 def test_a_job_is_created_watched_paused_resumed_and_cancelled_from_the_cli(url: str) -> None:
     created = swarm(
-        url, "jobs", "create", "--model", "micro-llama", "--owner", "user:dana", "--priority",
-        "3", "--set", "num_rounds=2", "--set", "seq_len=32",
+        url,
+        "jobs",
+        "create",
+        "--model",
+        "micro-llama",
+        "--owner",
+        "user:dana",
+        "--priority",
+        "3",
+        "--set",
+        "num_rounds=2",
+        "--set",
+        "seq_len=32",
     )
     assert created["status"] == "validating_files"
     assert created["swarm"]["owner"] == "user:dana" and created["swarm"]["priority"] == 3
