@@ -55,6 +55,7 @@ from swarm.scheduler.work import (
     inner_steps_for,
     lease_limit_s,
     reference_speed,
+    round_time_left,
     task_flops,
     update_ema,
 )
@@ -226,7 +227,15 @@ class TaskService:
         job = session.get_one(Job, task.job_id, with_for_update=True, populate_existing=True)
         spec = JobSpec(**job.spec)
         speed = effective_flops_per_s(worker.flops_per_s, worker.hardware.get("flops_per_s", 0))
-        steps = inner_steps_for(spec, speed, self._reference_speed(session, job, now))
+        reference = self._reference_speed(session, job, now)
+        round_ = session.get_one(Round, task.round_id)
+        left = round_time_left(
+            spec,
+            elapsed_s=now - round_.opened_at,
+            reference=reference,
+            flops_per_sample=task_flops(spec, job.num_model_params, round(job.tokens_per_sample)),
+        )
+        steps = inner_steps_for(spec, speed, reference, time_left=left)
         held = set(worker.cached_sha256s or [])
         prefer = frozenset(i for i, sha in enumerate(job.shard_sha256s) if sha in held)
         rows = spans.cut(session, job, self._blobs, task.id, steps * spec.batch_size, prefer)

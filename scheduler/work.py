@@ -54,13 +54,40 @@ def reference_speed(speeds: Iterable[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
-def inner_steps_for(spec: JobSpec, speed: float | None, reference: float | None) -> int:
-    """Inner steps for a worker of `speed` (FLOP/s), so it takes as long as the reference."""
+def inner_steps_for(
+    spec: JobSpec,
+    speed: float | None,
+    reference: float | None,
+    *,
+    time_left: float = 1.0,
+) -> int:
+    """Inner steps for a worker of `speed` (FLOP/s), so that it finishes with the round.
+
+    The reference worker (the median) trains `inner_steps` in a whole round; a worker twice
+    as fast twice as many; and a worker that starts when only `time_left` of the round remains
+    (it joined late, restarted, or was finishing a late task) that share of them, so it catches
+    up with the round instead of staying a round behind.
+    """
     if spec.work_sizing == "fixed" or not speed or not reference:
         return spec.inner_steps
-    steps = round(spec.inner_steps * speed / reference)
+    steps = round(spec.inner_steps * speed / reference * max(0.0, min(1.0, time_left)))
     low, high = spec.inner_steps_range()
     return max(low, min(high, steps))
+
+
+def round_time_left(
+    spec: JobSpec,
+    *,
+    elapsed_s: float,
+    reference: float | None,
+    flops_per_sample: float,
+) -> float:
+    """The share of a round still ahead `elapsed_s` after it opened, if a task of the
+    reference worker takes the whole round (1.0 when the reference speed is unknown)."""
+    if not reference or flops_per_sample <= 0:
+        return 1.0
+    round_s = samples_per_task(spec) * flops_per_sample / reference
+    return max(0.0, 1.0 - elapsed_s / round_s) if round_s > 0 else 1.0
 
 
 def expected_task_s(

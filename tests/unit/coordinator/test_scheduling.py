@@ -251,8 +251,13 @@ def test_placement_prefers_the_worker_that_already_holds_the_jobs_blobs(swarm: S
     assert swarm.worker(stranger).assigned_job_id is None
 
 
+# tiny-llama: a round of the median worker's task takes seconds, so the few milliseconds between
+# two leases in a test do not shorten the second task.
+SIZED = replace(SPEC, model="tiny-llama", inner_steps=8, warmup_steps=1, num_shards=2)
+
+
 def test_a_faster_worker_gets_proportionally_more_inner_steps(swarm: Swarm) -> None:
-    spec = replace(SPEC, inner_steps=8, warmup_steps=1, num_shards=2)
+    spec = SIZED
     slow = swarm.register("slow", flops=1e9)
     fast = swarm.register("fast", flops=3e9)
     swarm.start(spec)
@@ -266,8 +271,25 @@ def test_a_faster_worker_gets_proportionally_more_inner_steps(swarm: Swarm) -> N
     assert len(fast_task.train.sample_indices) == 12 * spec.batch_size
 
 
+def test_a_worker_that_starts_late_in_the_round_gets_the_share_left(swarm: Swarm) -> None:
+    early = swarm.register("early", flops=2e9)
+    late = swarm.register("late", flops=2e9)
+    job = swarm.start(SIZED)
+    swarm.tick()
+    first = swarm.lease(early)
+    assert first is not None and first.train is not None
+    assert first.train.inner_steps == 8
+    # A full task of this speed takes the whole round; the late worker arrives at 60% of it.
+    tokens = SIZED.inner_steps * SIZED.batch_size * SIZED.seq_len
+    round_s = 6 * job.num_model_params * tokens / (2e9 * 0.25)
+    swarm.offset += 0.6 * round_s
+    second = swarm.lease(late)
+    assert second is not None and second.train is not None
+    assert second.train.inner_steps == 3  # 40% of 8, rounded
+
+
 def test_with_fixed_sizing_every_task_trains_inner_steps(swarm: Swarm) -> None:
-    spec = replace(SPEC, inner_steps=8, warmup_steps=1, num_shards=2, work_sizing="fixed")
+    spec = replace(SIZED, work_sizing="fixed")
     slow = swarm.register("slow", flops=1e9)
     fast = swarm.register("fast", flops=3e9)
     swarm.start(spec)
@@ -377,11 +399,15 @@ def test_with_late_updates_dropped_the_straggler_is_revoked_and_its_data_reused(
     assert (extended, revoked) == ([], [straggler.task_id])
     response = swarm.submit(workers[2], straggler)
     assert not response.accepted and "cancelled" in response.message
-    # The straggler's samples go to the next task cut from its shard.
+    # The straggler's samples go first to the next task cut from its shard.
     assert straggler.train is not None
     dropped = straggler.train.sample_indices
     next_tasks = [swarm.lease(w) for w in workers]
-    reused = [t for t in next_tasks if t and t.train and t.train.sample_indices == dropped]
+    reused = [
+        t
+        for t in next_tasks
+        if t and t.train and t.train.sample_indices == dropped[: len(t.train.sample_indices)]
+    ]
     assert reused, "the dropped span was not handed out again"
 
 
@@ -504,7 +530,8 @@ def test_the_estimate_made_before_a_job_starts_is_close_to_what_it_costs(swarm: 
     with swarm.services.db.transaction() as session:
         cost = swarm.services.ledger.job_spending(session, job.id)["consumed"]
     assert job.estimated_credits > 50  # enough micro-credits that rounding does not matter
-    assert 0.8 < cost / job.estimated_credits < 1.25
+    # The estimate assumes full-size tasks; adaptive sizing may cut some short.
+    assert 0.6 < cost / job.estimated_credits < 1.25
 
 
 def test_a_restarted_coordinator_gives_running_leases_time_to_report(swarm: Swarm) -> None:

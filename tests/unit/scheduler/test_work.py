@@ -23,6 +23,7 @@ from swarm.scheduler.work import (
     lease_limit_s,
     quorum_count,
     reference_speed,
+    round_time_left,
     round_timeout_s,
     staleness_weight,
     task_flops,
@@ -324,3 +325,20 @@ def test_full_weight_dpo_needs_a_reference_copy_and_both_sequences() -> None:
     assert dpo_full - dpo_lora == 4 * N
     sft = memory(JobSpec(method="sft", adapter="full"))
     assert memory(JobSpec(method="dpo", adapter="full")) > sft
+
+
+def test_a_worker_starting_late_in_a_round_gets_the_share_of_steps_left() -> None:
+    spec = JobSpec(inner_steps=20)
+    assert inner_steps_for(spec, 2e9, 2e9, time_left=0.5) == 10
+    assert inner_steps_for(spec, 2e9, 2e9, time_left=0.0) == spec.inner_steps_range()[0]
+    assert inner_steps_for(spec, 2e9, 2e9, time_left=1.7) == 20  # never more than a round
+    fixed = JobSpec(inner_steps=20, work_sizing="fixed")
+    assert inner_steps_for(fixed, 2e9, 2e9, time_left=0.1) == 20
+
+
+def test_the_round_time_left_follows_the_reference_workers_task() -> None:
+    spec = JobSpec(inner_steps=10, batch_size=4)  # 40 samples a task
+    flops = 1e9  # per sample: a reference worker of 1e9 FLOP/s takes 40 s a task
+    assert round_time_left(spec, elapsed_s=10.0, reference=1e9, flops_per_sample=flops) == 0.75
+    assert round_time_left(spec, elapsed_s=80.0, reference=1e9, flops_per_sample=flops) == 0.0
+    assert round_time_left(spec, elapsed_s=10.0, reference=None, flops_per_sample=flops) == 1.0
