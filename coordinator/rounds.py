@@ -68,6 +68,7 @@ from swarm.scheduler.work import (
     round_timeout_s,
     samples_per_task,
     staleness_weight,
+    step_fraction,
     task_flops,
 )
 
@@ -352,7 +353,10 @@ class RoundService:
             )
 
     def _outer_step(self, job: Job, spec: JobSpec, round_: Round, tasks: list[Task]) -> Version:
-        """Average the results (late ones weighted down), step, and publish the next version."""
+        """Average the results (late ones weighted down), step, and publish the next version.
+
+        The step's learning rate is scaled by the share of a full round's work the results
+        carry (`swarm.scheduler.work.step_fraction`)."""
         params = _read_state(self._blobs, round_.params_sha256)
         momentum = (
             _read_state(self._blobs, round_.momentum_sha256) if round_.momentum_sha256 else None
@@ -372,8 +376,18 @@ class RoundService:
                 spec.update_policy(),
                 total=sum(tokens),
             )
+            fraction = step_fraction(
+                spec,
+                tokens=sum(tokens),
+                num_train_tasks=round_.num_train_tasks or len(tasks),
+                tokens_per_sample=job.tokens_per_sample,
+            )
             params, momentum = nesterov_step(
-                params, average, momentum, lr=spec.outer_lr, momentum=spec.outer_momentum
+                params,
+                average,
+                momentum,
+                lr=spec.outer_lr * fraction,
+                momentum=spec.outer_momentum,
             )
         # With no result at all the version is republished unchanged (momentum too), so
         # workers still find an unbroken run of deltas.

@@ -133,6 +133,20 @@ def quorum_count(spec: JobSpec, num_train_tasks: int) -> int:
     return max(1, math.ceil(spec.round_quorum * num_train_tasks - 1e-9))
 
 
+def step_fraction(
+    spec: JobSpec, *, tokens: float, num_train_tasks: int, tokens_per_sample: float
+) -> float:
+    """How much of a full outer step a round takes: the tokens its results trained against
+    those of a full round (`num_train_tasks` tasks of `inner_steps` batches), at most one.
+
+    The linear scaling rule, applied to outer steps: a round that carries a little work (the
+    leftover samples at the end of a job, a round most of whose workers died) moves the model
+    a little, and does not let Nesterov momentum take a full step on the strength of it.
+    """
+    full = num_train_tasks * samples_per_task(spec) * tokens_per_sample
+    return 1.0 if full <= 0 else min(1.0, tokens / full)
+
+
 def staleness_weight(staleness: int) -> float:
     """Weight of a late update, `staleness` versions behind the one it is applied to."""
     return 1.0 / (1.0 + staleness)

@@ -48,7 +48,6 @@ JOB: dict[str, Any] = {
     "batch_size": 8,
     "seq_len": 128,
     "num_shards": 6,
-    "round_timeout_s": 12.0,
     "round_quorum": 0.5,
     "late_updates": "stale",
     "max_staleness": 1,
@@ -97,7 +96,7 @@ class ChurnBenchConfig:
 
 QUICK = ChurnBenchConfig(
     num_clients=3,
-    hyperparameters={"num_epochs": 3, "inner_steps": 6, "seq_len": 64, "round_timeout_s": 6.0},
+    hyperparameters={"num_epochs": 3, "inner_steps": 6, "seq_len": 64},
 )
 
 

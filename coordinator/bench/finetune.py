@@ -38,7 +38,7 @@ from swarm.coordinator.demo import (
     run_demo,
 )
 from swarm.coordinator.jobs import prepare_data
-from swarm.coordinator.storage import Database, Job, Task, sqlite_url
+from swarm.coordinator.storage import Database, Job, Round, Task, sqlite_url
 from swarm.models import (
     Objective,
     apply_adapter,
@@ -48,7 +48,7 @@ from swarm.models import (
     trainable_state,
 )
 from swarm.scheduler import JobSpec, task_seed
-from swarm.scheduler.work import staleness_weight
+from swarm.scheduler.work import staleness_weight, step_fraction
 
 TARGET_SFT_REDUCTION = 0.15
 TARGET_DPO_ACCURACY = 0.80
@@ -89,6 +89,7 @@ class Reference:
             )
 
         self.shards = [objective(s) for s in data.shards]
+        self.tokens_per_sample = data.num_tokens / max(1, sum(data.shard_samples))
         self.heldout = objective(data.heldout)
         # The whole training set as one shard, for the single-process AdamW baseline.
         (everything,) = prepare_data(
@@ -100,12 +101,13 @@ class Reference:
         load_trainable_state(self.model, params)
         return self.heldout.evaluate(self.model, self.spec.eval_batch_size, self.spec.eval_examples)
 
-    def replay(self, rounds: list[list[ReplayTask]]) -> dict[str, float]:
+    def replay(self, rounds: list[ReplayRound]) -> dict[str, float]:
         """The swarm's rounds in one process: the same tasks (seeds, shards, samples, steps),
         average and outer step."""
         spec = self.spec
         params, momentum = dict(self.initial), None
-        for index, tasks in enumerate(rounds):
+        for index, replayed in enumerate(rounds):
+            tasks = replayed.tasks
             updates: list[dict[str, torch.Tensor]] = []
             weights: list[float] = []
             tokens: list[float] = []
@@ -125,11 +127,17 @@ class Reference:
                 name: sum(u[name] * (w / total) for u, w in zip(updates, weights, strict=True))
                 for name in params
             }
+            fraction = step_fraction(
+                spec,
+                tokens=total,
+                num_train_tasks=replayed.num_train_tasks,
+                tokens_per_sample=self.tokens_per_sample,
+            )
             params, momentum = nesterov_step(
                 params,
                 average,  # type: ignore[arg-type]
                 momentum,
-                lr=spec.outer_lr,
+                lr=spec.outer_lr * fraction,
                 momentum=spec.outer_momentum,
             )
         return self.evaluate(params)
@@ -158,7 +166,13 @@ class ReplayTask:
     inner_steps: int
 
 
-def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[list[ReplayTask]]:
+@dataclass(frozen=True, kw_only=True)
+class ReplayRound:
+    tasks: list[ReplayTask]
+    num_train_tasks: int
+
+
+def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[ReplayRound]:
     """Per round, the train tasks whose results its outer step applied, read from the
     coordinator's database after the run."""
     db = Database(sqlite_url(data_dir))
@@ -167,6 +181,11 @@ def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[list[Repla
     try:
         with db.transaction() as session:
             job = session.get_one(Job, job_id)
+            sizes = dict(
+                session.execute(
+                    select(Round.index, Round.num_train_tasks).where(Round.job_id == job_id)
+                ).all()
+            )
             applied = session.scalars(
                 select(Task)
                 .where(Task.job_id == job_id, Task.applied_round.is_not(None))
@@ -185,7 +204,10 @@ def applied_tasks(data_dir: Path, job_id: str, spec: JobSpec) -> list[list[Repla
                 )
     finally:
         db.dispose()
-    return rounds
+    return [
+        ReplayRound(tasks=tasks, num_train_tasks=sizes.get(index) or len(tasks))
+        for index, tasks in enumerate(rounds)
+    ]
 
 
 def run_bench(

@@ -25,7 +25,6 @@ SMALL = ChurnBenchConfig(
         "batch_size": 8,
         "seq_len": SEQ_LEN,  # about six rounds of three tasks
         "num_shards": 3,
-        "round_timeout_s": 8.0,
         "eval_examples": 16,
     },
     timeout_s=300.0,

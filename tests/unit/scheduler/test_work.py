@@ -26,6 +26,7 @@ from swarm.scheduler.work import (
     round_time_left,
     round_timeout_s,
     staleness_weight,
+    step_fraction,
     task_flops,
     update_ema,
 )
@@ -342,3 +343,16 @@ def test_the_round_time_left_follows_the_reference_workers_task() -> None:
     assert round_time_left(spec, elapsed_s=10.0, reference=1e9, flops_per_sample=flops) == 0.75
     assert round_time_left(spec, elapsed_s=80.0, reference=1e9, flops_per_sample=flops) == 0.0
     assert round_time_left(spec, elapsed_s=10.0, reference=None, flops_per_sample=flops) == 1.0
+
+
+def test_a_round_takes_the_share_of_a_full_step_its_work_carries() -> None:
+    spec = JobSpec(inner_steps=10, batch_size=4, seq_len=16)  # a full task: 40 samples
+    full = 3 * 40 * 16.0
+    assert step_fraction(spec, tokens=full, num_train_tasks=3, tokens_per_sample=16) == 1.0
+    assert step_fraction(spec, tokens=full / 6, num_train_tasks=3, tokens_per_sample=16) == (
+        pytest.approx(1 / 6)
+    )
+    # Faster workers may train more than a nominal round: the step is still one step.
+    assert step_fraction(spec, tokens=2 * full, num_train_tasks=3, tokens_per_sample=16) == 1.0
+    # Without a size to compare with (a job from before sizes were recorded): a full step.
+    assert step_fraction(spec, tokens=5.0, num_train_tasks=3, tokens_per_sample=0.0) == 1.0
