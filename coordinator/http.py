@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from swarm.coordinator.jobs import DEFAULT_OWNER
 from swarm.coordinator.rounds import round_summary
+from swarm.coordinator.scheduling import QueueEntry
 from swarm.coordinator.storage import Checkpoint, DataSpan, Job, Task, Worker
 from swarm.protocol.errors import ConfigError, NotFoundError, SchedulingError, SwarmError
 from swarm.scheduler import (
@@ -171,8 +172,9 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     app.state.services = services
     started = time.time() if started_at is None else started_at
 
-    def describe(job: Job) -> dict[str, Any]:
-        """A job object with its queue position and what it has cost so far."""
+    def describe(job: Job, queue: dict[str, QueueEntry] | None = None) -> dict[str, Any]:
+        """A job object with its queue position and what it has cost so far (`queue`: the
+        queue, when the caller already has it)."""
         spent = jobs.spending(job.id)
         extra: dict[str, Any] = {
             "credits_consumed": credits(spent["consumed"]),
@@ -181,7 +183,9 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "queue_reason": None,
         }
         if job.status == "queued":
-            entry = next((e for e in scheduler.queue() if e.job_id == job.id), None)
+            if queue is None:
+                queue = {e.job_id: e for e in scheduler.queue()}
+            entry = queue.get(job.id)
             if entry is not None:
                 extra["queue_position"], extra["queue_reason"] = entry.position, entry.reason
         return job_object(job, extra)
@@ -249,9 +253,10 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         if not 1 <= limit <= 100:
             raise ConfigError(f"limit must be in [1, 100], got {limit}")
         page = jobs.list_jobs(after=after, limit=limit)
+        queue = {e.job_id: e for e in scheduler.queue()} if page.jobs else {}
         return {
             "object": "list",
-            "data": [describe(j) for j in page.jobs],
+            "data": [describe(j, queue) for j in page.jobs],
             "has_more": page.has_more,
         }
 

@@ -66,10 +66,16 @@ class Scheduler:
         """Start the queued jobs that may start now; returns their ids."""
         now = time.time() if now is None else now
         with self._db.transaction() as session:
-            queued, running, num_workers = self._queue_state(session, now)
+            queued, running, num_workers, largest = self._queue_state(session, now)
             if not queued:
                 return []
-            decision = admit(queued, running, num_workers, require_credits=self._require_credits)
+            decision = admit(
+                queued,
+                running,
+                num_workers,
+                require_credits=self._require_credits,
+                largest_memory_bytes=largest,
+            )
             for job_id in decision.start:
                 job = session.get_one(Job, job_id, with_for_update=True)
                 if job.status != JobStatus.QUEUED.value:
@@ -88,9 +94,13 @@ class Scheduler:
         """The queued jobs in the order they will start, with why each is waiting."""
         now = time.time() if now is None else now
         with self._db.transaction() as session:
-            queued, running, num_workers = self._queue_state(session, now)
+            queued, running, num_workers, largest = self._queue_state(session, now)
         decision: Admission = admit(
-            queued, running, num_workers, require_credits=self._require_credits
+            queued,
+            running,
+            num_workers,
+            require_credits=self._require_credits,
+            largest_memory_bytes=largest,
         )
         return [
             QueueEntry(
@@ -158,7 +168,9 @@ class Scheduler:
 
     def _queue_state(
         self, session: Session, now: float
-    ) -> tuple[list[QueuedJob], list[RunningJob], int]:
+    ) -> tuple[list[QueuedJob], list[RunningJob], int, int | None]:
+        """Queued and running jobs, how many workers are online and the most memory one has
+        (None when none is online, or one does not say: it might fit anything)."""
         jobs = list(
             session.scalars(
                 select(Job).where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
@@ -177,12 +189,14 @@ class Scheduler:
             for j in jobs
             if j.status == JobStatus.RUNNING.value
         ]
-        num_workers = len(
-            session.scalars(
-                select(Worker.id).where(Worker.last_seen_at >= now - self._worker_online_s)
-            ).all()
-        )
-        return queued, running, num_workers
+        memories = [
+            int(hardware.get("memory_bytes", 0))
+            for hardware in session.scalars(
+                select(Worker.hardware).where(Worker.last_seen_at >= now - self._worker_online_s)
+            )
+        ]
+        largest = None if not memories or 0 in memories else max(memories)
+        return queued, running, len(memories), largest
 
     def _balances(self, session: Session, jobs: list[Job]) -> dict[str, int]:
         return {owner: self._ledger.balance(session, owner) for owner in {j.owner for j in jobs}}
@@ -198,6 +212,7 @@ class Scheduler:
             queued_at=job.queued_at or job.created_at,
             min_workers=spec.min_clients,
             estimated_credits=job.estimated_credits,
+            memory_bytes=job.memory_bytes,
         )
 
     @staticmethod

@@ -23,6 +23,8 @@ class QueuedJob:
     queued_at: float
     min_workers: int
     estimated_credits: int
+    memory_bytes: int = 0
+    """What one of its tasks needs; a job no online worker can hold does not start."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,8 +54,12 @@ def admit(
     num_workers: int,
     *,
     require_credits: bool = False,
+    largest_memory_bytes: int | None = None,
 ) -> Admission:
     """Which queued jobs start now, given the running ones and the online workers.
+
+    `largest_memory_bytes` is the most memory any online worker has (None: unknown); a job
+    that needs more waits, without holding back the jobs behind it.
 
     Research jobs do not hold workers against other jobs (placement takes theirs first), so
     only the minimums of other running jobs count against a non-research job.
@@ -66,6 +72,12 @@ def admit(
     for job in queue_order(queued):
         if require_credits and job.owner_balance < job.estimated_credits:
             waiting[job.id] = "waiting for credits: the owner's balance is below the estimate"
+            continue
+        if largest_memory_bytes is not None and job.memory_bytes > largest_memory_bytes:
+            waiting[job.id] = (
+                f"waiting for a worker with {job.memory_bytes / 2**30:.1f} GiB of memory: the "
+                f"largest online has {largest_memory_bytes / 2**30:.1f} GiB"
+            )
             continue
         if blocked:
             waiting[job.id] = "waiting for the jobs ahead of it"

@@ -229,11 +229,16 @@ def test_workers_are_spread_over_running_jobs_and_lease_their_own_jobs_tasks(
 
 def test_a_worker_never_gets_a_task_that_does_not_fit_its_memory(swarm: Swarm) -> None:
     small = swarm.register("small", memory_gb=0.001)
-    job = swarm.start()
+    big = swarm.register("big")
+    job = swarm.start(replace(SPEC, min_clients=1))
     assert swarm.job(job.id).memory_bytes > 2**20  # micro-llama's estimate is over a megabyte
     swarm.tick()
     assert swarm.worker(small).assigned_job_id is None
+    assert swarm.worker(big).assigned_job_id == job.id
     assert swarm.lease(small) is None
+    swarm.offset += 60.0  # long past any wait for the job's own workers
+    assert swarm.lease(small) is None
+    assert swarm.lease(big) is not None
 
 
 def test_placement_prefers_the_worker_that_already_holds_the_jobs_blobs(swarm: Swarm) -> None:
@@ -544,3 +549,15 @@ def test_a_restarted_coordinator_gives_running_leases_time_to_report(swarm: Swar
     swarm.offset += 9.0
     assert swarm.services.tasks.expire_leases(now=swarm.now) == 0
     assert swarm.submit(worker, task).accepted
+
+
+def test_a_job_too_big_for_every_online_worker_waits_and_says_why(swarm: Swarm) -> None:
+    swarm.register("small", memory_gb=0.001)
+    job = swarm.create()
+    swarm.tick()
+    assert swarm.job(job.id).status == "queued"
+    [entry] = swarm.services.scheduler.queue(now=swarm.now)
+    assert entry.reason.startswith("waiting for a worker with ")
+    swarm.register("big", memory_gb=8.0)
+    swarm.tick()
+    assert swarm.job(job.id).status == "running"

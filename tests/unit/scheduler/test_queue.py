@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -224,3 +225,15 @@ def test_admission_starts_a_prefix_of_the_queue_within_the_workers(
     for i, job in enumerate(started):
         others = [j.min_workers for j in [*active, *started[:i]] if job.research or not j.research]
         assert sum(others) + job.min_workers <= num_workers, job
+
+
+def test_a_job_no_online_worker_can_hold_waits_without_holding_back_the_rest() -> None:
+    big = replace(queued("big", queued_at=0.0), memory_bytes=40 * 2**30)
+    small = replace(queued("small", queued_at=1.0), memory_bytes=2**30)
+    decision = admit([big, small], [], 4, largest_memory_bytes=16 * 2**30)
+    assert decision.start == ["small"]
+    assert decision.waiting["big"] == (
+        "waiting for a worker with 40.0 GiB of memory: the largest online has 16.0 GiB"
+    )
+    # When some worker does not report its memory, it might hold anything.
+    assert admit([big, small], [], 4, largest_memory_bytes=None).start == ["big", "small"]
