@@ -61,6 +61,7 @@ from swarm.scheduler import (
     worker_account,
 )
 from swarm.scheduler.work import (
+    close_at,
     effective_flops_per_s,
     expected_task_s,
     quorum_count,
@@ -263,10 +264,12 @@ class RoundService:
             return False
         # A quorum is in: wait a share of the time it took for the rest, and no longer than
         # the round's deadline.
-        quorum_at = done_at[quorum - 1]
-        waited_for = quorum_at + spec.round_grace * max(0.0, quorum_at - round_.opened_at)
-        deadline = round_.deadline_at if round_.deadline_at is not None else waited_for
-        return now >= min(waited_for, deadline)
+        return now >= close_at(
+            spec,
+            opened_at=round_.opened_at,
+            quorum_at=done_at[quorum - 1],
+            deadline_at=round_.deadline_at if round_.deadline_at is not None else float("inf"),
+        )
 
     def recover(self) -> int:
         """Reopen rounds a crashed coordinator left half-aggregated; returns how many."""

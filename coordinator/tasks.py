@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from swarm.compression import CompressionPolicy, payload_size_bound
 from swarm.coordinator import spans
-from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.blobs import BlobStore, check_sha256
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
 from swarm.protocol import messages as m
@@ -123,7 +123,7 @@ class TaskService:
                 return m.LeaseTaskResponse(task=self._describe(session, task, held.deadline))
 
             worker = session.get_one(Worker, worker_id)
-            holds = sorted(set(cached))[:MAX_CACHED_REPORTED]
+            holds = sorted({check_sha256(sha) for sha in cached[:MAX_CACHED_REPORTED]})
             if cached and holds != (worker.cached_sha256s or []):
                 worker.cached_sha256s = holds
             in_rounds = set(
@@ -226,16 +226,18 @@ class TaskService:
         """
         job = session.get_one(Job, task.job_id, with_for_update=True, populate_existing=True)
         spec = JobSpec(**job.spec)
-        speed = effective_flops_per_s(worker.flops_per_s, worker.hardware.get("flops_per_s", 0))
+        # Sizing compares measured speeds only: a join benchmark can be off by several times
+        # from training throughput, so a worker not measured yet gets `inner_steps`.
         reference = self._reference_speed(session, job, now)
         round_ = session.get_one(Round, task.round_id)
+        previous = session.scalars(
+            select(Round).where(Round.job_id == job.id, Round.index == round_.index - 1)
+        ).first()
         left = round_time_left(
-            spec,
             elapsed_s=now - round_.opened_at,
-            reference=reference,
-            flops_per_sample=task_flops(spec, job.num_model_params, round(job.tokens_per_sample)),
+            round_s=(previous.closed_at or 0.0) - previous.opened_at if previous else None,
         )
-        steps = inner_steps_for(spec, speed, reference, time_left=left)
+        steps = inner_steps_for(spec, worker.flops_per_s, reference, time_left=left)
         held = set(worker.cached_sha256s or [])
         prefer = frozenset(i for i, sha in enumerate(job.shard_sha256s) if sha in held)
         rows = spans.cut(session, job, self._blobs, task.id, steps * spec.batch_size, prefer)
@@ -250,16 +252,14 @@ class TaskService:
         return None
 
     def _reference_speed(self, session: Session, job: Job, now: float) -> float | None:
-        """The median training speed of the job's online workers."""
-        workers = session.execute(
-            select(Worker.flops_per_s, Worker.hardware).where(
-                Worker.assigned_job_id == job.id,
-                Worker.last_seen_at >= now - self._worker_online_s,
-            )
-        )
+        """The median measured training speed of the job's online workers."""
         return reference_speed(
-            effective_flops_per_s(measured, hardware.get("flops_per_s", 0))
-            for measured, hardware in workers
+            session.scalars(
+                select(Worker.flops_per_s).where(
+                    Worker.assigned_job_id == job.id,
+                    Worker.last_seen_at >= now - self._worker_online_s,
+                )
+            )
         )
 
     def _lease_limit_s(self, session: Session, task: Task, job: Job, worker: Worker) -> float:

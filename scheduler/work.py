@@ -75,19 +75,12 @@ def inner_steps_for(
     return max(low, min(high, steps))
 
 
-def round_time_left(
-    spec: JobSpec,
-    *,
-    elapsed_s: float,
-    reference: float | None,
-    flops_per_sample: float,
-) -> float:
-    """The share of a round still ahead `elapsed_s` after it opened, if a task of the
-    reference worker takes the whole round (1.0 when the reference speed is unknown)."""
-    if not reference or flops_per_sample <= 0:
+def round_time_left(*, elapsed_s: float, round_s: float | None) -> float:
+    """The share of a round still ahead `elapsed_s` after it opened, for rounds that take
+    `round_s` (the job's previous round, as measured; 1.0 when there is none yet)."""
+    if not round_s or round_s <= 0:
         return 1.0
-    round_s = samples_per_task(spec) * flops_per_sample / reference
-    return max(0.0, 1.0 - elapsed_s / round_s) if round_s > 0 else 1.0
+    return max(0.0, 1.0 - elapsed_s / round_s)
 
 
 def expected_task_s(
@@ -122,6 +115,17 @@ def round_timeout_s(spec: JobSpec, expected_s: float | None, max_task_s: float) 
     if expected_s is None:
         return max_task_s
     return max(60.0, 3.0 * expected_s)
+
+
+# However quickly a quorum came in, a round waits at least this long for the rest: for short
+# tasks, timing noise (an evaluation, a download) is more than a share of the round.
+MIN_GRACE_S = 5.0
+
+
+def close_at(spec: JobSpec, *, opened_at: float, quorum_at: float, deadline_at: float) -> float:
+    """When a round whose quorum came in at `quorum_at` stops waiting for the rest."""
+    grace = max(MIN_GRACE_S, spec.round_grace * max(0.0, quorum_at - opened_at))
+    return min(quorum_at + grace, deadline_at)
 
 
 def quorum_count(spec: JobSpec, num_train_tasks: int) -> int:

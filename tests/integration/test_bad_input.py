@@ -433,6 +433,18 @@ def test_calls_with_bogus_session_are_unauthenticated(harness: Harness) -> None:
     assert_serving(harness, honest)
 
 
+def test_a_lease_request_naming_cached_blobs_that_are_not_digests_is_refused(
+    harness: Harness,
+) -> None:
+    volunteer = register(harness.client)
+    request = m.LeaseTaskRequest(session=volunteer.session, cached_sha256s=["../../etc/passwd"])
+    message = expect_error("INVALID_ARGUMENT", harness.client.lease_task, request)
+    assert "is not a SHA-256 digest" in message
+    with harness.live.services.db.transaction() as session:
+        assert session.get_one(Worker, volunteer.session.worker_id).cached_sha256s is None
+    lease(harness.client, volunteer)  # the coordinator still serves this worker
+
+
 # -- 3. unknown tasks ----------------------------------------------------------------------
 
 

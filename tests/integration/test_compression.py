@@ -47,7 +47,9 @@ def test_a_restarted_client_resumes_its_residuals(tmp_path: Path) -> None:
     # A long solo wait: the survivor may not take the stopped client's task, so the round waits
     # for the restarted client, which must then train with the residual it saved.
     with running_swarm(tmp_path, env={"SWARM_SOLO_WAIT_S": "600"}) as swarm:
-        job = swarm.create_job(codec="topk:0.05+int8", num_rounds=2)
+        # A quorum of every task: the round waits for the restarted client rather than closing
+        # without it.
+        job = swarm.create_job(codec="topk:0.05+int8", num_rounds=2, round_quorum=1.0)
         deadline = time.monotonic() + 120
         while "round 0): loss" not in swarm.log_of(0):
             assert time.monotonic() < deadline, "client 0 never finished a task"

@@ -65,6 +65,8 @@ class Swarm:
         self.services.scheduler.place_workers(now=self.now)
 
     def lease(self, worker_id: str, cached: list[str] | None = None) -> m.Task | None:
+        with self.services.db.transaction() as session:  # as the servicer does on every call
+            session.get_one(Worker, worker_id).last_seen_at = self.now
         return self.services.tasks.lease(worker_id, cached or [], now=self.now).task
 
     def submit(self, worker_id: str, task: m.Task) -> m.SubmitResultResponse:
@@ -261,16 +263,25 @@ def test_placement_prefers_the_worker_that_already_holds_the_jobs_blobs(swarm: S
 SIZED = replace(SPEC, model="tiny-llama", inner_steps=8, warmup_steps=1, num_shards=2)
 
 
+def measured(swarm: Swarm, speeds: dict[str, float]) -> None:
+    """Give workers a measured training speed, as their accepted tasks would."""
+    with swarm.services.db.transaction() as session:
+        for worker_id, speed in speeds.items():
+            session.get_one(Worker, worker_id).flops_per_s = speed
+
+
 def test_a_faster_worker_gets_proportionally_more_inner_steps(swarm: Swarm) -> None:
     spec = SIZED
-    slow = swarm.register("slow", flops=1e9)
-    fast = swarm.register("fast", flops=3e9)
+    slow = swarm.register("slow")
+    fast = swarm.register("fast")
     swarm.start(spec)
     swarm.tick()
+    measured(swarm, {slow: 1e9, fast: 3e9})
     slow_task, fast_task = swarm.lease(slow), swarm.lease(fast)
     assert slow_task is not None and slow_task.train is not None
     assert fast_task is not None and fast_task.train is not None
     # The median worker (2e9 FLOP/s here) trains inner_steps; the others in proportion.
+    # (A worker not measured yet trains inner_steps: join benchmarks are only a guess.)
     assert (slow_task.train.inner_steps, fast_task.train.inner_steps) == (4, 12)
     assert len(slow_task.train.sample_indices) == 4 * spec.batch_size
     assert len(fast_task.train.sample_indices) == 12 * spec.batch_size
@@ -279,15 +290,24 @@ def test_a_faster_worker_gets_proportionally_more_inner_steps(swarm: Swarm) -> N
 def test_a_worker_that_starts_late_in_the_round_gets_the_share_left(swarm: Swarm) -> None:
     early = swarm.register("early", flops=2e9)
     late = swarm.register("late", flops=2e9)
-    job = swarm.start(SIZED)
+    job = swarm.start(replace(SIZED, num_rounds=2, work_sizing="adaptive"))
     swarm.tick()
+    for worker in (early, late, early):  # round 0: two train tasks and the evaluation
+        swarm.run(worker)
+    with swarm.services.db.transaction() as session:
+        round_0 = session.scalars(select(Round).where(Round.job_id == job.id)).one()
+        round_0.opened_at -= 100.0  # round 0 took about 100 s
+    swarm.tick()
+    with swarm.services.db.transaction() as session:
+        # Both measured the same speed in round 0; round 1 opens now.
+        round_1 = session.scalars(
+            select(Round).where(Round.job_id == job.id, Round.index == 1)
+        ).one()
+        round_1.opened_at = swarm.now
     first = swarm.lease(early)
     assert first is not None and first.train is not None
     assert first.train.inner_steps == 8
-    # A full task of this speed takes the whole round; the late worker arrives at 60% of it.
-    tokens = SIZED.inner_steps * SIZED.batch_size * SIZED.seq_len
-    round_s = 6 * job.num_model_params * tokens / (2e9 * 0.25)
-    swarm.offset += 0.6 * round_s
+    swarm.offset += 60.0  # the late worker arrives when 40% of a round is left
     second = swarm.lease(late)
     assert second is not None and second.train is not None
     assert second.train.inner_steps == 3  # 40% of 8, rounded
@@ -295,10 +315,11 @@ def test_a_worker_that_starts_late_in_the_round_gets_the_share_left(swarm: Swarm
 
 def test_with_fixed_sizing_every_task_trains_inner_steps(swarm: Swarm) -> None:
     spec = replace(SIZED, work_sizing="fixed")
-    slow = swarm.register("slow", flops=1e9)
-    fast = swarm.register("fast", flops=3e9)
+    slow = swarm.register("slow")
+    fast = swarm.register("fast")
     swarm.start(spec)
     swarm.tick()
+    measured(swarm, {slow: 1e9, fast: 3e9})
     tasks = [swarm.lease(slow), swarm.lease(fast)]
     assert [t.train.inner_steps for t in tasks if t and t.train] == [8, 8]
 

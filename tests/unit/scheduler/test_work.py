@@ -14,6 +14,8 @@ from swarm.scheduler.work import (
     BENCHMARK_EFFICIENCY,
     LEASE_ALLOWANCE_S,
     LEASE_SLACK,
+    MIN_GRACE_S,
+    close_at,
     effective_flops_per_s,
     estimate_job_flops,
     estimate_memory_bytes,
@@ -337,12 +339,18 @@ def test_a_worker_starting_late_in_a_round_gets_the_share_of_steps_left() -> Non
     assert inner_steps_for(fixed, 2e9, 2e9, time_left=0.1) == 20
 
 
-def test_the_round_time_left_follows_the_reference_workers_task() -> None:
-    spec = JobSpec(inner_steps=10, batch_size=4)  # 40 samples a task
-    flops = 1e9  # per sample: a reference worker of 1e9 FLOP/s takes 40 s a task
-    assert round_time_left(spec, elapsed_s=10.0, reference=1e9, flops_per_sample=flops) == 0.75
-    assert round_time_left(spec, elapsed_s=80.0, reference=1e9, flops_per_sample=flops) == 0.0
-    assert round_time_left(spec, elapsed_s=10.0, reference=None, flops_per_sample=flops) == 1.0
+def test_the_round_time_left_is_measured_against_the_previous_round() -> None:
+    assert round_time_left(elapsed_s=10.0, round_s=40.0) == 0.75
+    assert round_time_left(elapsed_s=80.0, round_s=40.0) == 0.0
+    assert round_time_left(elapsed_s=10.0, round_s=None) == 1.0  # round 0: nothing measured
+
+
+def test_a_round_waits_a_grace_after_its_quorum_but_never_past_its_deadline() -> None:
+    spec = JobSpec(round_grace=0.5)
+    assert close_at(spec, opened_at=0.0, quorum_at=40.0, deadline_at=1e9) == 60.0
+    assert close_at(spec, opened_at=0.0, quorum_at=40.0, deadline_at=50.0) == 50.0
+    # A quick quorum still gets the minimum grace: short tasks are noisy.
+    assert close_at(spec, opened_at=0.0, quorum_at=1.0, deadline_at=1e9) == 1.0 + MIN_GRACE_S
 
 
 def test_a_round_takes_the_share_of_a_full_step_its_work_carries() -> None:
