@@ -29,12 +29,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from transformers import PreTrainedTokenizerBase
 
+from swarm.coordinator import spans
 from swarm.coordinator.artifacts import store_merged
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Checkpoint, Database, DataSpan, Event, Job, Lease, Round, Task
+from swarm.coordinator.storage import Checkpoint, Database, DataSpan, Event, Job, Round, Task
 from swarm.models import (
     MAX_DATASET_BYTES,
     ChatExample,
@@ -62,7 +63,6 @@ from swarm.protocol.errors import ConfigError, NotFoundError
 from swarm.scheduler import (
     JobSpec,
     JobStatus,
-    LeaseOutcome,
     TaskStatus,
     check_account,
     check_job_move,
@@ -483,8 +483,16 @@ class JobService:
             job = self._locked(session, job_id)
             check_job_move(JobStatus(job.status), JobStatus.PAUSED)
             job.status = JobStatus.PAUSED.value
-            revoked = self._revoke_leases(session, job, now)
-            add_event(session, job.id, f"paused ({revoked} running tasks revoked)")
+            running = list(
+                session.scalars(
+                    select(Task).where(
+                        Task.job_id == job.id, Task.status == TaskStatus.LEASED.value
+                    )
+                )
+            )
+            for task in running:
+                spans.revoke(session, task, now, requeue=True)
+            add_event(session, job.id, f"paused ({len(running)} running tasks revoked)")
             return job
 
     def resume(self, job_id: str) -> Job:
@@ -527,26 +535,6 @@ class JobService:
         if job is None:
             raise NotFoundError(f"no job {job_id!r}")
         return job
-
-    @staticmethod
-    def _revoke_leases(session: Session, job: Job, now: float) -> int:
-        revoked = 0
-        for task in session.scalars(
-            select(Task).where(Task.job_id == job.id, Task.status == TaskStatus.LEASED.value)
-        ):
-            for lease in session.scalars(
-                select(Lease).where(
-                    Lease.task_id == task.id, Lease.outcome == LeaseOutcome.ACTIVE.value
-                )
-            ):
-                lease.outcome = LeaseOutcome.CANCELLED.value
-                lease.ended_at = now
-            task.status = TaskStatus.PENDING.value
-            task.worker_id = None
-            task.lease_deadline = None
-            task.available_since = now
-            revoked += 1
-        return revoked
 
     # -- reading ---------------------------------------------------------------------------
 

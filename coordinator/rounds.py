@@ -51,7 +51,6 @@ from swarm.models import state_from_bytes, state_to_bytes
 from swarm.scheduler import (
     JobSpec,
     JobStatus,
-    LeaseOutcome,
     RoundStatus,
     TaskStatus,
     check_job_move,
@@ -550,21 +549,8 @@ class RoundService:
             if task.status == TaskStatus.LEASED.value and task.round_index >= horizon:
                 continue  # stale mode: may still be applied by a later round
             revoked += task.status == TaskStatus.LEASED.value
-            self._cancel_task(session, task, now)
+            spans.revoke(session, task, now, requeue=False)
         return revoked
-
-    def _cancel_task(self, session: Session, task: Task, now: float) -> None:
-        for lease in session.scalars(
-            select(Lease).where(
-                Lease.task_id == task.id, Lease.outcome == LeaseOutcome.ACTIVE.value
-            )
-        ):
-            lease.outcome = LeaseOutcome.CANCELLED.value
-            lease.ended_at = now
-        task.status = TaskStatus.CANCELLED.value
-        task.worker_id = None
-        task.lease_deadline = None
-        spans.release(session, task.id)
 
     def stop_tasks(
         self,
@@ -582,7 +568,7 @@ class RoundService:
                 Task.status.in_([TaskStatus.PENDING.value, TaskStatus.LEASED.value]),
             )
         ):
-            self._cancel_task(session, task, now)
+            spans.revoke(session, task, now, requeue=False)
 
     def grant_round(self, session: Session, job: Job, round_: Round) -> None:
         """Grant the credit of the results this round's close used: its evaluation, and the

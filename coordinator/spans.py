@@ -1,4 +1,5 @@
-"""Cutting, consuming and returning the data spans of train tasks (see `swarm.scheduler.data`).
+"""Cutting, consuming and returning the data spans of train tasks (see `swarm.scheduler.data`),
+and revoking a task, which returns them.
 
 Every function runs inside the caller's transaction. Cutting spans reads and advances the job's
 cursor, so the caller holds the job's row lock (on PostgreSQL) for that transaction: two
@@ -13,9 +14,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from swarm.coordinator.blobs import BlobStore
-from swarm.coordinator.storage import DataSpan, Job
+from swarm.coordinator.storage import DataSpan, Job, Lease, Task
 from swarm.models import config_from_bytes, decode_examples, decode_shard
-from swarm.scheduler import JobSpec, Span, span_indices
+from swarm.scheduler import JobSpec, LeaseOutcome, Span, TaskStatus, span_indices
 from swarm.scheduler.data import cut_from_cursor, pick_free, split_span
 
 FREE, ASSIGNED, CONSUMED = "free", "assigned", "consumed"
@@ -104,6 +105,25 @@ def consume(session: Session, task_id: str) -> None:
         .where(DataSpan.task_id == task_id, DataSpan.state == ASSIGNED)
         .values(state=CONSUMED)
     )
+
+
+def revoke(session: Session, task: Task, now: float, *, requeue: bool) -> None:
+    """End the task's active lease (its worker's next heartbeat is told to stop). With
+    `requeue` the task waits to be leased again with its spans (a paused job); without, it is
+    cancelled and its spans are free for other tasks."""
+    for lease in session.scalars(
+        select(Lease).where(Lease.task_id == task.id, Lease.outcome == LeaseOutcome.ACTIVE.value)
+    ):
+        lease.outcome = LeaseOutcome.CANCELLED.value
+        lease.ended_at = now
+    task.worker_id = None
+    task.lease_deadline = None
+    if requeue:
+        task.status = TaskStatus.PENDING.value
+        task.available_since = now
+    else:
+        task.status = TaskStatus.CANCELLED.value
+        release(session, task.id)
 
 
 def release(session: Session, task_id: str) -> None:
