@@ -1,5 +1,5 @@
-"""The coordinator service: gRPC for workers, HTTP API, storage, blobs and aggregation."""
+"""The coordinator service: gRPC for workers, HTTP API, storage, blobs and aggregation.
 
-from swarm.coordinator.settings import CoordinatorSettings
-
-__all__ = ["CoordinatorSettings"]
+Nothing is imported here, so that `swarm jobs …` and `swarm credits …` (HTTP clients) start
+without loading PyTorch and transformers.
+"""

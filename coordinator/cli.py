@@ -45,12 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure the system (prints a table, or JSON)")
     benches = bench.add_subparsers(dest="bench_command", required=True)
-    compression = benches.add_parser(
-        "compression", help="codec ratios, speed and error; loss against bytes per codec chain"
-    )
-    compression.add_argument("--json", action="store_true", help="print the report as JSON")
-    compression.add_argument(
-        "--quick", action="store_true", help="a tiny model and two rounds (a smoke test, seconds)"
+    compression = _bench_parser(
+        benches,
+        "compression",
+        "codec ratios, speed and error; loss against bytes per codec chain",
+        quick="a tiny model and two rounds (a smoke test, seconds)",
     )
     compression.add_argument("--rounds", type=int, help="outer rounds per run (default 5)")
     compression.add_argument("--inner-steps", type=int, help="inner steps per task (default 100)")
@@ -59,19 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compression.add_argument("--processes", type=int, help="runs in parallel (default 2)")
     compression.add_argument("--plot", type=Path, help="write a PNG of loss against bytes here")
-    compression.add_argument("--output", type=Path, help="also write the JSON report here")
 
-    churn = benches.add_parser(
-        "churn", help="a job under client churn and a coordinator crash, against a calm run"
-    )
-    churn.add_argument("--json", action="store_true", help="print the report as JSON")
-    churn.add_argument(
-        "--quick", action="store_true", help="3 clients and a shorter job, about two minutes"
+    churn = _bench_parser(
+        benches,
+        "churn",
+        "a job under client churn and a coordinator crash, against a calm run",
+        quick="3 clients and a shorter job, about two minutes",
     )
     churn.add_argument("--clients", type=int, help="client processes (default 6)")
     churn.add_argument("--db", help="database URL for the coordinators (default SQLite)")
     churn.add_argument("--seed", type=int, help="seeds who is killed when (default 0)")
-    churn.add_argument("--output", type=Path, help="also write the JSON report here")
     churn.add_argument("--work-dir", type=Path, help="keep both runs' logs and data here")
 
     models = commands.add_parser("models", help="the models a coordinator serves")
@@ -84,15 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name")
     pull.add_argument("--as", dest="alias", help="store it under this name")
 
-    finetune = benches.add_parser(
-        "finetune", help="SFT then DPO through the swarm, against single-process references"
-    )
-    finetune.add_argument("--json", action="store_true", help="print the report as JSON")
-    finetune.add_argument(
-        "--quick", action="store_true", help="tiny-llama and two short rounds (a smoke test)"
+    finetune = _bench_parser(
+        benches,
+        "finetune",
+        "SFT then DPO through the swarm, against single-process references",
+        quick="tiny-llama and two short rounds (a smoke test)",
     )
     finetune.add_argument("--model", help="base model (default smollm2-135m-instruct)")
-    finetune.add_argument("--output", type=Path, help="also write the JSON report here")
 
     credits = commands.add_parser("credits", help="balances, history and grants of credits")
     credits.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
@@ -143,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a hyperparameter, e.g. --set num_rounds=5 (repeatable)",
     )
+    return parser
+
+
+def _bench_parser(
+    benches: Any, name: str, help_text: str, *, quick: str
+) -> argparse.ArgumentParser:
+    """A bench command with the options every bench shares: --json, --quick and --output."""
+    parser: argparse.ArgumentParser = benches.add_parser(name, help=help_text)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--output", type=Path, help="also write the JSON report here")
     return parser
 
 

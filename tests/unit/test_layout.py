@@ -94,6 +94,17 @@ def test_the_worker_imports_no_server_dependency() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_api_commands_start_without_loading_torch() -> None:
+    """`swarm jobs …` and `swarm credits …` are HTTP clients: they answer in a blink."""
+    code = (
+        "import sys; from swarm.coordinator.cli import build_parser; build_parser(); "
+        "bad = [m for m in ('torch', 'transformers', 'sqlalchemy') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_package_folder_is_declared() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(config["packages"])
