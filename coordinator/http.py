@@ -62,7 +62,9 @@ class CreditsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     account: str = Field(description="user:NAME, worker:ID or pool:NAME")
-    amount: float = Field(gt=0, le=1e12, description="credits (1 credit = 10^15 FLOPs)")
+    amount: float = Field(
+        ge=1e-6, le=1e12, description="credits, at least 0.000001 (1 credit = 10^15 FLOPs)"
+    )
     memo: str = Field(default="", max_length=500)
 
     def micro(self) -> int:

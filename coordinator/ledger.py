@@ -26,6 +26,9 @@ from swarm.scheduler import credits as rules
 
 logger = logging.getLogger(__name__)
 
+MAX_MINTED = 10**18
+"""The most micro-credits (a trillion credits) that may ever be minted; an int64 holds 9.2e18."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class Totals:
@@ -142,6 +145,13 @@ class Ledger:
         rules.check_account(account)
         if amount <= 0:
             raise ConfigError(f"amount must be positive, got {amount}")
+        # Balances are 64-bit integers of micro-credits: keep everything ever minted well inside.
+        minted = -self.balance(session, MINT)
+        if minted + amount > MAX_MINTED:
+            raise ConfigError(
+                f"issuing {rules.format_credits(amount)} credits would take all credits ever "
+                f"minted past {rules.format_credits(MAX_MINTED)}"
+            )
         self.post(session, "issue", rules.issue(account, amount), memo=memo or "issued")
 
     def donate(self, session: Session, account: str, amount: int) -> None:

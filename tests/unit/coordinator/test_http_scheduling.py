@@ -156,6 +156,8 @@ def test_credits_are_shown_issued_donated_and_add_up(
     [
         ("issue", {"account": "mint", "amount": 1}, "must be user:NAME"),
         ("issue", {"account": "user:ann", "amount": -1}, "amount"),
+        ("issue", {"account": "user:ann", "amount": 1e-9}, "0.000001"),
+        ("issue", {"account": "user:ann", "amount": 1e13}, "amount"),
         ("donate", {"account": "user:nobody", "amount": 1}, "fewer than the 1.000000 to donate"),
         ("donate", {"account": "pool:research", "amount": 1}, "cannot donate to itself"),
     ],

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from swarm.coordinator.ledger import Ledger
+from swarm.coordinator.ledger import MAX_MINTED, Ledger
 from swarm.coordinator.storage import (
     Account,
     Database,
@@ -394,6 +394,19 @@ def test_issue_refuses_a_non_positive_amount(db: Database, amount: int) -> None:
     with pytest.raises(ConfigError, match="positive"), db.transaction() as session:
         Ledger().issue(session, OWNER, amount)
     assert snapshot(db) == ({}, (0, 0))
+
+
+def test_issue_keeps_everything_ever_minted_inside_a_64_bit_balance(db: Database) -> None:
+    ledger = Ledger()
+    with db.transaction() as session:
+        ledger.issue(session, OWNER, MAX_MINTED - 1)
+    before = snapshot(db)
+    with pytest.raises(ConfigError, match="past 1,000,000,000,000"), db.transaction() as session:
+        ledger.issue(session, "user:other", 2)
+    assert snapshot(db) == before
+    with db.transaction() as session:
+        ledger.issue(session, "user:other", 1)  # exactly the cap
+    assert assert_invariants(db, ledger)[MINT] == -MAX_MINTED
 
 
 BAD_ACCOUNTS = [
