@@ -1,4 +1,7 @@
-"""`swarm`: the operator's and researcher's command line (coordinator, demo, jobs, models)."""
+"""`swarm`: the operator's and researcher's command line.
+
+Commands: coordinator, demo, files, jobs, credits, models and bench.
+"""
 
 from __future__ import annotations
 
@@ -102,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
         move = credit_commands.add_parser(name, help=what)
         move.add_argument("account")
         move.add_argument("amount", type=float, help="credits (1 credit = 10^15 FLOPs)")
+
+    files = commands.add_parser("files", help="upload and manage datasets over HTTP")
+    files.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
+    file_commands = files.add_subparsers(dest="files_command", required=True)
+    upload = file_commands.add_parser(
+        "upload", help="check a JSONL dataset here, then upload it (prints its file id)"
+    )
+    upload.add_argument("path", type=Path)
+    upload.add_argument("--purpose", default="fine-tune")
+    file_commands.add_parser("list", help="uploaded files, newest first")
+    for name, what in (
+        ("get", "one file's details"),
+        ("delete", "delete a file (jobs created from it keep their data)"),
+    ):
+        file_commands.add_parser(name, help=what).add_argument("file_id")
 
     jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
     jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
@@ -328,6 +346,42 @@ def _jobs(args: argparse.Namespace) -> int:
     return _api("jobs", args.url, request)
 
 
+def _files(args: argparse.Namespace) -> int:
+    if args.files_command == "upload":
+        try:
+            data = args.path.read_bytes()
+        except OSError as exc:
+            print(f"swarm files upload: cannot read {args.path}: {exc}", file=sys.stderr)
+            return 1
+        from swarm.coordinator.files import check_dataset
+        from swarm.protocol.errors import ConfigError
+
+        try:  # the coordinator checks it again; this saves uploading a file it would refuse
+            kind, count = check_dataset(data)
+        except ConfigError as exc:
+            print(
+                f"swarm files upload: {args.path} is not a usable dataset:\n{exc}", file=sys.stderr
+            )
+            return 1
+        print(f"{args.path}: {count:,} {kind} examples; uploading...", file=sys.stderr)
+
+    def request(http: Any) -> Any:
+        command = args.files_command
+        if command == "upload":
+            return http.post(
+                "/v1/files",
+                files={"file": (args.path.name, data, "application/jsonl")},
+                data={"purpose": args.purpose},
+            )
+        if command == "list":
+            return http.get("/v1/files")
+        if command == "delete":
+            return http.delete(f"/v1/files/{args.file_id}")
+        return http.get(f"/v1/files/{args.file_id}")
+
+    return _api("files", args.url, request)
+
+
 def _credits(args: argparse.Namespace) -> int:
     def request(http: Any) -> Any:
         command = args.credits_command
@@ -435,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         "coordinator": _coordinator,
         "demo": _demo,
         "jobs": _jobs,
+        "files": _files,
         "credits": _credits,
         "models": _models,
         "bench": _bench,

@@ -8,18 +8,21 @@ objects. Errors use OpenAI's envelope: `{"error": {"message", "type", "param", "
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Form, Request, UploadFile
+from fastapi import File as FormFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from swarm.coordinator.files import MAX_LIST, PURPOSES
 from swarm.coordinator.jobs import DEFAULT_OWNER
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.scheduling import QueueEntry
-from swarm.coordinator.storage import Checkpoint, DataSpan, Job, Task, Worker
+from swarm.coordinator.storage import Checkpoint, DataSpan, File, Job, Task, Worker
+from swarm.models.datasets import MAX_DATASET_BYTES
 from swarm.protocol.errors import ConfigError, NotFoundError, SchedulingError, SwarmError
 from swarm.scheduler import (
     MICRO_PER_CREDIT,
@@ -162,9 +165,39 @@ def _job_values(body: CreateJobRequest) -> dict[str, Any]:
     return values
 
 
+_MULTIPART_SLACK = 64 * 1024
+"""Bytes a multipart body may carry beyond its file (boundaries, headers, the purpose)."""
+
+
+def _too_large() -> JSONResponse:
+    return _error(
+        413,
+        f"the file is over the limit of {MAX_DATASET_BYTES:,} bytes; split it or sample it down",
+        "invalid_request_error",
+        "file_too_large",
+        "file",
+    )
+
+
+def file_object(file: File) -> dict[str, Any]:
+    """An OpenAI `file` object, with what the swarm learnt of its lines under `swarm`."""
+    return {
+        "id": file.id,
+        "object": "file",
+        "bytes": file.bytes,
+        "created_at": int(file.created_at),
+        "filename": file.filename,
+        "purpose": file.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+        "swarm": {"kind": file.kind, "num_examples": file.num_examples, "sha256": file.sha256},
+    }
+
+
 def create_app(services: Services, *, started_at: float | None = None) -> FastAPI:
     db, jobs, catalog, blobs = services.db, services.jobs, services.catalog, services.blobs
-    ledger, scheduler = services.ledger, services.scheduler
+    ledger, scheduler, files = services.ledger, services.scheduler, services.files
     app = FastAPI(
         title="swarm coordinator",
         version="0.1.0",
@@ -241,6 +274,81 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "jobs": jobs.count_by_status(),
             "uptime_s": round(time.time() - started, 1),
         }
+
+    @app.middleware("http")
+    async def _refuse_oversize_uploads(request: Request, call_next: Any) -> Any:
+        """An upload that says it is too large is refused before its body is read."""
+        if request.method == "POST" and request.url.path == "/v1/files":
+            try:
+                declared = int(request.headers.get("content-length") or 0)
+            except ValueError:
+                declared = 0
+            if declared > MAX_DATASET_BYTES + _MULTIPART_SLACK:
+                return _too_large()
+        return await call_next(request)
+
+    @app.post("/v1/files", tags=["files"])
+    def upload_file(
+        file: Annotated[UploadFile, FormFile(description="the JSONL dataset")],
+        purpose: Annotated[str, Form(description="fine-tune")],
+    ) -> Any:
+        """Upload a fine-tuning dataset. Every line is checked as the jobs will read it: chat
+        examples (supervised) or preference pairs (DPO); a bad line is a 400 that names it."""
+        if purpose not in PURPOSES:
+            return _error(
+                400,
+                f"purpose {purpose!r:.40} is not supported; use one of {', '.join(PURPOSES)}",
+                "invalid_request_error",
+                "invalid_value",
+                "purpose",
+            )
+        data = file.file.read(MAX_DATASET_BYTES + 1)
+        if len(data) > MAX_DATASET_BYTES:
+            return _too_large()
+        try:
+            stored = files.upload(
+                data, filename=file.filename or "", purpose=purpose, owner=DEFAULT_OWNER
+            )
+        except ConfigError as exc:
+            return _error(400, str(exc), "invalid_request_error", "invalid_file", "file")
+        return file_object(stored)
+
+    @app.get("/v1/files", tags=["files"])
+    def list_files(
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = MAX_LIST,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> dict[str, Any]:
+        """Uploaded files, newest first (`order=asc`: oldest first), with cursor pagination."""
+        page = files.list(purpose=purpose, after=after, limit=limit, order=order)
+        data = [file_object(f) for f in page.files]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": page.has_more,
+        }
+
+    @app.get("/v1/files/{file_id}", tags=["files"])
+    def get_file(file_id: str) -> dict[str, Any]:
+        return file_object(files.get(file_id))
+
+    @app.get("/v1/files/{file_id}/content", tags=["files"])
+    def file_content(file_id: str) -> Response:
+        """The file's bytes, exactly as uploaded."""
+        stored = files.get(file_id)
+        return Response(
+            files.content(file_id),
+            media_type="application/octet-stream",
+            headers={"content-disposition": f'attachment; filename="{stored.id}.jsonl"'},
+        )
+
+    @app.delete("/v1/files/{file_id}", tags=["files"])
+    def delete_file(file_id: str) -> dict[str, Any]:
+        """Delete a file; jobs already created from it keep their data."""
+        return {"id": files.delete(file_id).id, "object": "file", "deleted": True}
 
     @app.post("/v1/fine_tuning/jobs", tags=["jobs"])
     def create_job(body: CreateJobRequest) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from swarm.coordinator import spans
 from swarm.coordinator.artifacts import store_merged
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.files import FileService, is_file_id
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Checkpoint, Database, DataSpan, Event, Job, Round, Task
@@ -128,16 +129,34 @@ def read_dataset(source: str, datasets_dir: Path | None) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class Datasets:
+    """Where a job's dataset names lead: `builtin:NAME`, an uploaded `file-…`, or a JSONL file
+    in the coordinator's datasets folder."""
+
+    folder: Path | None = None
+    files: FileService | None = None
+
+    def read(self, source: str, kind: DatasetKind, field: str) -> bytes:
+        if is_file_id(source):
+            if self.files is None:
+                raise ConfigError(f"{field}: this coordinator takes no uploaded files")
+            return self.files.dataset(source, kind, field)
+        return read_dataset(source, self.folder)
+
+
 def split_examples(
-    spec: JobSpec, datasets_dir: Path | None
+    spec: JobSpec, datasets: Datasets
 ) -> tuple[list[ChatExample | PreferenceExample], list[ChatExample | PreferenceExample]]:
     """A chat or preference job's training and held-out examples, parsed and checked."""
     kind: DatasetKind = "chat" if spec.method == "sft" else "preference"
     examples: list[ChatExample | PreferenceExample] = list(
-        parse_dataset(read_dataset(spec.dataset, datasets_dir), kind)
+        parse_dataset(datasets.read(spec.dataset, kind, "training_file"), kind)
     )
     if spec.validation_dataset:
-        heldout = list(parse_dataset(read_dataset(spec.validation_dataset, datasets_dir), kind))
+        heldout = list(
+            parse_dataset(datasets.read(spec.validation_dataset, kind, "validation_file"), kind)
+        )
     else:
         num_heldout = max(1, int(len(examples) * spec.heldout_fraction))
         if len(examples) <= num_heldout:
@@ -177,11 +196,11 @@ def tokenize_data(
     spec: JobSpec,
     tokenizer: PreTrainedTokenizerBase,
     config: dict[str, Any],
-    datasets_dir: Path | None = None,
+    datasets: Datasets | None = None,
 ) -> TokenizedData:
     """Parse and tokenize a chat or preference job's data, checking every example."""
     check_context(spec, config)
-    examples, heldout = split_examples(spec, datasets_dir)
+    examples, heldout = split_examples(spec, datasets or Datasets())
     train_sets, truncated = _tokenize(examples, tokenizer, spec)
     heldout_sets, heldout_truncated = _tokenize(heldout, tokenizer, spec)
     vocab_size = int(config["vocab_size"])
@@ -204,7 +223,7 @@ def prepare_data(
     spec: JobSpec,
     tokenizer: PreTrainedTokenizerBase,
     config: dict[str, Any],
-    datasets_dir: Path | None = None,
+    datasets: Datasets | None = None,
 ) -> PreparedData:
     """Parse, check and tokenize a job's data once, into shards and a held-out set."""
     if spec.method == "lm":
@@ -221,7 +240,7 @@ def prepare_data(
             num_heldout=(len(heldout_tokens) - 1) // spec.seq_len,
         )
     kind = "chat" if spec.method == "sft" else "preference"
-    data = tokenize_data(spec, tokenizer, config, datasets_dir)
+    data = tokenize_data(spec, tokenizer, config, datasets)
     order = np.random.default_rng(spec.seed).permutation(data.num_examples)
     parts = np.array_split(order, spec.num_shards)
     shards = [
@@ -278,15 +297,18 @@ class JobService:
         ledger: Ledger,
         datasets_dir: Path | None = None,
         *,
+        files: FileService | None = None,
         on_created: Callable[[], None] = lambda: None,
     ) -> None:
-        """`datasets_dir`: where jobs may read JSONL files from (None: builtin datasets only)."""
+        """`datasets_dir`: where jobs may read JSONL files from (None: builtin datasets only);
+        `files`: uploaded datasets, named `file-…`."""
         self._db = db
         self._blobs = blobs
         self._rounds = rounds
         self._catalog = catalog
         self._ledger = ledger
-        self._datasets_dir = datasets_dir
+        self._datasets = Datasets(datasets_dir, files)
+        self._files = files
         self._on_created = on_created
         # Preparing a job holds a whole model and its tokenized data in memory: one at a time.
         self._preparing = threading.Lock()
@@ -306,6 +328,15 @@ class JobService:
         anything is stored.
         """
         check_account(owner)
+        for source, field in (
+            (spec.dataset, "training_file"),
+            (spec.validation_dataset, "validation_file"),
+        ):
+            if is_file_id(source) and self._files is not None:
+                try:
+                    self._files.get(source)  # a deleted file starts no new job
+                except NotFoundError as exc:
+                    raise ConfigError(f"{field}: {exc}; upload one with POST /v1/files") from exc
         self._validate(spec)
         now = time.time()
         job = Job(
@@ -342,7 +373,7 @@ class JobService:
             check_context(spec, config)
             prepare_tokens(spec)
         else:
-            tokenize_data(spec, self._catalog.tokenizer(base), config, self._datasets_dir)
+            tokenize_data(spec, self._catalog.tokenizer(base), config, self._datasets)
 
     def _known_model(self, name: str) -> str:
         """The catalog model whose tokenizer and config `name` has (a checkpoint: its job's)."""
@@ -384,7 +415,7 @@ class JobService:
         if spec.model.startswith("ftckpt-"):
             self._materialize_checkpoint(spec.model)
         base = self._catalog.resolve(spec.model, seed=spec.seed, chat=spec.method != "lm")
-        data = prepare_data(spec, base.tokenizer, base.config, self._datasets_dir)
+        data = prepare_data(spec, base.tokenizer, base.config, self._datasets)
         model = apply_adapter(base.model, spec.adapter_config(), seed=spec.seed)
         # Frozen weights travel only when workers need them: under LoRA, and for DPO's reference.
         needs_base = spec.adapter == "lora" or spec.method == "dpo"

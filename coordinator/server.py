@@ -19,6 +19,7 @@ import uvicorn
 
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.files import FileService
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.ledger import Ledger
@@ -146,6 +147,7 @@ class Services:
     catalog: ModelCatalog
     ledger: Ledger
     jobs: JobService
+    files: FileService
     scheduler: Scheduler
     servicer: WorkerServicer
     housekeeper: Housekeeper
@@ -209,6 +211,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
             "gave %d lease(s) a fresh deadline so their workers can report back", forgiven
         )
     housekeeper = Housekeeper(tasks, rounds, scheduler, wake=wake)
+    files = FileService(db, blobs)
     jobs = JobService(
         db,
         blobs,
@@ -216,6 +219,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         catalog,
         ledger,
         settings.data_dir / "datasets",
+        files=files,
         on_created=prepare.set,
     )
     servicer = WorkerServicer(
@@ -239,6 +243,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         catalog=catalog,
         ledger=ledger,
         jobs=jobs,
+        files=files,
         scheduler=scheduler,
         servicer=servicer,
         housekeeper=housekeeper,

@@ -217,6 +217,28 @@ class Checkpoint(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class File(Base):
+    """An uploaded dataset (OpenAI `file`): its bytes live in the blob store under `sha256`.
+
+    Deleting a file hides it from the API; jobs created from it keep reading its blob.
+    """
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_created", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(96))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    """What the lines hold: "chat" (supervised fine-tuning) or "preference" (DPO)."""
+    num_examples: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class Account(Base):
     """A ledger account: `mint` and `consumed` (system), `pool:research`, `worker:<id>`,
     `user:<name>`, and `pending:<account>` for credit earned but not yet granted."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from swarm.coordinator.demo import start_coordinator, stop_process
+from swarm.models.corpus import load_builtin_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +82,35 @@ def test_credits_are_issued_donated_and_checked_from_the_cli(url: str) -> None:
     ledger = swarm(url, "credits", "ledger")
     assert ledger["balanced"] and ledger["minted"] == 4.0
     assert "fewer than the" in swarm(url, "credits", "donate", "user:eve", "99", expect=1)
+
+
+def test_a_dataset_is_checked_uploaded_and_trained_on_from_the_cli(
+    url: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{oops\n')
+    refused = swarm(url, "files", "upload", str(bad), expect=1)
+    assert "line 1" in refused and "line 2" in refused
+    assert swarm(url, "files", "list")["data"] == []  # refused before it was sent
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(load_builtin_bytes("builtin:smol_instruct"))
+    file = swarm(url, "files", "upload", str(data))
+    assert file["filename"] == "train.jsonl" and file["swarm"]["num_examples"] == 480
+    assert [f["id"] for f in swarm(url, "files", "list")["data"]] == [file["id"]]
+    job = swarm(
+        url,
+        "jobs",
+        "create",
+        "--model",
+        "micro-llama",
+        "--method",
+        "sft",
+        "--training-file",
+        file["id"],
+        "--set",
+        "seq_len=200",
+    )
+    assert job["training_file"] == file["id"]
+    assert swarm(url, "files", "delete", file["id"])["deleted"] is True
+    assert "no file" in swarm(url, "files", "get", file["id"], expect=1)

@@ -1,0 +1,179 @@
+"""Uploaded datasets: OpenAI's `/v1/files` for `purpose=fine-tune`.
+
+A file is checked line by line when it is uploaded (the same parser the jobs use, so an
+accepted file trains), its bytes go to the blob store, and a row records what it holds. Jobs
+name it as `training_file` or `validation_file`. Deleting a file hides it; jobs already
+created from it keep their data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import select
+
+from swarm.coordinator.blobs import BlobStore
+from swarm.coordinator.storage import Database, File
+from swarm.models import MAX_DATASET_BYTES, DatasetKind, detect_format, parse_dataset
+from swarm.protocol.errors import ConfigError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+PURPOSES = ("fine-tune",)
+"""The purposes this coordinator stores files for (OpenAI has more: batch, assistants, ...)."""
+
+MAX_LIST = 10_000
+
+_CHAT_FORMATS = ("openai_chat", "trl_prompt_completion")
+
+
+def is_file_id(source: str) -> bool:
+    return source.startswith("file-")
+
+
+def guess_kind(data: bytes) -> DatasetKind:
+    """What a dataset holds, told by its first readable record (chat when none is)."""
+    for raw in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            fmt = detect_format(record) if isinstance(record, dict) else ""
+        except (ValueError, ConfigError):
+            continue
+        return "chat" if fmt in _CHAT_FORMATS else "preference"
+    return "chat"
+
+
+def check_dataset(data: bytes) -> tuple[DatasetKind, int]:
+    """Parse a whole dataset; its kind and number of examples, or a ConfigError naming lines."""
+    if len(data) > MAX_DATASET_BYTES:
+        raise ConfigError(
+            f"the file is {len(data):,} bytes, over the limit of {MAX_DATASET_BYTES:,} bytes"
+        )
+    kind = guess_kind(data)
+    return kind, len(parse_dataset(data, kind))
+
+
+def clean_filename(name: str) -> str:
+    """The last part of a client's file name, printable and at most 255 characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
+    return printable[:255] or "upload.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilePage:
+    files: list[File]
+    has_more: bool
+
+
+class FileService:
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self._db = db
+        self._blobs = blobs
+
+    def upload(self, data: bytes, *, filename: str, purpose: str, owner: str) -> File:
+        """Check and store an uploaded dataset; nothing is stored if any line is bad."""
+        if purpose not in PURPOSES:
+            raise ConfigError(
+                f"purpose {purpose!r:.40} is not supported here; use one of {', '.join(PURPOSES)}"
+            )
+        kind, num_examples = check_dataset(data)
+        file = File(
+            id=f"file-{secrets.token_hex(12)}",
+            owner=owner,
+            purpose=purpose,
+            filename=clean_filename(filename),
+            bytes=len(data),
+            sha256=self._blobs.put_bytes(data),
+            kind=kind,
+            num_examples=num_examples,
+            created_at=time.time(),
+        )
+        with self._db.transaction() as session:
+            session.add(file)
+        logger.info(
+            "file %s uploaded by %s: %s, %d %s examples, %d bytes",
+            file.id,
+            owner,
+            file.filename,
+            num_examples,
+            kind,
+            len(data),
+        )
+        return file
+
+    def get(self, file_id: str) -> File:
+        with self._db.transaction() as session:
+            file = session.get(File, file_id)
+        if file is None or file.deleted_at is not None:
+            raise NotFoundError(f"no file {file_id!r:.80}")
+        return file
+
+    def list(
+        self,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = MAX_LIST,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> FilePage:
+        """Files newest first (or oldest first), `limit` at a time after the file `after`."""
+        if not 1 <= limit <= MAX_LIST:
+            raise ConfigError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
+        query = select(File).where(File.deleted_at.is_(None))
+        if purpose is not None:
+            query = query.where(File.purpose == purpose)
+        key = (File.created_at, File.id)
+        if after is not None:
+            cursor = self.get(after)
+            ahead = (
+                (File.created_at > cursor.created_at)
+                | ((File.created_at == cursor.created_at) & (File.id > cursor.id))
+                if order == "asc"
+                else (File.created_at < cursor.created_at)
+                | ((File.created_at == cursor.created_at) & (File.id < cursor.id))
+            )
+            query = query.where(ahead)
+        query = query.order_by(*(k.asc() if order == "asc" else k.desc() for k in key))
+        with self._db.transaction() as session:
+            rows = list(session.scalars(query.limit(limit + 1)))
+        return FilePage(files=rows[:limit], has_more=len(rows) > limit)
+
+    def content(self, file_id: str) -> bytes:
+        return self._blobs.read(self.get(file_id).sha256)
+
+    def delete(self, file_id: str) -> File:
+        with self._db.transaction() as session:
+            file = session.get(File, file_id)
+            if file is None or file.deleted_at is not None:
+                raise NotFoundError(f"no file {file_id!r:.80}")
+            file.deleted_at = time.time()
+        logger.info("file %s deleted", file_id)
+        return file
+
+    def dataset(self, file_id: str, kind: DatasetKind, field: str) -> bytes:
+        """A job's data from a file (deleted ones too: a job keeps what it was created with).
+
+        `field` names the job's setting in errors: "training_file" or "validation_file".
+        """
+        with self._db.transaction() as session:
+            file = session.get(File, file_id)
+        if file is None:
+            raise ConfigError(f"{field}: no file {file_id!r:.80}; upload one with POST /v1/files")
+        if file.kind != kind:
+            needs = "chat examples" if kind == "chat" else "preference pairs"
+            method = "supervised fine-tuning" if kind == "chat" else "DPO"
+            holds = "chat examples" if file.kind == "chat" else "preference pairs"
+            raise ConfigError(
+                f"{field}: {file_id} holds {holds}, but {method} needs {needs} "
+                f"(method.type is 'supervised' for chat examples, 'dpo' for preference pairs)"
+            )
+        return self._blobs.read(file.sha256)
