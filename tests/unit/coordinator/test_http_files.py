@@ -19,6 +19,7 @@ from swarm.models import MAX_DATASET_BYTES
 from swarm.models.corpus import load_builtin_bytes
 from swarm.protocol.errors import ConfigError
 from tests.conftest import wire_services
+from tests.unit.coordinator.test_http_scheduling import error_of
 
 CHAT = load_builtin_bytes("builtin:smol_instruct")
 PREFS = load_builtin_bytes("builtin:smol_prefs")
@@ -56,13 +57,6 @@ def uploaded(client: TestClient, data: bytes, name: str = "train.jsonl") -> dict
     response = upload(client, data, name)
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
-
-
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error  # type: ignore[no-any-return]
 
 
 def num_files(services: Services) -> int:
