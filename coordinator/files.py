@@ -8,25 +8,26 @@ created from it keep their data.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
 import time
 import unicodedata
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from sqlalchemy import select
 
 from swarm.coordinator.blobs import BlobStore
-from swarm.coordinator.storage import Database, File
-from swarm.models import MAX_DATASET_BYTES, DatasetKind, detect_format, parse_dataset
+from swarm.coordinator.storage import Database, File, page_by_creation
+from swarm.models import DatasetKind, detect_format, parse_dataset
 from swarm.protocol.errors import ConfigError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
-PURPOSES = ("fine-tune",)
+Purpose = Literal["fine-tune"]
 """The purposes this coordinator stores files for (OpenAI has more: batch, assistants, ...)."""
+PURPOSES: tuple[str, ...] = get_args(Purpose)
 
 MAX_LIST = 10_000
 
@@ -39,7 +40,7 @@ def is_file_id(source: str) -> bool:
 
 def guess_kind(data: bytes) -> DatasetKind:
     """What a dataset holds, told by its first readable record (chat when none is)."""
-    for raw in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+    for raw in io.BytesIO(data.removeprefix(b"\xef\xbb\xbf")):  # line by line, no copy
         if not raw.strip():
             continue
         try:
@@ -52,11 +53,8 @@ def guess_kind(data: bytes) -> DatasetKind:
 
 
 def check_dataset(data: bytes) -> tuple[DatasetKind, int]:
-    """Parse a whole dataset; its kind and number of examples, or a ConfigError naming lines."""
-    if len(data) > MAX_DATASET_BYTES:
-        raise ConfigError(
-            f"the file is {len(data):,} bytes, over the limit of {MAX_DATASET_BYTES:,} bytes"
-        )
+    """Parse a whole dataset; its kind and number of examples, or a ConfigError naming lines
+    (or saying it is over `MAX_DATASET_BYTES`)."""
     kind = guess_kind(data)
     return kind, len(parse_dataset(data, kind))
 
@@ -66,12 +64,6 @@ def clean_filename(name: str) -> str:
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     printable = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
     return printable[:255] or "upload.jsonl"
-
-
-@dataclass(frozen=True, kw_only=True)
-class FilePage:
-    files: list[File]
-    has_more: bool
 
 
 class FileService:
@@ -124,28 +116,24 @@ class FileService:
         after: str | None = None,
         limit: int = MAX_LIST,
         order: Literal["asc", "desc"] = "desc",
-    ) -> FilePage:
-        """Files newest first (or oldest first), `limit` at a time after the file `after`."""
+    ) -> tuple[list[File], bool]:
+        """Files newest first (or oldest first), `limit` after the file `after`; and whether
+        more follow."""
         if not 1 <= limit <= MAX_LIST:
             raise ConfigError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
         query = select(File).where(File.deleted_at.is_(None))
         if purpose is not None:
             query = query.where(File.purpose == purpose)
-        key = (File.created_at, File.id)
-        if after is not None:
-            cursor = self.get(after)
-            ahead = (
-                (File.created_at > cursor.created_at)
-                | ((File.created_at == cursor.created_at) & (File.id > cursor.id))
-                if order == "asc"
-                else (File.created_at < cursor.created_at)
-                | ((File.created_at == cursor.created_at) & (File.id < cursor.id))
-            )
-            query = query.where(ahead)
-        query = query.order_by(*(k.asc() if order == "asc" else k.desc() for k in key))
         with self._db.transaction() as session:
-            rows = list(session.scalars(query.limit(limit + 1)))
-        return FilePage(files=rows[:limit], has_more=len(rows) > limit)
+            return page_by_creation(
+                session,
+                File,
+                query,
+                after=after,
+                limit=limit,
+                what="file",
+                ascending=order == "asc",
+            )
 
     def content(self, file_id: str) -> bytes:
         return self._blobs.read(self.get(file_id).sha256)
@@ -159,14 +147,17 @@ class FileService:
         logger.info("file %s deleted", file_id)
         return file
 
-    def dataset(self, file_id: str, kind: DatasetKind, field: str) -> bytes:
-        """A job's data from a file (deleted ones too: a job keeps what it was created with).
+    def dataset(
+        self, file_id: str, kind: DatasetKind, field: str, *, deleted_ok: bool = True
+    ) -> bytes:
+        """A job's data from a file. Deleted files are read too unless not `deleted_ok`: a job
+        keeps what it was created with, but a deleted file starts no new job.
 
         `field` names the job's setting in errors: "training_file" or "validation_file".
         """
         with self._db.transaction() as session:
             file = session.get(File, file_id)
-        if file is None:
+        if file is None or (file.deleted_at is not None and not deleted_ok):
             raise ConfigError(f"{field}: no file {file_id!r:.80}; upload one with POST /v1/files")
         if file.kind != kind:
             needs = "chat examples" if kind == "chat" else "preference pairs"

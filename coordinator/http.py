@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from swarm.coordinator.files import MAX_LIST, PURPOSES
+from swarm.coordinator.files import MAX_LIST, Purpose
 from swarm.coordinator.jobs import DEFAULT_OWNER
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.scheduling import QueueEntry
@@ -290,18 +290,10 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     @app.post("/v1/files", tags=["files"])
     def upload_file(
         file: Annotated[UploadFile, FormFile(description="the JSONL dataset")],
-        purpose: Annotated[str, Form(description="fine-tune")],
+        purpose: Annotated[Purpose, Form()],
     ) -> Any:
         """Upload a fine-tuning dataset. Every line is checked as the jobs will read it: chat
         examples (supervised) or preference pairs (DPO); a bad line is a 400 that names it."""
-        if purpose not in PURPOSES:
-            return _error(
-                400,
-                f"purpose {purpose!r:.40} is not supported; use one of {', '.join(PURPOSES)}",
-                "invalid_request_error",
-                "invalid_value",
-                "purpose",
-            )
         data = file.file.read(MAX_DATASET_BYTES + 1)
         if len(data) > MAX_DATASET_BYTES:
             return _too_large()
@@ -321,14 +313,14 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         order: Literal["asc", "desc"] = "desc",
     ) -> dict[str, Any]:
         """Uploaded files, newest first (`order=asc`: oldest first), with cursor pagination."""
-        page = files.list(purpose=purpose, after=after, limit=limit, order=order)
-        data = [file_object(f) for f in page.files]
+        found, has_more = files.list(purpose=purpose, after=after, limit=limit, order=order)
+        data = [file_object(f) for f in found]
         return {
             "object": "list",
             "data": data,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
-            "has_more": page.has_more,
+            "has_more": has_more,
         }
 
     @app.get("/v1/files/{file_id}", tags=["files"])
@@ -338,11 +330,10 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     @app.get("/v1/files/{file_id}/content", tags=["files"])
     def file_content(file_id: str) -> Response:
         """The file's bytes, exactly as uploaded."""
-        stored = files.get(file_id)
         return Response(
             files.content(file_id),
             media_type="application/octet-stream",
-            headers={"content-disposition": f'attachment; filename="{stored.id}.jsonl"'},
+            headers={"content-disposition": f'attachment; filename="{file_id}.jsonl"'},
         )
 
     @app.delete("/v1/files/{file_id}", tags=["files"])

@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,16 @@ from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.files import FileService, is_file_id
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
-from swarm.coordinator.storage import Checkpoint, Database, DataSpan, Event, Job, Round, Task
+from swarm.coordinator.storage import (
+    Checkpoint,
+    Database,
+    DataSpan,
+    Event,
+    Job,
+    Round,
+    Task,
+    page_by_creation,
+)
 from swarm.models import (
     MAX_DATASET_BYTES,
     ChatExample,
@@ -136,12 +145,14 @@ class Datasets:
 
     folder: Path | None = None
     files: FileService | None = None
+    deleted_ok: bool = True
+    """Whether deleted uploads may be read: by jobs created before, not by new ones."""
 
     def read(self, source: str, kind: DatasetKind, field: str) -> bytes:
         if is_file_id(source):
             if self.files is None:
                 raise ConfigError(f"{field}: this coordinator takes no uploaded files")
-            return self.files.dataset(source, kind, field)
+            return self.files.dataset(source, kind, field, deleted_ok=self.deleted_ok)
         return read_dataset(source, self.folder)
 
 
@@ -308,7 +319,6 @@ class JobService:
         self._catalog = catalog
         self._ledger = ledger
         self._datasets = Datasets(datasets_dir, files)
-        self._files = files
         self._on_created = on_created
         # Preparing a job holds a whole model and its tokenized data in memory: one at a time.
         self._preparing = threading.Lock()
@@ -328,15 +338,6 @@ class JobService:
         anything is stored.
         """
         check_account(owner)
-        for source, field in (
-            (spec.dataset, "training_file"),
-            (spec.validation_dataset, "validation_file"),
-        ):
-            if is_file_id(source) and self._files is not None:
-                try:
-                    self._files.get(source)  # a deleted file starts no new job
-                except NotFoundError as exc:
-                    raise ConfigError(f"{field}: {exc}; upload one with POST /v1/files") from exc
         self._validate(spec)
         now = time.time()
         job = Job(
@@ -373,7 +374,8 @@ class JobService:
             check_context(spec, config)
             prepare_tokens(spec)
         else:
-            tokenize_data(spec, self._catalog.tokenizer(base), config, self._datasets)
+            new = replace(self._datasets, deleted_ok=False)  # a deleted file starts no new job
+            tokenize_data(spec, self._catalog.tokenizer(base), config, new)
 
     def _known_model(self, name: str) -> str:
         """The catalog model whose tokenizer and config `name` has (a checkpoint: its job's)."""
@@ -579,17 +581,10 @@ class JobService:
     def list_jobs(self, *, after: str | None = None, limit: int = 20) -> JobPage:
         """Newest first; `after` is the id of the last job of the previous page."""
         with self._db.transaction() as session:
-            query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
-            if after is not None:
-                anchor = session.get(Job, after)
-                if anchor is None:
-                    raise NotFoundError(f"no job {after!r} to page after")
-                query = query.where(
-                    (Job.created_at < anchor.created_at)
-                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
-                )
-            jobs = list(session.scalars(query.limit(limit + 1)))
-        return JobPage(jobs=jobs[:limit], has_more=len(jobs) > limit)
+            jobs, has_more = page_by_creation(
+                session, Job, select(Job), after=after, limit=limit, what="job"
+            )
+        return JobPage(jobs=jobs, has_more=has_more)
 
     def list_rounds(self, job_id: str) -> list[Round]:
         self.get_job(job_id)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -33,8 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import Select
 
-from swarm.protocol.errors import ConfigError
+from swarm.protocol.errors import ConfigError, NotFoundError
 
 
 class Base(DeclarativeBase):
@@ -318,6 +319,40 @@ def normalize_url(url: str) -> str:
     if not url.startswith(("sqlite:", "postgresql+")):
         raise ConfigError(f"--db must be a sqlite:/// or postgresql:// URL, got {url!r}")
     return url
+
+
+_Created = TypeVar("_Created", "Job", "File")
+
+
+def page_by_creation(
+    session: Session,
+    model: type[_Created],
+    query: Select[Any],
+    *,
+    after: str | None,
+    limit: int,
+    what: str,
+    ascending: bool = False,
+) -> tuple[list[_Created], bool]:
+    """One page of `query`'s rows of `model` in creation order (newest first unless
+    `ascending`), after the row whose id is `after`; and whether more rows follow."""
+    created, row_id = model.created_at, model.id
+    if after is not None:
+        anchor = session.get(model, after)
+        if anchor is None:
+            raise NotFoundError(f"no {what} {after!r:.80} to page after")
+        if ascending:
+            beyond = (created > anchor.created_at) | (
+                (created == anchor.created_at) & (row_id > anchor.id)
+            )
+        else:
+            beyond = (created < anchor.created_at) | (
+                (created == anchor.created_at) & (row_id < anchor.id)
+            )
+        query = query.where(beyond)
+    order = (created.asc(), row_id.asc()) if ascending else (created.desc(), row_id.desc())
+    rows: list[_Created] = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 class Database:

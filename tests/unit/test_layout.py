@@ -84,25 +84,29 @@ def test_core_dependencies_leave_out_the_coordinator_stack() -> None:
     assert set(project["scripts"]) == {"swarm", "swarmclient"}
 
 
-def test_the_worker_imports_no_server_dependency() -> None:
+def assert_loads_none(statement: str, modules: tuple[str, ...]) -> None:
+    """Run `statement` in a fresh interpreter; none of `modules` may be imported by it."""
     code = (
-        "import sys, swarm.client.worker, swarm.client.cli; "
-        "bad = [m for m in ('fastapi', 'sqlalchemy', 'uvicorn', 'alembic', 'psycopg') "
-        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        f"import sys; {statement}; "
+        f"bad = [m for m in {modules!r} if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_worker_imports_no_server_dependency() -> None:
+    assert_loads_none(
+        "import swarm.client.worker, swarm.client.cli",
+        ("fastapi", "sqlalchemy", "uvicorn", "alembic", "psycopg"),
+    )
 
 
 def test_the_api_commands_start_without_loading_torch() -> None:
     """`swarm jobs …` and `swarm credits …` are HTTP clients: they answer in a blink."""
-    code = (
-        "import sys; from swarm.coordinator.cli import build_parser; build_parser(); "
-        "bad = [m for m in ('torch', 'transformers', 'sqlalchemy') if m in sys.modules]; "
-        "print(bad); sys.exit(1 if bad else 0)"
+    assert_loads_none(
+        "from swarm.coordinator.cli import build_parser; build_parser()",
+        ("torch", "transformers", "sqlalchemy"),
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_package_folder_is_declared() -> None:
