@@ -179,6 +179,17 @@ def _too_large() -> JSONResponse:
     )
 
 
+def cursor_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list envelope for cursor-paged objects."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
 def file_object(file: File) -> dict[str, Any]:
     """An OpenAI `file` object, with what the swarm learnt of its lines under `swarm`."""
     return {
@@ -314,14 +325,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     ) -> dict[str, Any]:
         """Uploaded files, newest first (`order=asc`: oldest first), with cursor pagination."""
         found, has_more = files.list(purpose=purpose, after=after, limit=limit, order=order)
-        data = [file_object(f) for f in found]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
+        return cursor_page([file_object(f) for f in found], has_more)
 
     @app.get("/v1/files/{file_id}", tags=["files"])
     def get_file(file_id: str) -> dict[str, Any]:
@@ -385,14 +389,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         if not 1 <= limit <= 100:
             raise ConfigError(f"limit must be in [1, 100], got {limit}")
         rows, has_more = jobs.list_checkpoints(job_id, after=after, limit=limit)
-        data = [checkpoint_object(c) for c in rows]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
+        return cursor_page([checkpoint_object(c) for c in rows], has_more)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events", tags=["jobs"])
     def list_events(job_id: str, limit: int = 100) -> dict[str, Any]:
