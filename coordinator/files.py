@@ -102,26 +102,33 @@ class FileService:
         )
         return file
 
-    def get(self, file_id: str) -> File:
+    def get(self, file_id: str, *, owner: str | None = None) -> File:
+        """A file that is not deleted (and is `owner`'s, unless None), or NotFoundError."""
         with self._db.transaction() as session:
-            file = session.get(File, file_id)
-        if file is None or file.deleted_at is not None:
+            return self._visible(session.get(File, file_id), file_id, owner)
+
+    @staticmethod
+    def _visible(file: File | None, file_id: str, owner: str | None) -> File:
+        if file is None or file.deleted_at is not None or owner not in (None, file.owner):
             raise NotFoundError(f"no file {file_id!r:.80}")
         return file
 
     def list(
         self,
         *,
+        owner: str | None = None,
         purpose: str | None = None,
         after: str | None = None,
         limit: int = MAX_LIST,
         order: Literal["asc", "desc"] = "desc",
     ) -> tuple[list[File], bool]:
-        """Files newest first (or oldest first), `limit` after the file `after`; and whether
-        more follow."""
+        """Files (`owner`'s, unless None) newest first (or oldest first), `limit` after the
+        file `after`; and whether more follow."""
         if not 1 <= limit <= MAX_LIST:
             raise ConfigError(f"limit must be between 1 and {MAX_LIST}, got {limit}")
         query = select(File).where(File.deleted_at.is_(None))
+        if owner is not None:
+            query = query.where(File.owner == owner)
         if purpose is not None:
             query = query.where(File.purpose == purpose)
         with self._db.transaction() as session:
@@ -135,14 +142,12 @@ class FileService:
                 ascending=order == "asc",
             )
 
-    def content(self, file_id: str) -> bytes:
-        return self._blobs.read(self.get(file_id).sha256)
+    def content(self, file_id: str, *, owner: str | None = None) -> bytes:
+        return self._blobs.read(self.get(file_id, owner=owner).sha256)
 
-    def delete(self, file_id: str) -> File:
+    def delete(self, file_id: str, *, owner: str | None = None) -> File:
         with self._db.transaction() as session:
-            file = session.get(File, file_id)
-            if file is None or file.deleted_at is not None:
-                raise NotFoundError(f"no file {file_id!r:.80}")
+            file = self._visible(session.get(File, file_id, with_for_update=True), file_id, owner)
             file.deleted_at = time.time()
         logger.info("file %s deleted", file_id)
         return file

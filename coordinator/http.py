@@ -1,44 +1,60 @@
-"""The coordinator's HTTP API (FastAPI): health, jobs, checkpoints, the queue, credits, and the
-OpenAPI document.
+"""The coordinator's HTTP API (FastAPI): files, jobs, checkpoints, models, the queue, credits,
+keys, health, and the OpenAPI document.
 
 Routes stay thin: they parse, call a service, and shape the answer like OpenAI's fine-tuning
 objects. Errors use OpenAI's envelope: `{"error": {"message", "type", "param", "code"}}`.
+
+Every `/v1` route needs an API key (`Authorization: Bearer sk-swarm-...`, see `keys.py`); a
+researcher sees only their own files, jobs and fine-tuned models, and another user's object
+answers 404 exactly as a missing one does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Form, Request, UploadFile
 from fastapi import File as FormFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from swarm.coordinator.files import MAX_LIST, Purpose
-from swarm.coordinator.jobs import DEFAULT_OWNER
+from swarm.coordinator.files import MAX_LIST, Purpose, is_file_id
+from swarm.coordinator.keys import LOCAL_OPERATOR, Caller, Role
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.scheduling import QueueEntry
-from swarm.coordinator.storage import Checkpoint, DataSpan, File, Job, Task, Worker
+from swarm.coordinator.storage import ApiKey, Checkpoint, DataSpan, File, Job, Round, Task, Worker
 from swarm.models.datasets import MAX_DATASET_BYTES
-from swarm.protocol.errors import ConfigError, NotFoundError, SchedulingError, SwarmError
+from swarm.protocol.errors import (
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    SchedulingError,
+    SwarmError,
+    UnauthenticatedError,
+)
 from swarm.scheduler import (
     MICRO_PER_CREDIT,
     JobSpec,
     check_account,
     worker_account,
 )
+from swarm.scheduler.jobs import default_learning_rate
 
 if TYPE_CHECKING:
     from swarm.coordinator.server import Services
 
 
 class CreateJobRequest(BaseModel):
-    """Body of `POST /v1/fine_tuning/jobs`."""
+    """Body of `POST /v1/fine_tuning/jobs`. Any other top-level field must be a swarm
+    hyperparameter (`lora_rank`, `inner_steps`, ...), as OpenAI SDKs send `extra_body`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(default="tiny-llama", description="a model from GET /v1/models")
     training_file: str = Field(default="", description="dataset; empty: the method's built-in")
@@ -50,12 +66,19 @@ class CreateJobRequest(BaseModel):
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="any JobSpec field, e.g. num_rounds, inner_steps"
     )
+    suffix: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="up to 64 letters, digits and . _ -, added to the fine-tuned model's name",
+    )
     seed: int | None = None
     metadata: dict[str, str] | None = None
-    owner: str = Field(
-        default=DEFAULT_OWNER,
-        description="the credits account that pays for the job (user:NAME, or pool:research "
-        "for a research job, which runs when the swarm would otherwise idle)",
+    owner: str | None = Field(
+        default=None,
+        description="the credits account that pays for the job: the caller's own (default); "
+        "operators may name any, e.g. pool:research for a research job, which runs when the "
+        "swarm would otherwise idle",
     )
 
 
@@ -78,31 +101,52 @@ def credits(micro: int) -> float:
     return micro / MICRO_PER_CREDIT
 
 
+def fine_tuned_model(job: Job) -> str | None:
+    """OpenAI's name for a job's result, `ft:BASE:OWNER:SUFFIX:JOB` (None until it exists)."""
+    if not job.artifacts:
+        return None
+    return f"ft:{job.model}:{job.owner.partition(':')[2]}:{job.suffix or ''}:{job.id}"
+
+
+def _hyperparameters(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job's settings under OpenAI's names, resolved (no `auto` left)."""
+    default_lr = default_learning_rate(spec["method"], spec["adapter"])
+    values: dict[str, Any] = {
+        "n_epochs": spec["num_epochs"] or "auto",
+        "batch_size": spec["batch_size"],
+        "learning_rate_multiplier": round(spec["inner_lr"] / default_lr, 6),
+    }
+    if spec["method"] == "dpo":
+        values["beta"] = spec["dpo_beta"]
+    return values
+
+
 def job_object(job: Job, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A job as an OpenAI `fine_tuning.job`, with swarm's numbers under `swarm`."""
     spec = job.spec
+    hyperparameters = _hyperparameters(spec)
+    method = OPENAI_METHODS[spec["method"]]
     return {
         "object": "fine_tuning.job",
         "id": job.id,
         "model": job.model,
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": job.id if job.artifacts else None,
-        "organization_id": "swarm",
+        "fine_tuned_model": fine_tuned_model(job),
+        "organization_id": job.owner,
         "status": job.status,
         "training_file": spec.get("dataset"),
         "validation_file": spec.get("validation_dataset") or None,
-        "hyperparameters": {
-            "n_epochs": spec.get("num_epochs") or "auto",
-            "batch_size": spec.get("batch_size"),
-            "learning_rate_multiplier": "auto",
-        },
+        "hyperparameters": hyperparameters,
+        "method": {"type": method, method: {"hyperparameters": hyperparameters}},
         "estimated_finish": None,
+        "integrations": [],
         "result_files": [],
         "trained_tokens": job.trained_tokens,
         "error": job.error,
         "seed": spec.get("seed"),
         "metadata": job.metadata_,
+        "user_provided_suffix": job.suffix,
         "swarm": {
             "spec": spec,
             "rounds_completed": job.rounds_completed,
@@ -134,12 +178,22 @@ def _error(
 
 
 METHOD_TYPES = {"supervised": "sft", "dpo": "dpo", "lm": "lm"}
-# OpenAI's hyperparameter names -> JobSpec fields.
+OPENAI_METHODS = {method: kind for kind, method in METHOD_TYPES.items()}
+# OpenAI's hyperparameter names -> JobSpec fields (learning_rate_multiplier scales inner_lr).
 OPENAI_HYPERPARAMETERS = {"beta": "dpo_beta", "n_epochs": "num_epochs"}
+_SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(JobSpec))
 
 
-def _job_values(body: CreateJobRequest) -> dict[str, Any]:
-    """JobSpec fields from a request: OpenAI's `method` object, then swarm's hyperparameters."""
+def _openai_names(hyper: dict[str, Any], values: dict[str, Any]) -> None:
+    """Copy hyperparameters into `values` as JobSpec fields; `auto` leaves the default."""
+    for key, value in hyper.items():
+        if value != "auto":
+            values[OPENAI_HYPERPARAMETERS.get(str(key), str(key))] = value
+
+
+def job_spec(body: CreateJobRequest) -> JobSpec:
+    """The JobSpec a request asks for: OpenAI's `method` object, then the hyperparameters, then
+    swarm fields given at the top level (OpenAI SDKs' `extra_body`)."""
     values: dict[str, Any] = {"model": body.model}
     if body.training_file:
         values["dataset"] = body.training_file
@@ -156,13 +210,46 @@ def _job_values(body: CreateJobRequest) -> dict[str, Any]:
         hyper = settings.get("hyperparameters") or {} if isinstance(settings, dict) else None
         if not isinstance(hyper, dict):
             raise ConfigError(f"method.{kind} must be an object with a hyperparameters object")
-        for key, value in hyper.items():
-            if value != "auto":
-                values[OPENAI_HYPERPARAMETERS.get(str(key), str(key))] = value
-    values.update(body.hyperparameters)
+        _openai_names(hyper, values)
+    _openai_names(body.hyperparameters, values)
+    extra = body.model_extra or {}
+    unknown = sorted(set(extra) - _SPEC_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown}: not OpenAI's, nor a swarm hyperparameter")
+    values.update(extra)
     if body.seed is not None:
         values["seed"] = body.seed
-    return values
+    multiplier = values.pop("learning_rate_multiplier", None)
+    spec = JobSpec.from_dict(values)
+    if multiplier is None:
+        return spec
+    if "inner_lr" in values:
+        raise ConfigError("learning_rate_multiplier: give it or inner_lr, not both")
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+        raise ConfigError(f"learning_rate_multiplier must be a number, got {multiplier!r:.40}")
+    if not 0 < multiplier <= 100:
+        raise ConfigError(f"learning_rate_multiplier must be in (0, 100], got {multiplier}")
+    base = default_learning_rate(spec.method, spec.adapter)
+    return dataclasses.replace(spec, inner_lr=base * multiplier)
+
+
+_PARAMS = _SPEC_FIELDS | {
+    "training_file",
+    "validation_file",
+    "learning_rate_multiplier",
+    "method.type",
+    "model",
+}
+_OPENAI_PARAMS = {"dataset": "training_file", "validation_dataset": "validation_file"}
+_OPENAI_PARAMS.update({spec: name for name, spec in OPENAI_HYPERPARAMETERS.items()})
+
+
+def param_of(message: str) -> str | None:
+    """The request field an error message starts with (OpenAI's `param`), if it names one."""
+    first = message.split(" ", 1)[0].rstrip(":,")
+    if first not in _PARAMS:
+        return None
+    return _OPENAI_PARAMS.get(first, first)
 
 
 _MULTIPART_SLACK = 64 * 1024
@@ -206,16 +293,101 @@ def file_object(file: File) -> dict[str, Any]:
     }
 
 
+_bearer = HTTPBearer(
+    auto_error=False, description="an API key (`sk-swarm-...`) made by `swarm keys create`"
+)
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def _is_local(request: Request) -> bool:
+    """A request from this machine itself, not relayed by a proxy running on it."""
+    if request.client is None or any(h in request.headers for h in _PROXY_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
+def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller of a `/v1` request, from its API key (or setup mode's local operator)."""
+    keys = request.app.state.services.keys
+    if credentials is not None:
+        return keys.authenticate(credentials.credentials)  # type: ignore[no-any-return]
+    if not keys.has_keys() and _is_local(request):
+        return LOCAL_OPERATOR
+    raise UnauthenticatedError(
+        "no API key given: send `Authorization: Bearer sk-swarm-...` (set SWARM_API_KEY for "
+        "the swarm CLI, api_key= for OpenAI SDKs); an operator makes keys with `swarm keys create`"
+    )
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def require_operator(caller: CallerDep) -> Caller:
+    if not caller.is_operator:
+        raise PermissionDeniedError(
+            "only an operator's API key may do this; yours is a researcher's"
+        )
+    return caller
+
+
+OperatorDep = Annotated[Caller, Depends(require_operator)]
+
+
+class CreateKeyRequest(BaseModel):
+    """Body of `POST /v1/swarm/keys`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(description="whose key: NAME or user:NAME (their credits account)")
+    role: Role = "researcher"
+    name: str = Field(default="", max_length=100, description="a label, e.g. the laptop's name")
+
+
+def key_object(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    """An API key without its secret (`secret`: shown once, when it is created)."""
+    return {
+        "object": "swarm.api_key",
+        "id": key.id,
+        "user": key.account,
+        "role": key.role,
+        "name": key.name,
+        "hint": key.hint,
+        "created_at": int(key.created_at),
+        "last_used_at": int(key.last_used_at) if key.last_used_at else None,
+        "revoked": key.revoked_at is not None,
+        **({"key": secret} if secret is not None else {}),
+    }
+
+
+def _limit(limit: int, high: int) -> int:
+    if not 1 <= limit <= high:
+        raise ConfigError(f"limit must be in [1, {high}], got {limit}")
+    return limit
+
+
 def create_app(services: Services, *, started_at: float | None = None) -> FastAPI:
     db, jobs, catalog, blobs = services.db, services.jobs, services.catalog, services.blobs
-    ledger, scheduler, files = services.ledger, services.scheduler, services.files
+    ledger, scheduler, files, keys = (
+        services.ledger,
+        services.scheduler,
+        services.files,
+        services.keys,
+    )
     app = FastAPI(
         title="swarm coordinator",
         version="0.1.0",
-        description="Volunteer-compute fine-tuning: jobs, checkpoints, queue, credits, health.",
+        description="Volunteer-compute fine-tuning, OpenAI-compatible: files, jobs, events, "
+        "checkpoints, models; and the swarm's own: queue, rounds, artifacts, credits, keys.",
     )
     app.state.servicer = services.servicer
     app.state.services = services
+    api = APIRouter(dependencies=[Depends(authenticate)])
     started = time.time() if started_at is None else started_at
 
     def describe(job: Job, queue: dict[str, QueueEntry] | None = None) -> dict[str, Any]:
@@ -236,13 +408,61 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                 extra["queue_position"], extra["queue_reason"] = entry.position, entry.reason
         return job_object(job, extra)
 
+    def own_job(job_id: str, caller: Caller) -> Job:
+        """The job, if the caller may see it; another user's job is as missing as no job."""
+        job = jobs.get_job(job_id)
+        if not caller.sees(job.owner):
+            raise NotFoundError(f"no job {job_id!r}")
+        return job
+
+    def check_sources(spec: JobSpec, caller: Caller) -> JobSpec:
+        """The caller's job may start only from their own files and models."""
+        for field, source in (
+            ("training_file", spec.dataset),
+            ("validation_file", spec.validation_dataset),
+        ):
+            if is_file_id(source):
+                try:
+                    files.get(source, owner=caller.owner_filter)
+                except NotFoundError:
+                    raise ConfigError(
+                        f"{field}: no file {source!r:.80}; upload one with POST /v1/files"
+                    ) from None
+        model = spec.model
+        try:
+            if model.startswith("ft:"):  # a fine-tuned model: the catalog has it by job id
+                job = own_job(model.rsplit(":", 1)[-1], caller)
+                if fine_tuned_model(job) != model:
+                    raise NotFoundError(model)
+                return dataclasses.replace(spec, model=job.id)
+            if model.startswith("ftjob-"):
+                own_job(model, caller)
+            elif model.startswith("ftckpt-"):
+                own_job(jobs.get_checkpoint(model).job_id, caller)
+        except NotFoundError:
+            raise ConfigError(
+                f"model: no fine-tuned model or checkpoint {model!r:.120} of yours"
+            ) from None
+        return spec
+
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return _error(404, str(exc), "invalid_request_error", "not_found")
 
     @app.exception_handler(ConfigError)
     async def _bad_config(_: Request, exc: ConfigError) -> JSONResponse:
-        return _error(400, str(exc), "invalid_request_error", "invalid_value")
+        message = str(exc)
+        return _error(400, message, "invalid_request_error", "invalid_value", param_of(message))
+
+    @app.exception_handler(UnauthenticatedError)
+    async def _unauthenticated(_: Request, exc: UnauthenticatedError) -> JSONResponse:
+        response = _error(401, str(exc), "invalid_request_error", "invalid_api_key")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(PermissionDeniedError)
+    async def _forbidden(_: Request, exc: PermissionDeniedError) -> JSONResponse:
+        return _error(403, str(exc), "invalid_request_error", "insufficient_permissions")
 
     @app.exception_handler(SchedulingError)
     async def _conflict(_: Request, exc: SchedulingError) -> JSONResponse:
@@ -266,7 +486,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, Any]:
-        """Liveness and the state of the database."""
+        """Liveness and the state of the database (no API key needed)."""
         ping_ms = db.ping_s() * 1000
         with db.transaction() as session:
             online = (
@@ -283,6 +503,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "database_latency_ms": round(ping_ms, 3),
             "workers_online": online,
             "jobs": jobs.count_by_status(),
+            "auth": "keys" if keys.has_keys() else "setup",
             "uptime_s": round(time.time() - started, 1),
         }
 
@@ -298,8 +519,11 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                 return _too_large()
         return await call_next(request)
 
-    @app.post("/v1/files", tags=["files"])
+    # -- files ---------------------------------------------------------------------------
+
+    @api.post("/v1/files", tags=["files"])
     def upload_file(
+        caller: CallerDep,
         file: Annotated[UploadFile, FormFile(description="the JSONL dataset")],
         purpose: Annotated[Purpose, Form()],
     ) -> Any:
@@ -310,54 +534,67 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             return _too_large()
         try:
             stored = files.upload(
-                data, filename=file.filename or "", purpose=purpose, owner=DEFAULT_OWNER
+                data, filename=file.filename or "", purpose=purpose, owner=caller.account
             )
         except ConfigError as exc:
             return _error(400, str(exc), "invalid_request_error", "invalid_file", "file")
         return file_object(stored)
 
-    @app.get("/v1/files", tags=["files"])
+    @api.get("/v1/files", tags=["files"])
     def list_files(
+        caller: CallerDep,
         purpose: str | None = None,
         after: str | None = None,
         limit: int = MAX_LIST,
         order: Literal["asc", "desc"] = "desc",
     ) -> dict[str, Any]:
-        """Uploaded files, newest first (`order=asc`: oldest first), with cursor pagination."""
-        found, has_more = files.list(purpose=purpose, after=after, limit=limit, order=order)
+        """Your files (an operator's: everyone's), newest first (`order=asc`: oldest first),
+        with cursor pagination."""
+        found, has_more = files.list(
+            owner=caller.owner_filter, purpose=purpose, after=after, limit=limit, order=order
+        )
         return cursor_page([file_object(f) for f in found], has_more)
 
-    @app.get("/v1/files/{file_id}", tags=["files"])
-    def get_file(file_id: str) -> dict[str, Any]:
-        return file_object(files.get(file_id))
+    @api.get("/v1/files/{file_id}", tags=["files"])
+    def get_file(caller: CallerDep, file_id: str) -> dict[str, Any]:
+        return file_object(files.get(file_id, owner=caller.owner_filter))
 
-    @app.get("/v1/files/{file_id}/content", tags=["files"])
-    def file_content(file_id: str) -> Response:
+    @api.get("/v1/files/{file_id}/content", tags=["files"])
+    def file_content(caller: CallerDep, file_id: str) -> Response:
         """The file's bytes, exactly as uploaded."""
         return Response(
-            files.content(file_id),
+            files.content(file_id, owner=caller.owner_filter),
             media_type="application/octet-stream",
             headers={"content-disposition": f'attachment; filename="{file_id}.jsonl"'},
         )
 
-    @app.delete("/v1/files/{file_id}", tags=["files"])
-    def delete_file(file_id: str) -> dict[str, Any]:
+    @api.delete("/v1/files/{file_id}", tags=["files"])
+    def delete_file(caller: CallerDep, file_id: str) -> dict[str, Any]:
         """Delete a file; jobs already created from it keep their data."""
-        return {"id": files.delete(file_id).id, "object": "file", "deleted": True}
+        deleted = files.delete(file_id, owner=caller.owner_filter)
+        return {"id": deleted.id, "object": "file", "deleted": True}
 
-    @app.post("/v1/fine_tuning/jobs", tags=["jobs"])
-    def create_job(body: CreateJobRequest) -> dict[str, Any]:
+    # -- jobs ----------------------------------------------------------------------------
+
+    def create_job(caller: CallerDep, body: CreateJobRequest) -> dict[str, Any]:
         """Check the settings, the model and every line of the data, then validate and queue
-        the job (it starts as `validating_files`)."""
-        spec = JobSpec.from_dict(_job_values(body))
-        return describe(jobs.create_job(spec, body.metadata, owner=body.owner))
+        the job (it starts as `validating_files`). Swarm hyperparameters (LoRA, inner steps,
+        codecs, ...) go in `hyperparameters` or at the top level of the body."""
+        owner = body.owner or caller.account
+        if owner != caller.account and not caller.is_operator:
+            raise PermissionDeniedError(
+                f"owner: a researcher's jobs are paid from their own account ({caller.account})"
+            )
+        spec = check_sources(job_spec(body), caller)
+        return describe(jobs.create_job(spec, body.metadata, owner=owner, suffix=body.suffix))
 
-    @app.get("/v1/fine_tuning/jobs", tags=["jobs"])
-    def list_jobs(after: str | None = None, limit: int = 20) -> dict[str, Any]:
-        """Jobs, newest first, with cursor pagination."""
-        if not 1 <= limit <= 100:
-            raise ConfigError(f"limit must be in [1, 100], got {limit}")
-        page = jobs.list_jobs(after=after, limit=limit)
+    api.post("/v1/fine_tuning/jobs", tags=["jobs"])(create_job)
+    api.post("/v1/swarm/jobs", tags=["swarm"], summary="Create Job (swarm settings)")(create_job)
+
+    @api.get("/v1/fine_tuning/jobs", tags=["jobs"])
+    def list_jobs(caller: CallerDep, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        """Your jobs (an operator's: everyone's), newest first, with cursor pagination."""
+        page = jobs.list_jobs(owner=caller.owner_filter, after=after, limit=_limit(limit, 100))
         queue = {e.job_id: e for e in scheduler.queue()} if page.jobs else {}
         return {
             "object": "list",
@@ -365,39 +602,52 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "has_more": page.has_more,
         }
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}", tags=["jobs"])
-    def get_job(job_id: str) -> dict[str, Any]:
-        return describe(jobs.get_job(job_id))
+    @api.get("/v1/fine_tuning/jobs/{job_id}", tags=["jobs"])
+    def get_job(caller: CallerDep, job_id: str) -> dict[str, Any]:
+        return describe(own_job(job_id, caller))
 
-    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", tags=["jobs"])
-    def cancel_job(job_id: str) -> dict[str, Any]:
+    @api.post("/v1/fine_tuning/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(caller: CallerDep, job_id: str) -> dict[str, Any]:
         """Stop the job for good; accepted work is still paid for."""
-        return describe(jobs.cancel(job_id))
+        return describe(jobs.cancel(own_job(job_id, caller).id))
 
-    @app.post("/v1/fine_tuning/jobs/{job_id}/pause", tags=["jobs"])
-    def pause_job(job_id: str) -> dict[str, Any]:
+    @api.post("/v1/fine_tuning/jobs/{job_id}/pause", tags=["jobs"])
+    def pause_job(caller: CallerDep, job_id: str) -> dict[str, Any]:
         """Stop handing out the job's tasks; running ones are revoked and run again later."""
-        return describe(jobs.pause(job_id))
+        return describe(jobs.pause(own_job(job_id, caller).id))
 
-    @app.post("/v1/fine_tuning/jobs/{job_id}/resume", tags=["jobs"])
-    def resume_job(job_id: str) -> dict[str, Any]:
-        return describe(jobs.resume(job_id))
+    @api.post("/v1/fine_tuning/jobs/{job_id}/resume", tags=["jobs"])
+    def resume_job(caller: CallerDep, job_id: str) -> dict[str, Any]:
+        return describe(jobs.resume(own_job(job_id, caller).id))
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", tags=["jobs"])
-    def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10) -> dict[str, Any]:
+    @api.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", tags=["jobs"])
+    def list_checkpoints(
+        caller: CallerDep, job_id: str, after: str | None = None, limit: int = 10
+    ) -> dict[str, Any]:
         """Kept versions, newest first; `model` of a new job may name one to start from it."""
-        if not 1 <= limit <= 100:
-            raise ConfigError(f"limit must be in [1, 100], got {limit}")
-        rows, has_more = jobs.list_checkpoints(job_id, after=after, limit=limit)
+        rows, has_more = jobs.list_checkpoints(
+            own_job(job_id, caller).id, after=after, limit=_limit(limit, 100)
+        )
         return cursor_page([checkpoint_object(c) for c in rows], has_more)
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}/events", tags=["jobs"])
-    def list_events(job_id: str, limit: int = 100) -> dict[str, Any]:
-        """The job's events, newest first."""
-        events = jobs.list_events(job_id, limit=max(1, min(limit, 1000)))
+    @api.get("/v1/fine_tuning/jobs/{job_id}/events", tags=["jobs"])
+    def list_events(
+        caller: CallerDep, job_id: str, after: str | None = None, limit: int = 20
+    ) -> dict[str, Any]:
+        """The job's events, newest first: `message` events, and a `metrics` event per round
+        (`data`: step, total_steps, train_loss, valid_loss and the round's numbers)."""
+        anchor: int | None = None
+        if after is not None:
+            number = after.removeprefix("ftevent-")
+            if not number.isdigit():
+                raise ConfigError(f"after must be an event id (ftevent-N), got {after!r:.60}")
+            anchor = int(number)
+        events, has_more = jobs.list_events(
+            own_job(job_id, caller).id, after=anchor, limit=_limit(limit, 1000)
+        )
         return {
             "object": "list",
-            "has_more": False,
+            "has_more": has_more,
             "data": [
                 {
                     "object": "fine_tuning.job.event",
@@ -412,10 +662,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             ],
         }
 
-    @app.get("/v1/swarm/jobs/{job_id}/rounds", tags=["swarm"])
-    def list_rounds(job_id: str) -> dict[str, Any]:
+    # -- swarm extras --------------------------------------------------------------------
+
+    @api.get("/v1/swarm/jobs/{job_id}/rounds", tags=["swarm"])
+    def list_rounds(caller: CallerDep, job_id: str) -> dict[str, Any]:
         """Per-round numbers: losses, tokens, bytes up and down, clients."""
-        rounds = jobs.list_rounds(job_id)
+        rounds = jobs.list_rounds(own_job(job_id, caller).id)
         accepted = jobs.tasks_accepted(job_id)
         return {
             "object": "list",
@@ -424,31 +676,115 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             ],
         }
 
-    @app.get("/v1/swarm/jobs/{job_id}/tasks", tags=["swarm"])
-    def list_tasks(job_id: str) -> dict[str, Any]:
+    @api.get("/v1/swarm/jobs/{job_id}/tasks", tags=["swarm"])
+    def list_tasks(caller: CallerDep, job_id: str) -> dict[str, Any]:
         """Every task of a job: kind, state, the worker, its data span and inner steps."""
         return {
             "object": "list",
-            "data": [task_object(t, spans) for t, spans in jobs.list_tasks(job_id)],
-        }
-
-    @app.get("/v1/swarm/queue", tags=["swarm"])
-    def queue() -> dict[str, Any]:
-        """Queued jobs in the order they will start, with why each one waits."""
-        return {
-            "object": "list",
             "data": [
-                {"job_id": e.job_id, "position": e.position, "reason": e.reason}
-                for e in scheduler.queue()
+                task_object(t, spans) for t, spans in jobs.list_tasks(own_job(job_id, caller).id)
             ],
         }
 
-    @app.get("/v1/swarm/credits", tags=["credits"])
-    def account_credits(account: str, limit: int = 50, before: int | None = None) -> dict[str, Any]:
-        """An account's granted and pending credits and its recent entries, newest first."""
-        check_account(account)
-        if not 1 <= limit <= 500:
-            raise ConfigError(f"limit must be in [1, 500], got {limit}")
+    @api.get("/v1/swarm/queue", tags=["swarm"])
+    def queue(caller: CallerDep) -> dict[str, Any]:
+        """Queued jobs in the order they will start, with why each one waits (a researcher
+        sees where their own jobs stand)."""
+        entries = scheduler.queue()
+        if not caller.is_operator:
+            mine = {j.id for j in jobs.list_jobs(owner=caller.account, limit=1000).jobs}
+            entries = [e for e in entries if e.job_id in mine]
+        return {
+            "object": "list",
+            "data": [
+                {"job_id": e.job_id, "position": e.position, "reason": e.reason} for e in entries
+            ],
+        }
+
+    @api.get("/v1/swarm/status", tags=["swarm"])
+    def swarm_status() -> dict[str, Any]:
+        """The swarm at a glance: workers online by device, their measured compute, tokens
+        trained per second over the last ten minutes, jobs by status."""
+        now = time.time()
+        window_s = 600.0
+        with db.transaction() as session:
+            online = list(
+                session.scalars(
+                    select(Worker).where(
+                        Worker.last_seen_at >= now - services.settings.worker_online_s
+                    )
+                )
+            )
+            recent_tokens = session.scalar(
+                select(func.coalesce(func.sum(Round.tokens), 0)).where(
+                    Round.closed_at >= now - window_s
+                )
+            )
+        by_device: dict[str, int] = {}
+        for worker in online:
+            device = str((worker.hardware or {}).get("device_type") or "unknown")
+            by_device[device] = by_device.get(device, 0) + 1
+        return {
+            "object": "swarm.status",
+            "workers_online": len(online),
+            "workers_by_device": by_device,
+            "flops_per_s": sum(w.flops_per_s or 0.0 for w in online),
+            "tokens_per_s": round(int(recent_tokens or 0) / window_s, 3),
+            "jobs": jobs.count_by_status(),
+            "queue_length": len(scheduler.queue()),
+        }
+
+    @api.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
+    def list_artifacts(caller: CallerDep, job_id: str) -> dict[str, Any]:
+        """The results of a succeeded job: `adapter` (PEFT) and `merged` (HF folder) files."""
+        job = own_job(job_id, caller)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "kind": kind,
+                    "files": [
+                        {"path": path, "sha256": sha, "bytes": blobs.size(sha)}
+                        for path, sha in sorted(artifact["files"].items())
+                    ],
+                }
+                for kind, artifact in sorted((job.artifacts or {}).items())
+            ],
+        }
+
+    @api.get("/v1/swarm/jobs/{job_id}/artifacts/{kind}/{path:path}", tags=["swarm"])
+    def download_artifact(caller: CallerDep, job_id: str, kind: str, path: str) -> FileResponse:
+        """One file of an artifact, e.g. `merged/model.safetensors`."""
+        artifacts = own_job(job_id, caller).artifacts or {}
+        files = (artifacts.get(kind) or {}).get("files", {})
+        if path not in files:
+            raise NotFoundError(f"job {job_id} has no artifact file {kind}/{path}")
+        return FileResponse(
+            blobs.path(files[path]),
+            filename=path.rsplit("/", 1)[-1],
+            media_type="application/octet-stream",
+        )
+
+    # -- credits -------------------------------------------------------------------------
+
+    def visible_account(account: str | None, caller: Caller) -> str:
+        """The account a credits request reads: the caller's own by default; a researcher
+        may read their own and the pools, an operator any."""
+        account = check_account(account or caller.account)
+        if not caller.is_operator and account != caller.account and not account.startswith("pool:"):
+            raise PermissionDeniedError(
+                f"account: a researcher sees only their own account ({caller.account}) and pools"
+            )
+        return account
+
+    @api.get("/v1/swarm/credits", tags=["credits"])
+    def account_credits(
+        caller: CallerDep, account: str | None = None, limit: int = 50, before: int | None = None
+    ) -> dict[str, Any]:
+        """An account's granted and pending credits and its recent entries, newest first
+        (default: your own account)."""
+        account = visible_account(account, caller)
+        limit = _limit(limit, 500)
         with db.transaction() as session:
             statement = ledger.statement(session, account)
             history = ledger.history(session, account, limit=limit, before=before)
@@ -460,7 +796,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "history": [{**h, "amount": credits(h["amount"])} for h in history],
         }
 
-    @app.get("/v1/swarm/credits/leaderboard", tags=["credits"])
+    @api.get("/v1/swarm/credits/leaderboard", tags=["credits"])
     def leaderboard(limit: int = 20) -> dict[str, Any]:
         """Accounts by granted credits, and the research pool."""
         with db.transaction() as session:
@@ -472,8 +808,8 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "research_pool": credits(pool),
         }
 
-    @app.get("/v1/swarm/ledger", tags=["credits"])
-    def ledger_totals() -> dict[str, Any]:
+    @api.get("/v1/swarm/ledger", tags=["credits"])
+    def ledger_totals(_: OperatorDep) -> dict[str, Any]:
         """The ledger's invariant: the sum of all balances equals every credit ever minted."""
         with db.transaction() as session:
             totals = ledger.totals(session)
@@ -489,68 +825,92 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "mismatched_accounts": mismatched,
         }
 
-    @app.post("/v1/swarm/credits/issue", tags=["credits"])
-    def issue_credits(body: CreditsRequest) -> dict[str, Any]:
+    @api.post("/v1/swarm/credits/issue", tags=["credits"])
+    def issue_credits(caller: OperatorDep, body: CreditsRequest) -> dict[str, Any]:
         """Give an account credits (the operator's grant); they are minted."""
         with db.transaction() as session:
             ledger.issue(session, check_account(body.account), body.micro(), body.memo)
-        return account_credits(body.account, limit=1)
+        return account_credits(caller, body.account, limit=1)
 
-    @app.post("/v1/swarm/credits/donate", tags=["credits"])
-    def donate_credits(body: CreditsRequest) -> dict[str, Any]:
-        """Move credits from an account to the research pool."""
+    @api.post("/v1/swarm/credits/donate", tags=["credits"])
+    def donate_credits(caller: CallerDep, body: CreditsRequest) -> dict[str, Any]:
+        """Move credits from your account (an operator: any) to the research pool."""
+        account = check_account(body.account)
+        if not caller.sees(account):
+            raise PermissionDeniedError(
+                f"account: a researcher donates only from their own account ({caller.account})"
+            )
         with db.transaction() as session:
-            ledger.donate(session, check_account(body.account), body.micro())
-        return account_credits(body.account, limit=1)
+            ledger.donate(session, account, body.micro())
+        return account_credits(caller, account, limit=1)
 
-    @app.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
-    def list_artifacts(job_id: str) -> dict[str, Any]:
-        """The results of a succeeded job: `adapter` (PEFT) and `merged` (HF folder) files."""
-        job = jobs.get_job(job_id)
+    # -- keys ----------------------------------------------------------------------------
+
+    @api.post("/v1/swarm/keys", tags=["keys"])
+    def create_key(_: OperatorDep, body: CreateKeyRequest) -> dict[str, Any]:
+        """Make an API key; the answer is the only time its secret (`key`) is shown."""
+        key, secret = keys.create(body.user, body.role, body.name)
+        return key_object(key, secret)
+
+    @api.get("/v1/swarm/keys", tags=["keys"])
+    def list_keys(caller: CallerDep) -> dict[str, Any]:
+        """Your keys (an operator's: everyone's), newest first, without their secrets."""
+        return {"object": "list", "data": [key_object(k) for k in keys.list(caller.owner_filter)]}
+
+    @api.delete("/v1/swarm/keys/{key_id}", tags=["keys"])
+    def revoke_key(caller: CallerDep, key_id: str) -> dict[str, Any]:
+        """Revoke a key (your own, or any for an operator); it stops working at once."""
+        return key_object(keys.revoke(key_id, caller))
+
+    @api.get("/v1/swarm/me", tags=["keys"])
+    def whoami(caller: CallerDep) -> dict[str, Any]:
+        """Who the API key belongs to."""
         return {
-            "object": "list",
-            "data": [
-                {
-                    "kind": kind,
-                    "files": [
-                        {"path": path, "sha256": sha, "bytes": blobs.size(sha)}
-                        for path, sha in sorted(artifact["files"].items())
-                    ],
-                }
-                for kind, artifact in sorted((job.artifacts or {}).items())
-            ],
+            "object": "swarm.caller",
+            "user": caller.account,
+            "role": caller.role,
+            "key_id": caller.key_id,
         }
 
-    @app.get("/v1/swarm/jobs/{job_id}/artifacts/{kind}/{path:path}", tags=["swarm"])
-    def download_artifact(job_id: str, kind: str, path: str) -> FileResponse:
-        """One file of an artifact, e.g. `merged/model.safetensors`."""
-        files = ((jobs.get_job(job_id).artifacts or {}).get(kind) or {}).get("files", {})
-        if path not in files:
-            raise NotFoundError(f"job {job_id} has no artifact file {kind}/{path}")
-        return FileResponse(
-            blobs.path(files[path]),
-            filename=path.rsplit("/", 1)[-1],
-            media_type="application/octet-stream",
-        )
+    # -- models and workers --------------------------------------------------------------
 
-    @app.get("/v1/models", tags=["models"])
-    def list_models() -> dict[str, Any]:
-        """Base models this coordinator can train, and the fine-tuned results."""
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": row["name"],
-                    "object": "model",
-                    "created": int(row.get("created_at") or started),
-                    "owned_by": "swarm",
-                    "swarm": row,
-                }
-                for row in catalog.list()
-            ],
-        }
+    def model_objects(caller: Caller) -> list[dict[str, Any]]:
+        """The catalog as OpenAI `model` objects: base models, and the fine-tuned results and
+        checkpoints (source `job:ID`) the caller may see, a result named as OpenAI does."""
+        models = []
+        for row in catalog.list():
+            model = {
+                "id": row["name"],
+                "object": "model",
+                "created": int(row.get("created_at") or started),
+                "owned_by": "swarm",
+                "swarm": row,
+            }
+            source = str(row.get("source") or "")
+            if source.startswith("job:"):
+                job = jobs.get_job(source.removeprefix("job:"))
+                if not caller.sees(job.owner):
+                    continue
+                model["owned_by"] = job.owner
+                if row["name"] == job.id:
+                    model["id"] = fine_tuned_model(job) or job.id
+                    model["swarm"] = {**row, "job_id": job.id, "base_model": job.model}
+            models.append(model)
+        return models
 
-    @app.get("/v1/swarm/workers", tags=["swarm"])
+    @api.get("/v1/models", tags=["models"])
+    def list_models(caller: CallerDep) -> dict[str, Any]:
+        """Base models this coordinator can train, and your fine-tuned results."""
+        return {"object": "list", "data": model_objects(caller)}
+
+    @api.get("/v1/models/{model_id}", tags=["models"])
+    def get_model(caller: CallerDep, model_id: str) -> dict[str, Any]:
+        for model in model_objects(caller):
+            if model["id"] == model_id:
+                return model
+        raise NotFoundError(f"no model {model_id!r:.120}; GET /v1/models lists them")
+
+    @api.get("/v1/swarm/workers", tags=["swarm"])
     def list_workers() -> dict[str, Any]:
         """Registered workers with their hardware and counts."""
         with db.transaction() as session:
@@ -576,6 +936,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             ],
         }
 
+    app.include_router(api)
     return app
 
 

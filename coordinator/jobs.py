@@ -331,6 +331,7 @@ class JobService:
         metadata: dict[str, str] | None = None,
         *,
         owner: str = DEFAULT_OWNER,
+        suffix: str | None = None,
     ) -> Job:
         """Check a job's input and store it as `validating_files`; `prepare_next` queues it.
 
@@ -348,6 +349,7 @@ class JobService:
             created_at=now,
             metadata_=metadata,
             owner=owner,
+            suffix=suffix or None,
             model_config_sha256="",
             heldout_sha256="",
             shard_sha256s=[],
@@ -578,13 +580,24 @@ class JobService:
                 raise NotFoundError(f"no job {job_id!r}")
             return job
 
-    def list_jobs(self, *, after: str | None = None, limit: int = 20) -> JobPage:
-        """Newest first; `after` is the id of the last job of the previous page."""
+    def list_jobs(
+        self, *, owner: str | None = None, after: str | None = None, limit: int = 20
+    ) -> JobPage:
+        """Newest first (`owner`'s only, unless None); `after` is the id of the last job of
+        the previous page."""
+        query = select(Job) if owner is None else select(Job).where(Job.owner == owner)
         with self._db.transaction() as session:
             jobs, has_more = page_by_creation(
-                session, Job, select(Job), after=after, limit=limit, what="job"
+                session, Job, query, after=after, limit=limit, what="job"
             )
         return JobPage(jobs=jobs, has_more=has_more)
+
+    def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
+        with self._db.transaction() as session:
+            checkpoint = session.get(Checkpoint, checkpoint_id)
+        if checkpoint is None:
+            raise NotFoundError(f"no checkpoint {checkpoint_id!r:.80}")
+        return checkpoint
 
     def list_rounds(self, job_id: str) -> list[Round]:
         self.get_job(job_id)
@@ -644,17 +657,17 @@ class JobService:
         with self._db.transaction() as session:
             return self._ledger.job_spending(session, job_id)
 
-    def list_events(self, job_id: str, limit: int = 100) -> list[Event]:
+    def list_events(
+        self, job_id: str, *, after: int | None = None, limit: int = 100
+    ) -> tuple[list[Event], bool]:
+        """A job's events, newest first, older than event `after`; and whether more follow."""
         self.get_job(job_id)
+        query = select(Event).where(Event.job_id == job_id)
+        if after is not None:
+            query = query.where(Event.id < after)
         with self._db.transaction() as session:
-            return list(
-                session.scalars(
-                    select(Event)
-                    .where(Event.job_id == job_id)
-                    .order_by(Event.id.desc())
-                    .limit(limit)
-                )
-            )
+            rows = list(session.scalars(query.order_by(Event.id.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
 
     def count_by_status(self) -> dict[str, int]:
         with self._db.transaction() as session:

@@ -479,7 +479,12 @@ class RoundService:
                     level="info",
                     type="metrics",
                     message=_round_message(round_, final, dropped),
-                    data=round_summary(round_),
+                    data={  # OpenAI's metrics event fields, then the round's numbers
+                        "step": job.rounds_completed,
+                        "total_steps": None if spec.finishes_by_epochs() else spec.num_rounds,
+                        "valid_loss": round_.eval_loss,
+                        **round_summary(round_),
+                    },
                 )
             )
             if self._is_checkpoint(spec, round_.index, final):

@@ -22,6 +22,7 @@ from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.files import FileService
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
+from swarm.coordinator.keys import KeyService
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.scheduling import Scheduler
@@ -148,6 +149,7 @@ class Services:
     ledger: Ledger
     jobs: JobService
     files: FileService
+    keys: KeyService
     scheduler: Scheduler
     servicer: WorkerServicer
     housekeeper: Housekeeper
@@ -244,6 +246,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         ledger=ledger,
         jobs=jobs,
         files=files,
+        keys=KeyService(db),
         scheduler=scheduler,
         servicer=servicer,
         housekeeper=housekeeper,
@@ -266,6 +269,11 @@ def run(settings: CoordinatorSettings) -> None:
     )
 
     services.start()
+    if not services.keys.has_keys():
+        logger.warning(
+            "no API keys yet: until the first exists, the HTTP API answers only requests from "
+            "this machine, as the operator; make one with `swarm keys create USER --role operator`"
+        )
     _write_ready_file(settings.data_dir, settings.host, grpc_port, http_port)
     logger.info(
         "coordinator serving gRPC on %s:%d and HTTP on http://%s:%d (data in %s)",

@@ -116,6 +116,8 @@ class Job(Base):
     queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     initial_params_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """The trainable parameters round 0 starts from."""
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Part of the fine-tuned model's name (OpenAI's `suffix`)."""
 
 
 class Round(Base):
@@ -238,6 +240,22 @@ class File(Base):
     num_examples: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ApiKey(Base):
+    """An HTTP API key: only its SHA-256 is kept, with a hint (its first and last characters)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account: Mapped[str] = mapped_column(String(96), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    hint: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Account(Base):

@@ -99,6 +99,14 @@ def wire_services(data_dir: Path, **overrides: Any) -> Services:
     return build_services(settings)
 
 
+def local_client(app: Any) -> Any:
+    """A TestClient whose requests come from 127.0.0.1: before the first API key exists, the
+    coordinator answers them as the local operator (setup mode)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000))
+
+
 def start_job(services: Services, spec: JobSpec, **create: Any) -> Job:
     """Create a job, prepare it and let the scheduler start it, as the coordinator's threads
     would; the job as stored afterwards."""

@@ -45,7 +45,7 @@ from swarm.models.objectives import build_objective
 from swarm.models.sources import load_preset, load_weights
 from swarm.protocol import messages as m
 from swarm.scheduler import JobSpec
-from tests.conftest import signed_registration, start_job, wire_services
+from tests.conftest import local_client, signed_registration, start_job, wire_services
 
 SPEC = JobSpec(
     model="micro-llama",
@@ -271,7 +271,7 @@ def test_the_job_succeeds_with_an_adapter_and_a_merged_model(finished: Finished)
         {k: finished.reported[1][k] for k in ("loss", "token_accuracy", "examples")}
     )
     assert job.eval_metrics is not None and job.eval_metrics["examples"] == SPEC.eval_examples
-    messages = [e.message for e in finished.jobs.list_events(job.id)]
+    messages = [e.message for e in finished.jobs.list_events(job.id)[0]]
     assert any("succeeded" in msg and "adapter, merged" in msg for msg in messages), messages
 
 
@@ -356,7 +356,7 @@ def test_the_merged_folder_loads_with_transformers_and_generates(
 @pytest.fixture
 def client(finished: Finished) -> Iterator[TestClient]:
     app = create_app(finished.services)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with local_client(app) as test_client:
         yield test_client
 
 
@@ -378,7 +378,7 @@ def test_http_lists_exactly_the_artifact_files(client: TestClient, finished: Fin
         ],
     }
     job = client.get(f"/v1/fine_tuning/jobs/{finished.job.id}").json()
-    assert job["fine_tuned_model"] == finished.job.id
+    assert job["fine_tuned_model"] == f"ft:micro-llama:default::{finished.job.id}"
     assert job["swarm"]["artifacts"] == ["adapter", "merged"]
 
 
@@ -422,9 +422,10 @@ def test_http_models_lists_the_fine_tuned_job(client: TestClient, finished: Fini
     response = client.get("/v1/models")
     assert response.status_code == 200
     models = {row["id"]: row for row in response.json()["data"]}
-    row = models[finished.job.id]
+    row = models[f"ft:micro-llama:default::{finished.job.id}"]
     assert row["object"] == "model"
-    assert row["owned_by"] == "swarm"
+    assert row["owned_by"] == "user:default"
+    assert row["swarm"]["job_id"] == finished.job.id
     assert row["swarm"]["status"] == "ready"
     assert row["swarm"]["source"] == f"job:{finished.job.id}"
     assert row["swarm"]["family"] == "llama"

@@ -33,7 +33,7 @@ from swarm.models.chat import byte_chat_tokenizer, tokenize_chat, tokenize_prefe
 from swarm.models.sources import load_preset, unique_state
 from swarm.protocol.errors import ConfigError
 from swarm.scheduler import JobSpec
-from tests.conftest import wire_services
+from tests.conftest import local_client, wire_services
 
 SMALL: dict[str, Any] = {
     "model": "micro-llama",
@@ -181,7 +181,7 @@ def test_lora_sft_job_trains_only_adapters_on_the_shipped_instructions(
     assert sequences(heldout_set) == [
         tuple(tokenize_chat(tokenizer, e, 200).ids.tolist()) for e in heldout
     ]
-    events = [e.message for e in services.jobs.list_events(job.id)]
+    events = [e.message for e in services.jobs.list_events(job.id)[0]]
     assert any("480 chat examples into 4 shards and 64 held-out" in m for m in events), events
 
 
@@ -412,7 +412,7 @@ HTTP_HYPERPARAMETERS = {k: v for k, v in SMALL.items() if k != "model"}
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
     app = create_app(replace(services.wired, jobs=services.jobs))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with local_client(app) as test_client:
         yield test_client
 
 

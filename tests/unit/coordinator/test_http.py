@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from swarm.coordinator.http import create_app
-from tests.conftest import wire_services
+from tests.conftest import local_client, wire_services
 
 HYPERPARAMETERS: dict[str, Any] = {
     "num_rounds": 2,
@@ -46,7 +46,7 @@ JOB_FIELDS = {
 def client(tmp_path: Path) -> Iterator[TestClient]:
     services = wire_services(tmp_path)
     try:
-        with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
+        with local_client(create_app(services)) as test_client:
             yield test_client
     finally:
         services.db.dispose()
@@ -204,7 +204,8 @@ def test_unknown_model_or_dataset_is_400(
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"model": "micro-llama", "suffix": "x"}, "suffix"),
+        ({"model": "micro-llama", "suffix": "no spaces allowed"}, "suffix"),
+        ({"model": "micro-llama", "suffix": "x" * 65}, "suffix"),
         ({"model": "micro-llama", "hyperparameters": [1, 2]}, "hyperparameters"),
         ({"model": "micro-llama", "seed": "abc"}, "seed"),
     ],

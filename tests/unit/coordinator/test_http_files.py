@@ -18,7 +18,7 @@ from swarm.coordinator.storage import File, Job
 from swarm.models import MAX_DATASET_BYTES
 from swarm.models.corpus import load_builtin_bytes
 from swarm.protocol.errors import ConfigError
-from tests.conftest import wire_services
+from tests.conftest import local_client, wire_services
 from tests.unit.coordinator.test_http_scheduling import error_of
 
 CHAT = load_builtin_bytes("builtin:smol_instruct")
@@ -41,7 +41,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
+    with local_client(create_app(services)) as test_client:
         yield test_client
 
 

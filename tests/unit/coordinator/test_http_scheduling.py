@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from swarm.coordinator.http import create_app
 from swarm.coordinator.server import Services
 from swarm.coordinator.workers import WorkerRegistry
-from tests.conftest import MICRO_SPEC, signed_registration, wire_services
+from tests.conftest import MICRO_SPEC, local_client, signed_registration, wire_services
 from tests.unit.coordinator.test_scheduling import Swarm
 
 HYPERPARAMETERS = {
@@ -34,7 +34,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
+    with local_client(create_app(services)) as test_client:
         yield test_client
 
 

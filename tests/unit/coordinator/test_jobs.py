@@ -169,7 +169,7 @@ def test_a_job_is_validated_then_prepared_then_queued_then_started(
     # Only train tasks consume shards.
     assert coordinator.jobs.get_job(job.id).tasks_created == SPEC.min_clients
 
-    events = [e.message for e in coordinator.jobs.list_events(job.id)]
+    events = [e.message for e in coordinator.jobs.list_events(job.id)[0]]
     assert any("validated" in e and "queued" in e for e in events), events
     assert any(e.startswith("started") for e in events), events
     assert coordinator.jobs.count_by_status() == {"running": 1}
@@ -284,7 +284,7 @@ def test_a_job_runs_its_rounds_to_success(coordinator: Coordinator) -> None:
     assert len(coordinator.rounds_of(job.id)) == SPEC.num_rounds + 1  # nothing after the final
     assert coordinator.rounds.rounds_ready() == []
     assert coordinator.tasks.lease(w1).task is None
-    messages = [e.message for e in coordinator.jobs.list_events(job.id)]
+    messages = [e.message for e in coordinator.jobs.list_events(job.id)[0]]
     assert any("succeeded" in message for message in messages)
     assert any("final version" in message for message in messages)
 
