@@ -181,10 +181,13 @@ class ModelCatalog:
         if name in PRESETS or (_is_plain_name(name) and self.manifest(name) is not None):
             return
         if name in CATALOG:
-            raise ConfigError(f"model {name} is not pulled yet; run: swarm models pull {name}")
+            raise ConfigError(
+                f"model {name} is not pulled yet; run: swarm models pull {name}", param="model"
+            )
         raise ConfigError(
             f"unknown model {name!r:.80}; `swarm models list` shows the models this "
-            "coordinator serves, and `swarm models pull NAME` adds one"
+            "coordinator serves, and `swarm models pull NAME` adds one",
+            param="model",
         )
 
     def resolve(self, name: str, *, seed: int, chat: bool) -> BaseModel:

@@ -1,6 +1,7 @@
 """`swarm`: the operator's and researcher's command line.
 
-Commands: coordinator, demo, files, jobs, credits, models and bench.
+Commands: coordinator, demo, files, jobs, credits, keys, models and bench. The HTTP ones (files,
+jobs, credits, keys) take `--url` and `--api-key` (default: $SWARM_URL, $SWARM_API_KEY).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -91,11 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument("--model", help="base model (default smollm2-135m-instruct)")
 
-    credits = commands.add_parser("credits", help="balances, history and grants of credits")
-    credits.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
-    credit_commands = credits.add_subparsers(dest="credits_command", required=True)
+    credits = _http_parser(
+        commands, "credits", "your balance and history (alone), or other accounts' and grants"
+    )
+    credit_commands = credits.add_subparsers(dest="credits_command")
     show = credit_commands.add_parser("show", help="an account's balance, pending and history")
-    show.add_argument("account", help="user:NAME, worker:ID or pool:research")
+    show.add_argument(
+        "account", nargs="?", help="user:NAME, worker:ID or pool:research (default: yours)"
+    )
     credit_commands.add_parser("leaderboard", help="accounts by granted credits")
     credit_commands.add_parser("ledger", help="check that all balances add up to what was minted")
     for name, what in (
@@ -106,8 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         move.add_argument("account")
         move.add_argument("amount", type=float, help="credits (1 credit = 10^15 FLOPs)")
 
-    files = commands.add_parser("files", help="upload and manage datasets over HTTP")
-    files.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
+    files = _http_parser(commands, "files", "upload and manage datasets over HTTP")
     file_commands = files.add_subparsers(dest="files_command", required=True)
     upload = file_commands.add_parser(
         "upload", help="check a JSONL dataset here, then upload it (prints its file id)"
@@ -121,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         file_commands.add_parser(name, help=what).add_argument("file_id")
 
-    jobs = commands.add_parser("jobs", help="create, list and inspect jobs over HTTP")
-    jobs.add_argument("--url", default="http://127.0.0.1:8000", help="coordinator HTTP URL")
+    jobs = _http_parser(commands, "jobs", "create, list, watch and control jobs over HTTP")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
     job_commands.add_parser("list", help="list jobs, newest first")
     get = job_commands.add_parser("get", help="show one job and its rounds")
@@ -136,13 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--owner", help="the credits account that pays (user:NAME; pool:research for research)"
     )
     create.add_argument("--priority", type=int, help="-100 to 100; higher starts first")
+    create.add_argument("--suffix", help="added to the fine-tuned model's name")
+    create.add_argument("--seed", type=int, help="seeds model init, data order and every task")
     for name, what in (
         ("cancel", "stop a job for good (accepted work is still paid)"),
         ("pause", "stop handing out a job's tasks; running ones are revoked"),
         ("resume", "run a paused job again"),
         ("checkpoints", "a job's kept versions, newest first"),
+        ("events", "a job's events, newest first"),
     ):
         job_commands.add_parser(name, help=what).add_argument("job_id")
+    watch = job_commands.add_parser(
+        "watch", help="follow a job live (rounds, loss, ETA, events) until it ends"
+    )
+    watch.add_argument("job_id")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
     job_commands.add_parser("queue", help="queued jobs in the order they will start, and why")
     download = job_commands.add_parser("download", help="download a job's result files")
     download.add_argument("job_id")
@@ -155,7 +166,51 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a hyperparameter, e.g. --set num_rounds=5 (repeatable)",
     )
+
+    keys = _http_parser(commands, "keys", "API keys for researchers and operators")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    make = key_commands.add_parser(
+        "create", help="make a key (operators; the first one from the coordinator's machine)"
+    )
+    make.add_argument("user", help="whose key: NAME, their credits account user:NAME")
+    make.add_argument("--role", choices=["researcher", "operator"], default="researcher")
+    make.add_argument("--name", default="", help="a label, e.g. the laptop it is for")
+    make.add_argument(
+        "--data-dir",
+        type=Path,
+        help="write the key straight into this coordinator data directory's database "
+        "(no HTTP; to recover a lost operator key)",
+    )
+    make.add_argument("--db", help="like --data-dir, for a database URL")
+    key_commands.add_parser("list", help="your keys (an operator's: everyone's)")
+    key_commands.add_parser("revoke", help="revoke a key at once").add_argument("key_id")
+    for group in (credit_commands, file_commands, job_commands, key_commands):
+        for command in group.choices.values():  # `swarm jobs list --api-key K` works too
+            _add_http_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _http_parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A command group that talks to a coordinator's HTTP API."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+    _add_http_options(parser)
+    return parser
+
+
+def _add_http_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """--url and --api-key; `default` SUPPRESS leaves the group's value when not given."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("SWARM_URL", "http://127.0.0.1:8000")
+        if default is None
+        else default,
+        help="coordinator HTTP URL (default: $SWARM_URL or http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SWARM_API_KEY") if default is None else default,
+        help="your API key (default: $SWARM_API_KEY; none needed before the first key exists)",
+    )
 
 
 def _bench_parser(
@@ -284,18 +339,19 @@ def _download(http: Any, job_id: str, kind: str, output: Path | None) -> int:
     return 0
 
 
-def _api(command: str, url: str, request: Callable[[Any], Any]) -> int:
+def _api(command: str, args: argparse.Namespace, request: Callable[[Any], Any]) -> int:
     """Run `request(http)` for `swarm <command>`; print its JSON answer, or the error."""
     import httpx
 
-    with httpx.Client(base_url=url, timeout=60.0) as http:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url, timeout=60.0, headers=headers) as http:
         try:
             response = request(http)
             if isinstance(response, int):  # the request printed its own outcome
                 return response
             body = response.json()
         except httpx.HTTPError as exc:
-            print(f"swarm {command}: cannot reach {url}: {exc}", file=sys.stderr)
+            print(f"swarm {command}: cannot reach {args.url}: {exc}", file=sys.stderr)
             return 1
     if response.status_code != 200:
         print(f"swarm {command}: {body.get('error', {}).get('message', body)}", file=sys.stderr)
@@ -309,12 +365,14 @@ def _jobs(args: argparse.Namespace) -> int:
         command = args.jobs_command
         if command == "download":
             return _download(http, args.job_id, args.kind, args.output)
+        if command == "watch":
+            return _watch(http, args.job_id, args.interval)
         if command == "list":
             return http.get("/v1/fine_tuning/jobs")
         if command in ("cancel", "pause", "resume"):
             return http.post(f"/v1/fine_tuning/jobs/{args.job_id}/{command}")
-        if command == "checkpoints":
-            return http.get(f"/v1/fine_tuning/jobs/{args.job_id}/checkpoints")
+        if command in ("checkpoints", "events"):
+            return http.get(f"/v1/fine_tuning/jobs/{args.job_id}/{command}")
         if command == "queue":
             return http.get("/v1/swarm/queue")
         if command == "get":
@@ -332,6 +390,7 @@ def _jobs(args: argparse.Namespace) -> int:
         hyperparameters = {"method": args.method, **{k: _parse_value(v) for k, v in pairs}}
         if args.priority is not None:
             hyperparameters["priority"] = args.priority
+        optional = {"owner": args.owner, "suffix": args.suffix, "seed": args.seed}
         return http.post(
             "/v1/fine_tuning/jobs",
             json={
@@ -339,11 +398,27 @@ def _jobs(args: argparse.Namespace) -> int:
                 "training_file": args.training_file,
                 "validation_file": args.validation_file,
                 "hyperparameters": hyperparameters,
-                **({"owner": args.owner} if args.owner else {}),
+                **{k: v for k, v in optional.items() if v is not None},
             },
         )
 
-    return _api("jobs", args.url, request)
+    return _api("jobs", args, request)
+
+
+def _watch(http: Any, job_id: str, interval_s: float) -> int:
+    from swarm.coordinator.watch import WatchError, watch_job
+
+    try:
+        return watch_job(http, job_id, interval_s=interval_s)
+    except WatchError as exc:
+        print(f"swarm jobs watch: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped watching; {job_id} goes on (`swarm jobs cancel {job_id}` stops it)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _files(args: argparse.Namespace) -> int:
@@ -379,14 +454,15 @@ def _files(args: argparse.Namespace) -> int:
             return http.delete(f"/v1/files/{args.file_id}")
         return http.get(f"/v1/files/{args.file_id}")
 
-    return _api("files", args.url, request)
+    return _api("files", args, request)
 
 
 def _credits(args: argparse.Namespace) -> int:
     def request(http: Any) -> Any:
-        command = args.credits_command
+        command = args.credits_command or "show"
         if command == "show":
-            return http.get("/v1/swarm/credits", params={"account": args.account})
+            account = getattr(args, "account", None)
+            return http.get("/v1/swarm/credits", params={"account": account} if account else {})
         if command == "leaderboard":
             return http.get("/v1/swarm/credits/leaderboard")
         if command == "ledger":
@@ -395,7 +471,61 @@ def _credits(args: argparse.Namespace) -> int:
             f"/v1/swarm/credits/{command}", json={"account": args.account, "amount": args.amount}
         )
 
-    return _api("credits", args.url, request)
+    return _api("credits", args, request)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "create" and (args.data_dir or args.db):
+        return _create_key_offline(args)
+
+    def request(http: Any) -> Any:
+        command = args.keys_command
+        if command == "list":
+            return http.get("/v1/swarm/keys")
+        if command == "revoke":
+            return http.delete(f"/v1/swarm/keys/{args.key_id}")
+        response = http.post(
+            "/v1/swarm/keys", json={"user": args.user, "role": args.role, "name": args.name}
+        )
+        if response.status_code == 200:
+            _print_new_key(response.json())
+            return 0
+        return response
+
+    return _api("keys", args, request)
+
+
+def _print_new_key(key: dict[str, Any]) -> None:
+    print(json.dumps(key, indent=2))
+    print(
+        f"this is the only time the key is shown; give it to {key['user']}, who sets\n"
+        f"  export SWARM_API_KEY={key['key']}",
+        file=sys.stderr,
+    )
+
+
+def _create_key_offline(args: argparse.Namespace) -> int:
+    from swarm.coordinator.http import key_object
+    from swarm.coordinator.keys import KeyService
+    from swarm.coordinator.settings import CoordinatorSettings
+    from swarm.coordinator.storage import Database
+    from swarm.protocol.errors import SwarmError
+
+    if args.db is None and not (args.data_dir / "swarm.db").is_file():
+        print(f"swarm keys create: no coordinator database in {args.data_dir}", file=sys.stderr)
+        return 1
+    given = {"data_dir": args.data_dir, "db": args.db}
+    settings = CoordinatorSettings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        db = Database(settings.database_url())
+        db.migrate()
+        key, secret = KeyService(db).create(args.user, args.role, args.name)
+    except SwarmError as exc:
+        print(f"swarm keys create: {exc}", file=sys.stderr)
+        return 1
+    _print_new_key(key_object(key, secret))
+    db.dispose()
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -491,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": _jobs,
         "files": _files,
         "credits": _credits,
+        "keys": _keys,
         "models": _models,
         "bench": _bench,
     }

@@ -151,6 +151,8 @@ def job_object(job: Job, extra: dict[str, Any] | None = None) -> dict[str, Any]:
             "spec": spec,
             "rounds_completed": job.rounds_completed,
             "num_rounds": spec.get("num_rounds"),
+            "total_rounds": None if spec["num_epochs"] else spec["num_rounds"],
+            "started_at": job.started_at,
             "num_trainable_params": job.num_trainable_params,
             "initial_eval_loss": job.initial_eval_loss,
             "eval_loss": job.eval_loss,
@@ -452,7 +454,8 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     @app.exception_handler(ConfigError)
     async def _bad_config(_: Request, exc: ConfigError) -> JSONResponse:
         message = str(exc)
-        return _error(400, message, "invalid_request_error", "invalid_value", param_of(message))
+        param = exc.param or param_of(message)
+        return _error(400, message, "invalid_request_error", "invalid_value", param)
 
     @app.exception_handler(UnauthenticatedError)
     async def _unauthenticated(_: Request, exc: UnauthenticatedError) -> JSONResponse:

@@ -27,9 +27,16 @@ class SwarmError(Exception):
 
 
 class ConfigError(SwarmError, ValueError):
-    """A setting, flag or request field is invalid; the message names it and the allowed range."""
+    """A setting, flag or request field is invalid; the message names it and the allowed range.
+
+    `param`: the request field at fault, when the message does not start with its name.
+    """
 
     grpc_code = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ProtocolError(SwarmError):
