@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarm.coordinator.files import MAX_LIST, Purpose, is_file_id
 from swarm.coordinator.keys import LOCAL_OPERATOR, Caller, Role
@@ -474,6 +475,14 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     @app.exception_handler(SwarmError)
     async def _swarm_error(_: Request, exc: SwarmError) -> JSONResponse:
         return _error(409, str(exc), "invalid_request_error", exc.grpc_code.lower())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing's own errors (no such path, a method it does not take), OpenAI-shaped."""
+        response = _error(exc.status_code, str(exc.detail), "invalid_request_error", None)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

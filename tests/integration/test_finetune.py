@@ -145,7 +145,7 @@ def test_sft_then_dpo_from_its_result_then_download(swarm: Swarm, tmp_path: Path
     assert final == rounds[2]["eval_metrics"]
     assert final["loss"] < 0.95 * initial["loss"], (initial, final)
     assert final["token_accuracy"] > initial["token_accuracy"] + 0.1, (initial, final)
-    assert sft["fine_tuned_model"] == sft["id"]
+    assert sft["fine_tuned_model"] == f"ft:tiny-llama:default::{sft['id']}"
 
     dpo = swarm.run_job(
         {
