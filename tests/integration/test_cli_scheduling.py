@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,3 +115,51 @@ def test_a_dataset_is_checked_uploaded_and_trained_on_from_the_cli(
     assert job["training_file"] == file["id"]
     assert swarm(url, "files", "delete", file["id"])["deleted"] is True
     assert "no file" in swarm(url, "files", "get", file["id"], expect=1)
+
+
+def test_keys_are_made_in_setup_mode_then_required(url: str, tmp_path: Path) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "swarm.coordinator", "keys", "create", "root", "--role", "operator"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SWARM_URL": url},
+    )
+    assert made.returncode == 0, made.stderr
+    admin = json.loads(made.stdout)["key"]
+    assert f"export SWARM_API_KEY={admin}" in made.stderr  # how to use it, said once
+    refused = swarm(url, "jobs", "list", expect=1)
+    assert "no API key given" in refused and "SWARM_API_KEY" in refused
+
+    alice = swarm(url, "keys", "create", "alice", "--api-key", admin)["key"]
+    assert swarm(url, "jobs", "list", "--api-key", alice)["data"] == []
+    swarm(url, "credits", "issue", "user:alice", "2", "--api-key", admin)
+    mine = swarm(url, "credits", "--api-key", alice)
+    assert (mine["account"], mine["balance"]) == ("user:alice", 2.0)
+    assert "only an operator" in swarm(url, "keys", "create", "eve", "--api-key", alice, expect=1)
+
+    # Every operator key lost: one is written straight into the coordinator's database.
+    offline = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "swarm.coordinator",
+            "keys",
+            "create",
+            "rescue",
+            "--role",
+            "operator",
+            "--data-dir",
+            str(tmp_path / "coordinator"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert offline.returncode == 0, offline.stderr
+    rescue = json.loads(offline.stdout)["key"]
+    listed = swarm(url, "keys", "list", "--api-key", rescue)["data"]
+    assert sorted(k["user"] for k in listed) == ["user:alice", "user:rescue", "user:root"]
+    alice_key = next(k["id"] for k in listed if k["user"] == "user:alice")
+    assert swarm(url, "keys", "revoke", alice_key, "--api-key", rescue)["revoked"] is True
+    assert "revoked" in swarm(url, "jobs", "list", "--api-key", alice, expect=1)
