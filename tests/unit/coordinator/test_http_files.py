@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,13 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from swarm.coordinator.files import check_dataset, clean_filename
-from swarm.coordinator.http import create_app
 from swarm.coordinator.server import Services
 from swarm.coordinator.storage import File, Job
 from swarm.models import MAX_DATASET_BYTES
 from swarm.models.corpus import load_builtin_bytes
 from swarm.protocol.errors import ConfigError
-from tests.conftest import local_client, wire_services
 from tests.unit.coordinator.test_http_scheduling import error_of
 
 CHAT = load_builtin_bytes("builtin:smol_instruct")
@@ -28,21 +24,6 @@ SFT = {
     "method": {"type": "supervised"},
     "hyperparameters": {"seq_len": 200, "num_rounds": 1, "inner_steps": 4, "batch_size": 2},
 }
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    wired = wire_services(tmp_path)
-    try:
-        yield wired
-    finally:
-        wired.db.dispose()
-
-
-@pytest.fixture
-def client(services: Services) -> Iterator[TestClient]:
-    with local_client(create_app(services)) as test_client:
-        yield test_client
 
 
 def upload(

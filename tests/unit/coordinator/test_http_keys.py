@@ -4,8 +4,6 @@ only their own files, jobs, models and credits (a real SQLite database, the real
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,25 +15,9 @@ from swarm.coordinator.server import Services
 from swarm.coordinator.storage import ApiKey
 from swarm.models import load_builtin_bytes
 from swarm.scheduler.jobs import default_learning_rate
-from tests.conftest import local_client, wire_services
 from tests.unit.coordinator.test_http import HYPERPARAMETERS, assert_openai_error
 
 CHAT = load_builtin_bytes("builtin:smol_instruct")
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    wired = wire_services(tmp_path)
-    try:
-        yield wired
-    finally:
-        wired.db.dispose()
-
-
-@pytest.fixture
-def client(services: Services) -> Iterator[TestClient]:
-    with local_client(create_app(services)) as test_client:
-        yield test_client
 
 
 def make_key(client: TestClient, user: str, role: str = "researcher", **headers: str) -> str:
@@ -287,9 +269,9 @@ def test_credits_are_the_callers_own_by_default(
 
 
 def test_learning_rate_multiplier_scales_the_methods_default(client: TestClient) -> None:
-    body = {"method": {"type": "supervised", "supervised": {"hyperparameters": {}}}}
-    body["method"]["supervised"]["hyperparameters"] = {"learning_rate_multiplier": 0.5}
-    job = create_job(client, {}, **body, hyperparameters={**HYPERPARAMETERS, "seq_len": 200})
+    hyperparameters = {"learning_rate_multiplier": 0.5}
+    method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    job = create_job(client, {}, method=method, hyperparameters={**HYPERPARAMETERS, "seq_len": 200})
     assert job.status_code == 200, job.text
     spec = job.json()["swarm"]["spec"]
     assert spec["inner_lr"] == pytest.approx(0.5 * default_learning_rate("sft", "lora"))

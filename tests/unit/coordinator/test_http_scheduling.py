@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from swarm.coordinator.http import create_app
 from swarm.coordinator.server import Services
 from swarm.coordinator.workers import WorkerRegistry
-from tests.conftest import MICRO_SPEC, local_client, signed_registration, wire_services
+from tests.conftest import MICRO_SPEC, signed_registration, wire_services
 from tests.unit.coordinator.test_scheduling import Swarm
 
 HYPERPARAMETERS = {
@@ -30,12 +29,6 @@ def services(tmp_path: Path) -> Iterator[Services]:
         yield wired
     finally:
         wired.db.dispose()
-
-
-@pytest.fixture
-def client(services: Services) -> Iterator[TestClient]:
-    with local_client(create_app(services)) as test_client:
-        yield test_client
 
 
 def create(client: TestClient, services: Services, **body: Any) -> dict[str, Any]:
