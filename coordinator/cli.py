@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--training-file", default="", help="default: the method's built-in")
     create.add_argument("--validation-file", default=None)
     create.add_argument(
-        "--owner", help="the credits account that pays (user:NAME; pool:research for research)"
+        "--owner",
+        help="the account that pays (default: yours; operators: any, pool:research for research)",
     )
     create.add_argument("--priority", type=int, help="-100 to 100; higher starts first")
     create.add_argument("--suffix", help="added to the fine-tuned model's name")

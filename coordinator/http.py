@@ -704,8 +704,8 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         sees where their own jobs stand)."""
         entries = scheduler.queue()
         if not caller.is_operator:
-            mine = {j.id for j in jobs.list_jobs(owner=caller.account, limit=1000).jobs}
-            entries = [e for e in entries if e.job_id in mine]
+            owners = jobs.owners([e.job_id for e in entries])
+            entries = [e for e in entries if owners.get(e.job_id) == caller.account]
         return {
             "object": "list",
             "data": [

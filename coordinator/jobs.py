@@ -592,6 +592,14 @@ class JobService:
             )
         return JobPage(jobs=jobs, has_more=has_more)
 
+    def owners(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """Job id -> the account that owns it, for the ids that exist."""
+        if not job_ids:
+            return {}
+        with self._db.transaction() as session:
+            rows = session.execute(select(Job.id, Job.owner).where(Job.id.in_(job_ids)))
+            return {job_id: owner for job_id, owner in rows}
+
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         with self._db.transaction() as session:
             checkpoint = session.get(Checkpoint, checkpoint_id)

@@ -332,3 +332,17 @@ def test_swarm_status_and_model_retrieval(client: TestClient) -> None:
     model = client.get("/v1/models/micro-llama").json()
     assert (model["id"], model["object"]) == ("micro-llama", "model")
     assert_openai_error(client.get("/v1/models/gpt-5"), 404)
+
+
+def test_a_researcher_sees_where_their_own_jobs_wait(
+    client: TestClient, keys: dict[str, dict[str, str]], services: Services
+) -> None:
+    mine = create_job(client, keys["alice"]).json()["id"]
+    theirs = create_job(client, keys["bob"]).json()["id"]
+    while services.jobs.prepare_next():
+        pass
+    everyone = client.get("/v1/swarm/queue", headers=keys["admin"]).json()["data"]
+    assert sorted(e["job_id"] for e in everyone) == sorted([mine, theirs])
+    alices = client.get("/v1/swarm/queue", headers=keys["alice"]).json()["data"]
+    assert [e["job_id"] for e in alices] == [mine]
+    assert alices[0]["position"] == next(e["position"] for e in everyone if e["job_id"] == mine)
