@@ -35,6 +35,7 @@ from swarm.protocol.errors import (
     ConfigError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     SchedulingError,
     SwarmError,
     UnauthenticatedError,
@@ -319,7 +320,8 @@ def authenticate(
     """The caller of a `/v1` request, from its API key (or setup mode's local operator)."""
     keys = request.app.state.services.keys
     if credentials is not None:
-        return keys.authenticate(credentials.credentials)  # type: ignore[no-any-return]
+        address = request.client.host if request.client else ""
+        return keys.authenticate(credentials.credentials, address)  # type: ignore[no-any-return]
     if not keys.has_keys() and _is_local(request):
         return LOCAL_OPERATOR
     raise UnauthenticatedError(
@@ -462,6 +464,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     async def _unauthenticated(_: Request, exc: UnauthenticatedError) -> JSONResponse:
         response = _error(401, str(exc), "invalid_request_error", "invalid_api_key")
         response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RateLimitedError)
+    async def _rate_limited(_: Request, exc: RateLimitedError) -> JSONResponse:
+        response = _error(429, str(exc), "requests", "rate_limit_exceeded")
+        response.headers["Retry-After"] = str(round(exc.retry_after_s))
         return response
 
     @app.exception_handler(PermissionDeniedError)

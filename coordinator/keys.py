@@ -11,6 +11,9 @@ short hint to recognise it by, the account it belongs to and its role:
 Until the first key exists the coordinator is in setup mode: a request from this machine
 (loopback, and not forwarded by a proxy) acts as the local operator, so `swarm keys create`
 can make that first key. Once any key exists, every request needs one.
+
+Guessing is throttled: an address that sends too many wrong keys within a minute is refused
+(429, with `Retry-After`) until that minute is over, whatever key it sends meanwhile.
 """
 
 from __future__ import annotations
@@ -18,14 +21,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from sqlalchemy import select
 
 from swarm.coordinator.storage import ApiKey, Database
-from swarm.protocol.errors import ConfigError, NotFoundError, UnauthenticatedError
+from swarm.protocol.errors import (
+    ConfigError,
+    NotFoundError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 from swarm.scheduler import check_account, user_account
 
 logger = logging.getLogger(__name__)
@@ -77,10 +88,58 @@ def key_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class AttemptThrottle:
+    """Failed key attempts per client address: after `limit` of them within `window_s`, the
+    address is refused until the oldest of them is `window_s` old. At most `max_addresses`
+    are remembered (the least recently failing are forgotten first)."""
+
+    def __init__(
+        self,
+        limit: int = 20,
+        window_s: float = 60.0,
+        *,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window_s, self._max, self._clock = limit, window_s, max_addresses, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, address: str) -> None:
+        """Raise RateLimitedError while `address` is over its limit."""
+        with self._lock:
+            failures = self._recent(address)
+            if failures is not None and len(failures) >= self.limit:
+                wait = failures[0] + self.window_s - self._clock()
+                raise RateLimitedError(
+                    f"too many wrong API keys from {address}; try again in {wait:.0f} s",
+                    retry_after_s=max(1.0, wait),
+                )
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            failures = self._recent(address)
+            if failures is None:
+                failures = self._failures[address] = deque()
+                while len(self._failures) > self._max:
+                    self._failures.popitem(last=False)
+            failures.append(self._clock())
+            self._failures.move_to_end(address)
+
+    def _recent(self, address: str) -> deque[float] | None:
+        failures = self._failures.get(address)
+        if failures is None:
+            return None
+        while failures and failures[0] <= self._clock() - self.window_s:
+            failures.popleft()
+        return failures
+
+
 class KeyService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, throttle: AttemptThrottle | None = None) -> None:
         self._db = db
         self._has_keys = False  # once true, always true: setup mode never comes back
+        self.throttle = throttle or AttemptThrottle()
 
     def create(self, user: str, role: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key for `user`; returns its row and the secret, which is shown only now."""
@@ -110,12 +169,15 @@ class KeyService:
                 self._has_keys = session.scalars(select(ApiKey.id).limit(1)).first() is not None
         return self._has_keys
 
-    def authenticate(self, secret: str) -> Caller:
-        """The caller a key belongs to, or UnauthenticatedError (unknown or revoked)."""
+    def authenticate(self, secret: str, address: str = "") -> Caller:
+        """The caller a key belongs to; UnauthenticatedError for an unknown or revoked key, and
+        RateLimitedError while `address` has sent too many of those."""
+        self.throttle.check(address)
         now = time.time()
         with self._db.transaction() as session:
             key = session.scalars(select(ApiKey).where(ApiKey.sha256 == key_digest(secret))).first()
             if key is None or key.revoked_at is not None:
+                self.throttle.failed(address)
                 shown = secret[: len(KEY_PREFIX) + 4] + "***" if secret else "''"
                 raise UnauthenticatedError(
                     f"incorrect API key provided: {shown:.40}; ask the swarm's operator for one "

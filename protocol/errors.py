@@ -9,6 +9,7 @@
      ├── NotFoundError            an unknown task, job, worker or blob
      ├── PermissionDeniedError    the caller may not act on that object
      ├── UnauthenticatedError     no valid worker session
+     ├── RateLimitedError         too many requests (or failed attempts); retry later
      ├── CompressionError         a payload cannot be encoded or decoded
      ├── SchedulingError          an illegal job or task state change
      └── TransportError           the peer could not be reached (retryable)
@@ -79,6 +80,17 @@ class UnauthenticatedError(SwarmError):
     """The worker session is missing, unknown or revoked; register again."""
 
     grpc_code = "UNAUTHENTICATED"
+
+
+class RateLimitedError(SwarmError):
+    """The caller sent too many requests, or too many failed attempts; `retry_after_s` says
+    when to try again."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str = "", *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CompressionError(SwarmError):

@@ -11,9 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from swarm.coordinator.http import create_app
+from swarm.coordinator.keys import AttemptThrottle
 from swarm.coordinator.server import Services
 from swarm.coordinator.storage import ApiKey
 from swarm.models import load_builtin_bytes
+from swarm.protocol.errors import RateLimitedError
 from swarm.scheduler.jobs import default_learning_rate
 from tests.unit.coordinator.test_http import HYPERPARAMETERS, assert_openai_error
 
@@ -346,3 +348,45 @@ def test_a_researcher_sees_where_their_own_jobs_wait(
     alices = client.get("/v1/swarm/queue", headers=keys["alice"]).json()["data"]
     assert [e["job_id"] for e in alices] == [mine]
     assert alices[0]["position"] == next(e["position"] for e in everyone if e["job_id"] == mine)
+
+
+# -- guessing keys ----------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_address_guessing_keys_is_refused_for_the_rest_of_the_minute(
+    client: TestClient, services: Services, keys: dict[str, dict[str, str]]
+) -> None:
+    clock = Clock()
+    services.keys.throttle = AttemptThrottle(limit=3, window_s=60.0, clock=clock)
+    for _ in range(3):
+        assert_openai_error(client.get("/v1/files", headers=bearer("sk-swarm-guess")), 401)
+    clock.now += 20
+    response = client.get("/v1/files", headers=keys["alice"])  # even the right key, meanwhile
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")  # OpenAI's
+    assert "try again in 40 s" in error["message"]
+    assert response.headers["retry-after"] == "40"
+    with TestClient(create_app(services), client=("198.51.100.7", 4000)) as elsewhere:
+        assert elsewhere.get("/v1/files", headers=keys["alice"]).status_code == 200
+    clock.now += 41
+    assert client.get("/v1/files", headers=keys["alice"]).status_code == 200
+
+
+def test_the_throttle_forgets_the_oldest_addresses_first() -> None:
+    clock = Clock()
+    throttle = AttemptThrottle(limit=1, window_s=60.0, max_addresses=2, clock=clock)
+    for address in ("a", "b", "c"):
+        throttle.failed(address)
+    throttle.check("a")  # forgotten: a third address pushed it out
+    for address in ("b", "c"):
+        with pytest.raises(RateLimitedError):
+            throttle.check(address)

@@ -30,7 +30,7 @@ ERROR_CLASSES = [
 
 
 def test_every_exported_error_is_a_swarm_error() -> None:
-    assert len(ERROR_CLASSES) == 12
+    assert len(ERROR_CLASSES) == 13
     for cls in ERROR_CLASSES:
         assert issubclass(cls, SwarmError), cls
 
