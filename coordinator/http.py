@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, UploadFile
 from fastapi import File as FormFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -50,6 +51,8 @@ from swarm.scheduler.jobs import default_learning_rate
 
 if TYPE_CHECKING:
     from swarm.coordinator.server import Services
+
+logger = logging.getLogger(__name__)
 
 
 class CreateJobRequest(BaseModel):
@@ -300,12 +303,30 @@ def file_object(file: File) -> dict[str, Any]:
 _bearer = HTTPBearer(
     auto_error=False, description="an API key (`sk-swarm-...`) made by `swarm keys create`"
 )
-_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+_PROXY_HEADERS = (
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "via",
+    "cf-connecting-ip",
+    "true-client-ip",
+)
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 def _is_local(request: Request) -> bool:
-    """A request from this machine itself, not relayed by a proxy running on it."""
-    if request.client is None or any(h in request.headers for h in _PROXY_HEADERS):
+    """A request from a program on this machine: a loopback peer that named a loopback host
+    (a DNS-rebinding page names its own), relayed by no proxy, and sent by no web page (a
+    browser adds `Origin` or `Sec-Fetch-Site` to what a page sends; the CLI and SDKs do not)."""
+    headers = request.headers
+    if request.client is None or any(h in headers for h in (*_PROXY_HEADERS, "origin")):
+        return False
+    if headers.get("sec-fetch-site", "none") != "none":
+        return False
+    host = headers.get("host", "").lower()
+    if host.rsplit(":", 1)[0] not in _LOCAL_HOSTS and host not in _LOCAL_HOSTS:
         return False
     try:
         return ipaddress.ip_address(request.client.host).is_loopback
@@ -439,11 +460,18 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                 job = own_job(model.rsplit(":", 1)[-1], caller)
                 if fine_tuned_model(job) != model:
                     raise NotFoundError(model)
-                return dataclasses.replace(spec, model=job.id)
-            if model.startswith("ftjob-"):
-                own_job(model, caller)
-            elif model.startswith("ftckpt-"):
-                own_job(jobs.get_checkpoint(model).job_id, caller)
+                spec = dataclasses.replace(spec, model=job.id)
+            elif model.startswith("ftckpt-") and catalog.manifest(model) is None:
+                own_job(jobs.get_checkpoint(model).job_id, caller)  # not stored yet
+            # Whose a stored model is, its manifest says (not its name, which a
+            # case-insensitive file system may match in another spelling).
+            manifest = catalog.manifest(spec.model)
+            if manifest is not None:
+                if manifest.get("name", spec.model) != spec.model:
+                    raise NotFoundError(model)
+                source = str(manifest.get("source") or "")
+                if source.startswith("job:"):
+                    own_job(source.removeprefix("job:"), caller)
         except NotFoundError:
             raise ConfigError(
                 f"model: no fine-tuned model or checkpoint {model!r:.120} of yours"
@@ -483,6 +511,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     @app.exception_handler(SwarmError)
     async def _swarm_error(_: Request, exc: SwarmError) -> JSONResponse:
         return _error(409, str(exc), "invalid_request_error", exc.grpc_code.lower())
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        """Ours, not the caller's: logged with its traceback, answered in OpenAI's shape."""
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "the coordinator failed on this request; see its log", "server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -606,6 +640,11 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                 f"owner: a researcher's jobs are paid from their own account ({caller.account})"
             )
         spec = check_sources(job_spec(body), caller)
+        if spec.priority > 0 and not caller.is_operator:
+            raise PermissionDeniedError(
+                "priority: a researcher's jobs take priority 0 or below; the queue orders "
+                "them by their owner's credits"
+            )
         return describe(jobs.create_job(spec, body.metadata, owner=owner, suffix=body.suffix))
 
     api.post("/v1/fine_tuning/jobs", tags=["jobs"])(create_job)
@@ -659,7 +698,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         anchor: int | None = None
         if after is not None:
             number = after.removeprefix("ftevent-")
-            if not number.isdigit():
+            if not (number.isascii() and number.isdigit() and len(number) <= 18):
                 raise ConfigError(f"after must be an event id (ftevent-N), got {after!r:.60}")
             anchor = int(number)
         events, has_more = jobs.list_events(
@@ -799,7 +838,10 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
 
     @api.get("/v1/swarm/credits", tags=["credits"])
     def account_credits(
-        caller: CallerDep, account: str | None = None, limit: int = 50, before: int | None = None
+        caller: CallerDep,
+        account: str | None = None,
+        limit: int = 50,
+        before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     ) -> dict[str, Any]:
         """An account's granted and pending credits and its recent entries, newest first
         (default: your own account)."""
@@ -908,7 +950,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             }
             source = str(row.get("source") or "")
             if source.startswith("job:"):
-                job = jobs.get_job(source.removeprefix("job:"))
+                try:
+                    job = jobs.get_job(source.removeprefix("job:"))
+                except NotFoundError:  # a snapshot whose job this database does not have
+                    if caller.is_operator:
+                        models.append(model)
+                    continue
                 if not caller.sees(job.owner):
                     continue
                 model["owned_by"] = job.owner

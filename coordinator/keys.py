@@ -12,8 +12,9 @@ Until the first key exists the coordinator is in setup mode: a request from this
 (loopback, and not forwarded by a proxy) acts as the local operator, so `swarm keys create`
 can make that first key. Once any key exists, every request needs one.
 
-Guessing is throttled: an address that sends too many wrong keys within a minute is refused
-(429, with `Retry-After`) until that minute is over, whatever key it sends meanwhile.
+Guessing is throttled: an address that sends too many wrong keys within a minute gets 429
+(with `Retry-After`) instead of 401 for its wrong keys until that minute is over; a valid key
+always works, so one bad client cannot lock out the others behind the same address.
 """
 
 from __future__ import annotations
@@ -144,7 +145,15 @@ class KeyService:
     def create(self, user: str, role: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key for `user`; returns its row and the secret, which is shown only now."""
         if role not in ROLES:
-            raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {role!r:.40}")
+            raise ConfigError(
+                f"role must be one of {', '.join(ROLES)}, got {role!r:.40}", param="role"
+            )
+        if role != "operator" and not self.has_keys():
+            raise ConfigError(
+                "role: the first key must be an operator's (--role operator): it ends setup "
+                "mode, and only an operator can make the keys after it",
+                param="role",
+            )
         account = key_account(user)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
@@ -170,13 +179,13 @@ class KeyService:
         return self._has_keys
 
     def authenticate(self, secret: str, address: str = "") -> Caller:
-        """The caller a key belongs to; UnauthenticatedError for an unknown or revoked key, and
-        RateLimitedError while `address` has sent too many of those."""
-        self.throttle.check(address)
+        """The caller a key belongs to. An unknown or revoked key is UnauthenticatedError, or
+        RateLimitedError once `address` has sent too many of them; a valid key always works."""
         now = time.time()
         with self._db.transaction() as session:
             key = session.scalars(select(ApiKey).where(ApiKey.sha256 == key_digest(secret))).first()
             if key is None or key.revoked_at is not None:
+                self.throttle.check(address)
                 self.throttle.failed(address)
                 shown = secret[: len(KEY_PREFIX) + 4] + "***" if secret else "''"
                 raise UnauthenticatedError(

@@ -355,8 +355,8 @@ def page_by_creation(
     """One page of `query`'s rows of `model` in creation order (newest first unless
     `ascending`), after the row whose id is `after`; and whether more rows follow."""
     created, row_id = model.created_at, model.id
-    if after is not None:
-        anchor = session.get(model, after)
+    if after is not None:  # looked up through the query: a row it filters out is not found
+        anchor = session.scalars(query.where(row_id == after)).first()
         if anchor is None:
             raise NotFoundError(f"no {what} {after!r:.80} to page after")
         if ascending:

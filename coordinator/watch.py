@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -24,20 +25,26 @@ class WatchError(RuntimeError):
 
 
 def _get(http: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
-    """GET a JSON object, riding out a coordinator that is briefly unreachable."""
+    """GET a JSON object, riding out a coordinator that is briefly unreachable (or a proxy in
+    front of it answering 502, 503 or 504 while it restarts)."""
     for attempt in range(_RETRIES):
         try:
             response = http.get(path, params=params)
+            if response.status_code not in (502, 503, 504):
+                break
+            problem = f"HTTP {response.status_code}"
         except httpx.TransportError as exc:
-            if attempt == _RETRIES - 1:
-                raise WatchError(f"lost the coordinator at {http.base_url}: {exc}") from None
-            time.sleep(min(2.0, 0.2 * 2**attempt))
-            continue
+            problem = str(exc)
+        if attempt == _RETRIES - 1:
+            raise WatchError(f"lost the coordinator at {http.base_url}: {problem}")
+        time.sleep(min(2.0, 0.2 * 2**attempt))
+    try:
         body = response.json()
-        if response.status_code != 200:
-            raise WatchError(body.get("error", {}).get("message", str(body)))
-        return body  # type: ignore[no-any-return]
-    raise AssertionError("unreachable")
+    except ValueError:
+        raise WatchError(f"HTTP {response.status_code}: {response.text[:200]}") from None
+    if response.status_code != 200:
+        raise WatchError(body.get("error", {}).get("message", str(body)))
+    return body  # type: ignore[no-any-return]
 
 
 def _event_number(event: dict[str, Any]) -> int:
@@ -112,7 +119,9 @@ def watch_job(
                     latest = event["data"]
                 stamp = datetime.fromtimestamp(event["created_at"]).strftime("%H:%M:%S")
                 style = "red" if event["level"] == "error" else "dim"
-                progress.console.print(f"[{style}]{stamp}[/] {event['message']}", highlight=False)
+                progress.console.print(
+                    f"[{style}]{stamp}[/] {escape(event['message'])}", highlight=False
+                )
             progress.update(
                 bar,
                 description=_description(job),
@@ -132,6 +141,6 @@ def watch_job(
             highlight=False,
         )
         return 0
-    reason = (job.get("error") or {}).get("message", "")
+    reason = escape((job.get("error") or {}).get("message", ""))
     console.print(f"[red]{job['status']}[/]{': ' + reason if reason else ''}", highlight=False)
     return 1

@@ -104,7 +104,12 @@ def local_client(app: Any) -> Any:
     coordinator answers them as the local operator (setup mode)."""
     from fastapi.testclient import TestClient
 
-    return TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000))
+    return TestClient(
+        app,
+        raise_server_exceptions=False,
+        client=("127.0.0.1", 50000),
+        base_url="http://127.0.0.1:8000",
+    )
 
 
 def start_job(services: Services, spec: JobSpec, **create: Any) -> Job:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from rich.console import Console
@@ -63,3 +64,25 @@ def test_losses_are_described_as_they_are_known() -> None:
     assert describe_loss(None) == ""
     assert describe_loss({"train_loss": 1.23456, "valid_loss": None}) == "loss 1.2346"
     assert describe_loss({"train_loss": 2.0, "valid_loss": 1.5}) == "loss 2.0000 · held-out 1.5000"
+
+
+def test_watch_rides_out_a_restarting_proxy_and_names_other_replies() -> None:
+    replies = [httpx.Response(503, text="<html>restarting</html>")] * 2 + [
+        httpx.Response(500, text="Internal Server Error")
+    ]
+    transport = httpx.MockTransport(lambda request: replies.pop(0))
+    with (
+        httpx.Client(transport=transport, base_url="http://coordinator") as http,
+        pytest.raises(WatchError, match="HTTP 500: Internal Server Error"),
+    ):
+        watch_job(http, "ftjob-x", console=console()[0])
+    assert replies == []  # the two 503s were retried
+
+
+def test_event_text_is_printed_as_is(client: TestClient, services: Services) -> None:
+    body = {"model": "micro-llama", "hyperparameters": HYPERPARAMETERS}
+    job_id = client.post("/v1/fine_tuning/jobs", json=body).json()["id"]
+    services.jobs._fail(job_id, "user_error", "shape [batch, seq] mismatch [/]")
+    screen, out = console()
+    assert watch_job(client, job_id, interval_s=0.01, console=screen) == 1
+    assert out.getvalue().count("shape [batch, seq] mismatch [/]") == 2  # the event, the reason
