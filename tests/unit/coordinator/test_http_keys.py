@@ -4,6 +4,7 @@ only their own files, jobs, models and credits (a real SQLite database, the real
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -452,3 +453,18 @@ def test_the_throttle_forgets_the_oldest_addresses_first() -> None:
     for address in ("b", "c"):
         with pytest.raises(RateLimitedError):
             throttle.check(address)
+
+
+def test_a_snapshot_whose_job_is_gone_breaks_no_listing(
+    client: TestClient, services: Services, keys: dict[str, dict[str, str]]
+) -> None:
+    folder = services.catalog.root / "ftjob-gone"
+    folder.mkdir(parents=True)
+    manifest = {"name": "ftjob-gone", "source": "job:ftjob-gone", "model_type": "llama"}
+    (folder / "manifest.json").write_text(
+        json.dumps({**manifest, "num_parameters": 1, "created_at": 1.0})
+    )
+    seen = {m["id"] for m in client.get("/v1/models", headers=keys["alice"]).json()["data"]}
+    assert "micro-llama" in seen and "ftjob-gone" not in seen
+    everyone = client.get("/v1/models", headers=keys["admin"]).json()["data"]
+    assert "ftjob-gone" in {m["id"] for m in everyone}
