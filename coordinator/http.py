@@ -26,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from swarm.coordinator.dashboard import mount_dashboard, swarm_numbers
 from swarm.coordinator.files import MAX_LIST, Purpose, is_file_id
 from swarm.coordinator.keys import LOCAL_OPERATOR, Caller, Role
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.scheduling import QueueEntry
-from swarm.coordinator.storage import ApiKey, Checkpoint, DataSpan, File, Job, Round, Task, Worker
+from swarm.coordinator.storage import ApiKey, Checkpoint, DataSpan, File, Job, Task, Worker
 from swarm.models.datasets import MAX_DATASET_BYTES
 from swarm.protocol.errors import (
     ConfigError,
@@ -762,35 +763,15 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
 
     @api.get("/v1/swarm/status", tags=["swarm"])
     def swarm_status() -> dict[str, Any]:
-        """The swarm at a glance: workers online by device, their measured compute, tokens
-        trained per second over the last ten minutes, jobs by status."""
-        now = time.time()
-        window_s = 600.0
-        with db.transaction() as session:
-            online = list(
-                session.scalars(
-                    select(Worker).where(
-                        Worker.last_seen_at >= now - services.settings.worker_online_s
-                    )
-                )
-            )
-            recent_tokens = session.scalar(
-                select(func.coalesce(func.sum(Round.tokens), 0)).where(
-                    Round.closed_at >= now - window_s
-                )
-            )
-        by_device: dict[str, int] = {}
-        for worker in online:
-            device = str((worker.hardware or {}).get("device_type") or "unknown")
-            by_device[device] = by_device.get(device, 0) + 1
+        """The swarm at a glance: workers online by device and their measured compute, tokens
+        trained per second (over ten minutes, and per minute over the last hour), tasks by
+        state (the queue depths), leases by outcome, recent round times, jobs by status."""
         return {
             "object": "swarm.status",
-            "workers_online": len(online),
-            "workers_by_device": by_device,
-            "flops_per_s": sum(w.flops_per_s or 0.0 for w in online),
-            "tokens_per_s": round(int(recent_tokens or 0) / window_s, 3),
+            **swarm_numbers(services),
             "jobs": jobs.count_by_status(),
             "queue_length": len(scheduler.queue()),
+            "database_latency_ms": round(db.ping_s() * 1000, 3),
         }
 
     @api.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
@@ -1004,6 +985,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         }
 
     app.include_router(api)
+    mount_dashboard(app)
     return app
 
 
