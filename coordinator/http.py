@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swarm.coordinator.dashboard import mount_dashboard, swarm_numbers
 from swarm.coordinator.files import MAX_LIST, Purpose, is_file_id
 from swarm.coordinator.keys import LOCAL_OPERATOR, Caller, Role
+from swarm.coordinator.metrics import instrument_http, metrics_router
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.scheduling import QueueEntry
 from swarm.coordinator.storage import ApiKey, Checkpoint, DataSpan, File, Job, Task, Worker
@@ -765,13 +766,18 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
     def swarm_status() -> dict[str, Any]:
         """The swarm at a glance: workers online by device and their measured compute, tokens
         trained per second (over ten minutes, and per minute over the last hour), tasks by
-        state (the queue depths), leases by outcome, recent round times, jobs by status."""
+        state (the queue depths), leases by outcome, recent round times, jobs by status, and
+        results accepted, rejected and ignored since the coordinator started."""
         return {
             "object": "swarm.status",
             **swarm_numbers(services),
             "jobs": jobs.count_by_status(),
             "queue_length": len(scheduler.queue()),
             "database_latency_ms": round(db.ping_s() * 1000, 3),
+            "results": {  # since this process started
+                outcome: services.servicer.counters().get(f"results_{outcome}", 0)
+                for outcome in ("accepted", "rejected", "ignored")
+            },
         }
 
     @api.get("/v1/swarm/jobs/{job_id}/artifacts", tags=["swarm"])
@@ -986,6 +992,8 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
 
     app.include_router(api)
     mount_dashboard(app)
+    instrument_http(app)
+    app.include_router(metrics_router(services))
     return app
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarm.compression import CompressionPolicy, iter_payload
@@ -20,6 +23,34 @@ from swarm.protocol.limits import CHUNK_BYTES
 logger = logging.getLogger(__name__)
 
 COORDINATOR_VERSION = "0.1.0"
+
+RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Upper bounds of the RPC latency buckets, from a heartbeat's milliseconds to a large upload."""
+
+
+@dataclass
+class RpcStats:
+    """The calls of one RPC method since the process started.
+
+    Attributes:
+        codes: calls by the gRPC status code they ended with (`OK`, `UNAUTHENTICATED`, ...).
+        bucket_counts: calls whose duration fell in each bucket (not cumulative): the i-th
+            counts durations up to `RPC_BUCKETS_S[i]` above the previous bound; the last, longer.
+        sum_s: the calls' total duration.
+    """
+
+    codes: Counter[str] = field(default_factory=Counter)
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(RPC_BUCKETS_S) + 1))
+    sum_s: float = 0.0
+
+
+def status_code(exc: BaseException) -> str:
+    """The gRPC status code an RPC ends with when its handler raises `exc`."""
+    if isinstance(exc, SwarmError):
+        return exc.grpc_code
+    if isinstance(exc, GeneratorExit):  # gRPC closed a stream the client stopped reading
+        return "CANCELLED"
+    return "INTERNAL"
 
 
 class WorkerServicer:
@@ -39,6 +70,7 @@ class WorkerServicer:
         self._heartbeat_interval_s = heartbeat_interval_s
         self._counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
+        self._rpcs: dict[str, RpcStats] = {}
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._counters_lock:
@@ -48,54 +80,106 @@ class WorkerServicer:
         with self._counters_lock:
             return dict(self._counters)
 
+    def rpc_stats(self) -> dict[str, RpcStats]:
+        """A copy of every RPC method's calls so far, by method name (`LeaseTask`, ...)."""
+        with self._counters_lock:
+            return {
+                rpc: RpcStats(
+                    codes=Counter(stats.codes),
+                    bucket_counts=list(stats.bucket_counts),
+                    sum_s=stats.sum_s,
+                )
+                for rpc, stats in self._rpcs.items()
+            }
+
+    def _observe(self, rpc: str, code: str, duration_s: float) -> None:
+        with self._counters_lock:
+            stats = self._rpcs.setdefault(rpc, RpcStats())
+            stats.codes[code] += 1
+            stats.bucket_counts[bisect.bisect_left(RPC_BUCKETS_S, duration_s)] += 1
+            stats.sum_s += duration_s
+
+    @contextmanager
+    def _timed(self, rpc: str) -> Iterator[None]:
+        """Record one call of `rpc`: how long the block took and the status it ends with."""
+        began = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except BaseException as exc:
+            code = status_code(exc)
+            raise
+        finally:
+            self._observe(rpc, code, time.perf_counter() - began)
+
     def register_worker(
         self, request: m.RegisterWorkerRequest, peer: str
     ) -> m.RegisterWorkerResponse:
-        worker, token = self._workers.register(request, peer)
-        self.count("workers_registered")
-        return m.RegisterWorkerResponse(
-            session=m.Session(worker_id=worker.id, token=token),
-            heartbeat_interval_s=self._heartbeat_interval_s,
-            max_chunk_bytes=CHUNK_BYTES,
-            coordinator_version=COORDINATOR_VERSION,
-        )
+        with self._timed("RegisterWorker"):
+            worker, token = self._workers.register(request, peer)
+            self.count("workers_registered")
+            return m.RegisterWorkerResponse(
+                session=m.Session(worker_id=worker.id, token=token),
+                heartbeat_interval_s=self._heartbeat_interval_s,
+                max_chunk_bytes=CHUNK_BYTES,
+                coordinator_version=COORDINATOR_VERSION,
+            )
 
     def heartbeat(self, request: m.HeartbeatRequest) -> m.HeartbeatResponse:
-        worker = self._workers.authenticate(request.session, touch=True)
-        extended, revoked = self._tasks.heartbeat(worker.id, list(request.task_ids))
-        return m.HeartbeatResponse(
-            extended_task_ids=extended,
-            revoked_task_ids=revoked,
-            heartbeat_interval_s=self._heartbeat_interval_s,
-        )
+        with self._timed("Heartbeat"):
+            worker = self._workers.authenticate(request.session, touch=True)
+            extended, revoked = self._tasks.heartbeat(worker.id, list(request.task_ids))
+            return m.HeartbeatResponse(
+                extended_task_ids=extended,
+                revoked_task_ids=revoked,
+                heartbeat_interval_s=self._heartbeat_interval_s,
+            )
 
     def lease_task(self, request: m.LeaseTaskRequest) -> m.LeaseTaskResponse:
-        worker = self._workers.authenticate(request.session, touch=True)
-        response = self._tasks.lease(worker.id, request.cached_sha256s)
-        self.count("tasks_leased" if response.task else "lease_empty")
-        return response
+        with self._timed("LeaseTask"):
+            worker = self._workers.authenticate(request.session, touch=True)
+            response = self._tasks.lease(worker.id, request.cached_sha256s)
+            self.count("tasks_leased" if response.task else "lease_empty")
+            return response
 
     def fetch_blob(self, request: m.FetchBlobRequest) -> Iterator[m.BlobChunk]:
-        worker = self._workers.authenticate(request.session)
-        check_sha256(request.sha256)
-        chunks = self._blobs.iter_chunks(request.sha256, request.offset)
-        return self._stream_blob(worker.id, chunks)
+        # Timed from this call until the stream ends, which `_stream_blob` records.
+        began = time.perf_counter()
+        try:
+            worker = self._workers.authenticate(request.session)
+            check_sha256(request.sha256)
+            chunks = self._blobs.iter_chunks(request.sha256, request.offset)
+        except BaseException as exc:
+            self._observe("FetchBlob", status_code(exc), time.perf_counter() - began)
+            raise
+        return self._stream_blob(worker.id, chunks, began)
 
     def _stream_blob(
-        self, worker_id: str, chunks: Iterator[tuple[int, bytes, int]]
+        self, worker_id: str, chunks: Iterator[tuple[int, bytes, int]], called_at: float
     ) -> Iterator[m.BlobChunk]:
         sent = 0
+        code = "OK"
         began = time.perf_counter()
         try:
             for offset, data, total in chunks:
                 sent += len(data)
                 yield m.BlobChunk(offset=offset, data=data, total_size=total)
+        except BaseException as exc:
+            code = status_code(exc)
+            raise
         finally:
             self.count("blob_bytes_sent", sent)
+            self._observe("FetchBlob", code, time.perf_counter() - called_at)
             if sent:
                 self._tasks.record_download(worker_id, sent, time.perf_counter() - began)
 
     def submit_result(
+        self, header: m.ResultHeader, chunks: Iterator[bytes]
+    ) -> m.SubmitResultResponse:
+        with self._timed("SubmitResult"):
+            return self._submit_result(header, chunks)
+
+    def _submit_result(
         self, header: m.ResultHeader, chunks: Iterator[bytes]
     ) -> m.SubmitResultResponse:
         worker = self._workers.authenticate(header.session, touch=True)
@@ -130,10 +214,11 @@ class WorkerServicer:
         return response
 
     def report_failure(self, request: m.ReportFailureRequest) -> m.ReportFailureResponse:
-        worker = self._workers.authenticate(request.session, touch=True)
-        self._tasks.hand_back(worker.id, request)
-        self.count("tasks_handed_back")
-        return m.ReportFailureResponse()
+        with self._timed("ReportFailure"):
+            worker = self._workers.authenticate(request.session, touch=True)
+            self._tasks.hand_back(worker.id, request)
+            self.count("tasks_handed_back")
+            return m.ReportFailureResponse()
 
 
 def _check_payload(

@@ -211,5 +211,6 @@ def test_the_credits_page_shows_the_leaderboard_and_the_pool(page: Any, live: Li
 def test_the_health_page_shows_queue_depths_and_latency(page: Any, live: Live) -> None:
     show(page, "health", live)
     assert card(page, "database latency").endswith("ms")
+    assert card(page, "results rejected") == "0"
     assert "accepted" in str(page.text_content("#tasks tbody"))
     assert card(page, "round time (median)") != "\N{EN DASH}"  # the dash of "none yet"

@@ -298,6 +298,7 @@ async function showHealth() {
     ["pending tasks", number(status.tasks.pending || 0)],
     ["leased tasks", number(status.tasks.leased || 0)],
     ["expired leases", number(status.leases.expired || 0)],
+    ["results rejected", number(status.results.rejected)],
     ["round time (median)", duration(rounds.median)],
     ["round time (max)", duration(rounds.max)],
     ["uptime", duration(health.uptime_s)],
