@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="database URL, e.g. postgresql://user@host/db (default: SQLite in the data directory)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text (default), or one JSON object per line with job, round, task and worker ids",
+    )
 
     demo = commands.add_parser(
         "demo", help="fine-tune SmolLM2 (SFT, then DPO) with local clients, end to end"
@@ -237,6 +242,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "db": args.db,
             "log_level": args.log_level,
+            "log_format": args.log_format,
         }.items()
         if v is not None
     }
@@ -249,9 +255,9 @@ def _coordinator(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from swarm.coordinator.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     from swarm.coordinator.server import run
 
     run(settings)

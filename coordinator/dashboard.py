@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 
 from swarm.coordinator.storage import Lease, Round, Task, Worker
+from swarm.coordinator.storage import online as is_online
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -53,9 +54,7 @@ def swarm_numbers(services: Services, now: float | None = None) -> dict[str, Any
     since = now - THROUGHPUT_WINDOW_S
     with services.db.transaction() as session:
         online = list(
-            session.scalars(
-                select(Worker).where(Worker.last_seen_at >= now - services.settings.worker_online_s)
-            )
+            session.scalars(select(Worker).where(is_online(now, services.settings.worker_online_s)))
         )
         registered = session.scalar(select(func.count()).select_from(Worker)) or 0
         tasks = {

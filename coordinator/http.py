@@ -33,6 +33,7 @@ from swarm.coordinator.metrics import instrument_http, metrics_router
 from swarm.coordinator.rounds import round_summary
 from swarm.coordinator.scheduling import QueueEntry
 from swarm.coordinator.storage import ApiKey, Checkpoint, DataSpan, File, Job, Task, Worker
+from swarm.coordinator.storage import online as is_online
 from swarm.models.datasets import MAX_DATASET_BYTES
 from swarm.protocol.errors import (
     ConfigError,
@@ -367,6 +368,14 @@ def require_operator(caller: CallerDep) -> Caller:
 OperatorDep = Annotated[Caller, Depends(require_operator)]
 
 
+class ReasonRequest(BaseModel):
+    """Body of a ban or a drain: why, for the log, the dashboard and the workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=200)
+
+
 class CreateKeyRequest(BaseModel):
     """Body of `POST /v1/swarm/keys`."""
 
@@ -549,7 +558,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                 session.scalar(
                     select(func.count())
                     .select_from(Worker)
-                    .where(Worker.last_seen_at >= time.time() - 30)
+                    .where(is_online(time.time(), services.settings.worker_online_s))
                 )
                 or 0
             )
@@ -774,6 +783,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "jobs": jobs.count_by_status(),
             "queue_length": len(scheduler.queue()),
             "database_latency_ms": round(db.ping_s() * 1000, 3),
+            "draining": services.control.draining(),
             "results": {  # since this process started
                 outcome: services.servicer.counters().get(f"results_{outcome}", 0)
                 for outcome in ("accepted", "rejected", "ignored")
@@ -985,10 +995,35 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                     "assigned_job_id": w.assigned_job_id,
                     "flops_per_s": w.flops_per_s,
                     "download_bytes_per_s": w.download_bytes_per_s,
+                    "banned": w.banned_at is not None,
+                    "ban_reason": w.ban_reason,
                 }
                 for w in workers
             ],
         }
+
+    @api.post("/v1/swarm/workers/{worker_id}/ban", tags=["swarm"])
+    def ban_worker(_: OperatorDep, worker_id: str, body: ReasonRequest) -> dict[str, Any]:
+        """Ban a worker: no more tasks, its results refused, its running tasks handed out
+        again, and it no longer counts as online."""
+        worker = services.control.ban(worker_id, body.reason)
+        return {"id": worker.id, "banned": True, "ban_reason": worker.ban_reason}
+
+    @api.post("/v1/swarm/workers/{worker_id}/unban", tags=["swarm"])
+    def unban_worker(_: OperatorDep, worker_id: str) -> dict[str, Any]:
+        worker = services.control.unban(worker_id)
+        return {"id": worker.id, "banned": False, "ban_reason": None}
+
+    @api.post("/v1/swarm/drain", tags=["swarm"])
+    def drain(_: OperatorDep, body: ReasonRequest) -> dict[str, Any]:
+        """Hand out no new tasks; running ones finish and count (before a restart or an
+        upgrade). Jobs keep their state; `undrain` carries on."""
+        return {"object": "swarm.drain", "draining": services.control.drain(body.reason)}
+
+    @api.post("/v1/swarm/undrain", tags=["swarm"])
+    def undrain(_: OperatorDep) -> dict[str, Any]:
+        services.control.undrain()
+        return {"object": "swarm.drain", "draining": None}
 
     app.include_router(api)
     mount_dashboard(app)

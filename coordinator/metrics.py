@@ -225,7 +225,9 @@ def _database_families(services: Services) -> list[Metric]:
 def _worker_families(session: Session, online_since: float) -> list[Metric]:
     registered = session.scalar(select(func.count()).select_from(Worker)) or 0
     online = session.execute(
-        select(Worker.hardware, Worker.flops_per_s).where(Worker.last_seen_at >= online_since)
+        select(Worker.hardware, Worker.flops_per_s).where(
+            Worker.last_seen_at >= online_since, Worker.banned_at.is_(None)
+        )
     ).all()
     by_device = dict.fromkeys([*DEVICE_TYPES, "other"], 0)
     for hardware, _ in online:

@@ -47,6 +47,7 @@ from swarm.coordinator.storage import (
     Task,
     Worker,
 )
+from swarm.coordinator.storage import online as is_online
 from swarm.models import state_from_bytes, state_to_bytes
 from swarm.scheduler import (
     JobSpec,
@@ -137,7 +138,7 @@ class RoundService:
         train: bool = True,
     ) -> Round:
         spec = JobSpec(**job.spec)
-        online = Worker.last_seen_at >= now - self._worker_online_s
+        online = is_online(now, self._worker_online_s)
         mine = (
             session.scalar(
                 select(func.count())
@@ -212,7 +213,7 @@ class RoundService:
         speeds = session.execute(
             select(Worker.flops_per_s, Worker.hardware).where(
                 Worker.assigned_job_id == job.id,
-                Worker.last_seen_at >= now - self._worker_online_s,
+                is_online(now, self._worker_online_s),
             )
         )
         speed = reference_speed(

@@ -19,6 +19,7 @@ from swarm.coordinator.jobs import add_event
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.storage import Database, Job, Worker
+from swarm.coordinator.storage import online as is_online
 from swarm.scheduler import (
     RESEARCH_POOL,
     Admission,
@@ -116,9 +117,7 @@ class Scheduler:
         now = time.time() if now is None else now
         with self._db.transaction() as session:
             workers = list(
-                session.scalars(
-                    select(Worker).where(Worker.last_seen_at >= now - self._worker_online_s)
-                )
+                session.scalars(select(Worker).where(is_online(now, self._worker_online_s)))
             )
             running = list(
                 session.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value))
@@ -153,11 +152,11 @@ class Scheduler:
                     update(Worker).where(Worker.id == worker_id).values(assigned_job_id=job_id)
                 )
                 logger.info("worker %s placed on %s", worker_id, job_id or "no job")
-            # Workers that went offline hold no place.
+            # Workers that went offline (or were banned) hold no place.
             session.execute(
                 update(Worker)
                 .where(
-                    Worker.last_seen_at < now - self._worker_online_s,
+                    ~is_online(now, self._worker_online_s),
                     Worker.assigned_job_id.is_not(None),
                 )
                 .values(assigned_job_id=None)
@@ -192,7 +191,7 @@ class Scheduler:
         memories = [
             int(hardware.get("memory_bytes", 0))
             for hardware in session.scalars(
-                select(Worker.hardware).where(Worker.last_seen_at >= now - self._worker_online_s)
+                select(Worker.hardware).where(is_online(now, self._worker_online_s))
             )
         ]
         largest = None if not memories or 0 in memories else max(memories)

@@ -19,6 +19,7 @@ import uvicorn
 
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
+from swarm.coordinator.control import SwarmControl
 from swarm.coordinator.files import FileService
 from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
@@ -150,6 +151,7 @@ class Services:
     jobs: JobService
     files: FileService
     keys: KeyService
+    control: SwarmControl
     scheduler: Scheduler
     servicer: WorkerServicer
     housekeeper: Housekeeper
@@ -224,8 +226,13 @@ def build_services(settings: CoordinatorSettings) -> Services:
         files=files,
         on_created=prepare.set,
     )
+    control = SwarmControl(db)
     servicer = WorkerServicer(
-        WorkerRegistry(db), tasks, blobs, heartbeat_interval_s=settings.heartbeat_interval_s
+        WorkerRegistry(db),
+        tasks,
+        blobs,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        control=control,
     )
     grpc_server = new_server(settings.grpc_threads)
     add_worker_service(
@@ -247,6 +254,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         jobs=jobs,
         files=files,
         keys=KeyService(db),
+        control=control,
         scheduler=scheduler,
         servicer=servicer,
         housekeeper=housekeeper,

@@ -14,15 +14,20 @@ from pathlib import Path
 
 from swarm.compression import CompressionPolicy, iter_payload
 from swarm.coordinator.blobs import BlobStore, check_sha256
+from swarm.coordinator.control import SwarmControl
+from swarm.coordinator.storage import Worker
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry, verify_signature
 from swarm.protocol import messages as m
-from swarm.protocol.errors import SwarmError
+from swarm.protocol.errors import PermissionDeniedError, SwarmError
 from swarm.protocol.limits import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
 COORDINATOR_VERSION = "0.1.0"
+BANNED_RETRY_S = 60.0
+"""How long a banned worker waits before asking again (an unban takes effect then)."""
+DRAINING_RETRY_S = 15.0
 
 RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds of the RPC latency buckets, from a heartbeat's milliseconds to a large upload."""
@@ -63,10 +68,12 @@ class WorkerServicer:
         blobs: BlobStore,
         *,
         heartbeat_interval_s: float,
+        control: SwarmControl | None = None,
     ) -> None:
         self._workers = workers
         self._tasks = tasks
         self._blobs = blobs
+        self._control = control
         self._heartbeat_interval_s = heartbeat_interval_s
         self._counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
@@ -138,9 +145,28 @@ class WorkerServicer:
     def lease_task(self, request: m.LeaseTaskRequest) -> m.LeaseTaskResponse:
         with self._timed("LeaseTask"):
             worker = self._workers.authenticate(request.session, touch=True)
+            idle = self._no_work_for(worker)
+            if idle is not None:
+                self.count("lease_empty")
+                return idle
             response = self._tasks.lease(worker.id, request.cached_sha256s)
             self.count("tasks_leased" if response.task else "lease_empty")
             return response
+
+    def _no_work_for(self, worker: Worker) -> m.LeaseTaskResponse | None:
+        """The answer for a banned worker or a draining swarm (None: lease as usual)."""
+        if worker.banned_at is not None:
+            return m.LeaseTaskResponse(
+                retry_after_s=BANNED_RETRY_S,
+                reason=f"this worker is banned by the operator: {worker.ban_reason}",
+            )
+        draining = self._control.draining() if self._control is not None else None
+        if draining is not None:
+            why = f": {draining['reason']}" if draining.get("reason") else ""
+            return m.LeaseTaskResponse(
+                retry_after_s=DRAINING_RETRY_S, reason=f"the swarm is draining{why}"
+            )
+        return None
 
     def fetch_blob(self, request: m.FetchBlobRequest) -> Iterator[m.BlobChunk]:
         # Timed from this call until the stream ends, which `_stream_blob` records.
@@ -183,6 +209,11 @@ class WorkerServicer:
         self, header: m.ResultHeader, chunks: Iterator[bytes]
     ) -> m.SubmitResultResponse:
         worker = self._workers.authenticate(header.session, touch=True)
+        if worker.banned_at is not None:
+            self.count("results_rejected")
+            raise PermissionDeniedError(
+                f"this worker is banned ({worker.ban_reason}); its results are not accepted"
+            )
         check_sha256(header.payload_sha256)
         submission = self._tasks.check_submission(worker.id, header)
         if submission.decided is not None:  # nothing to store: say so before reading the bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,7 @@ class CoordinatorSettings(BaseSettings):
         description="start a job only if its owner's balance covers its estimated cost",
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     def lease_policy(self) -> LeasePolicy:
         return LeasePolicy(

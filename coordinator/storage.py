@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from swarm.protocol.errors import ConfigError, NotFoundError
 
@@ -67,6 +67,15 @@ class Worker(Base):
     """The job placement gives this worker's train tasks to (None: any)."""
     cached_sha256s: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     """Blobs the worker said it holds at its latest lease request."""
+    banned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When an operator banned it: it gets no tasks, its results are refused."""
+    ban_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+def online(now: float, window_s: float) -> ColumnElement[bool]:
+    """Workers that count as online: seen within `window_s`, and not banned. Every count of
+    online workers (round sizes, placement, speeds, the dashboard) uses this one rule."""
+    return (Worker.last_seen_at >= now - window_s) & Worker.banned_at.is_(None)
 
 
 class Job(Base):
@@ -240,6 +249,16 @@ class File(Base):
     num_examples: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class SwarmFlag(Base):
+    """A swarm-wide switch an operator sets (`draining`), kept across restarts."""
+
+    __tablename__ = "swarm_flags"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class ApiKey(Base):

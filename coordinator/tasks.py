@@ -31,6 +31,7 @@ from swarm.coordinator import spans
 from swarm.coordinator.blobs import BlobStore, check_sha256
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
+from swarm.coordinator.storage import online as is_online
 from swarm.protocol import messages as m
 from swarm.protocol.errors import (
     MessageTooLargeError,
@@ -257,7 +258,7 @@ class TaskService:
             session.scalars(
                 select(Worker.flops_per_s).where(
                     Worker.assigned_job_id == job.id,
-                    Worker.last_seen_at >= now - self._worker_online_s,
+                    is_online(now, self._worker_online_s),
                 )
             )
         )

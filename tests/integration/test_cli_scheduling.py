@@ -163,3 +163,20 @@ def test_keys_are_made_in_setup_mode_then_required(url: str, tmp_path: Path) -> 
     alice_key = next(k["id"] for k in listed if k["user"] == "user:alice")
     assert swarm(url, "keys", "revoke", alice_key, "--api-key", rescue)["revoked"] is True
     assert "revoked" in swarm(url, "jobs", "list", "--api-key", alice, expect=1)
+
+
+def test_the_coordinator_logs_json_lines_with_ids(tmp_path: Path) -> None:
+    log_path = tmp_path / "json.log"
+    with log_path.open("w") as log:
+        process, ready = start_coordinator(
+            tmp_path / "json-coordinator", log, extra_env={"SWARM_LOG_FORMAT": "json"}
+        )
+        try:
+            url = f"http://127.0.0.1:{ready['http_port']}"
+            job = swarm(url, "jobs", "create", "--model", "micro-llama", "--set", "seq_len=32")
+        finally:
+            stop_process(process, signal.SIGTERM)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    about_job = [line for line in lines if line.get("job_id") == job["id"]]
+    assert any("created" in line["message"] for line in about_job), lines

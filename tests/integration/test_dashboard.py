@@ -174,6 +174,14 @@ def test_the_overview_shows_the_workers_and_draws_the_throughput(page: Any, live
     assert card(page, "jobs running") == "1"
     assert page.text_content("#devices tbody").strip().startswith("cpu")
     assert drawn_pixels(page, "#throughput-chart") > 500
+    assert page.is_hidden("#drain-banner")
+    page.click('#drain[data-action="drain"]')
+    page.wait_for_selector("#drain-banner:not([hidden])")
+    assert "No new tasks are handed out" in str(page.text_content("#drain-banner"))
+    assert live.http.get("/v1/swarm/status").json()["draining"] is not None
+    page.click('#drain[data-action="undrain"]')
+    page.wait_for_selector("#drain-banner", state="hidden")
+    assert live.http.get("/v1/swarm/status").json()["draining"] is None
 
 
 def test_the_jobs_page_shows_progress_and_loss_and_pauses_a_job(page: Any, live: Live) -> None:
@@ -197,6 +205,17 @@ def test_the_workers_page_lists_both_volunteers(page: Any, live: Live) -> None:
     assert rows.count() == 2
     listed = str(page.text_content("#workers tbody"))
     assert "volunteer-0" in listed and "volunteer-1" in listed and "online" in listed
+    worker = live.http.get("/v1/swarm/workers").json()["data"][0]["id"]
+    row = f'#workers tr[data-worker="{worker}"]'
+    page.click(f'{row} button[data-action="ban"]')
+    page.wait_for_selector(f"{row}.banned")
+    assert "banned: banned from the dashboard" in str(page.text_content(row))
+    workers = {w["id"]: w for w in live.http.get("/v1/swarm/workers").json()["data"]}
+    assert workers[worker]["banned"] is True
+    page.click(f'{row} button[data-action="unban"]')
+    page.wait_for_selector(f'{row}:not(.banned) button[data-action="ban"]')
+    workers = {w["id"]: w for w in live.http.get("/v1/swarm/workers").json()["data"]}
+    assert workers[worker]["banned"] is False
 
 
 def test_the_credits_page_shows_the_leaderboard_and_the_pool(page: Any, live: Live) -> None:

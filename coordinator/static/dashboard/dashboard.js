@@ -166,6 +166,14 @@ async function showOverview() {
     ["jobs queued", number(status.queue_length)],
     ["jobs succeeded", number(jobs.succeeded || 0)],
   ]);
+  const draining = status.draining;
+  $("#drain-banner").hidden = !draining;
+  $("#drain-banner").textContent = draining
+    ? `Draining since ${new Date(draining.since * 1000).toLocaleTimeString()}` +
+      `${draining.reason ? `: ${draining.reason}` : ""}. No new tasks are handed out.`
+    : "";
+  $("#drain").textContent = draining ? "undrain the swarm" : "drain the swarm";
+  $("#drain").dataset.action = draining ? "undrain" : "drain";
   const throughput = status.throughput;
   const times = throughput.tokens_per_s.map((_, i) => throughput.start + i * throughput.bucket_s);
   chart("throughput", "#throughput-chart", ["tokens/s"], [times, throughput.tokens_per_s]);
@@ -261,7 +269,7 @@ async function showWorkers() {
     workers.map((w) => {
       const hardware = w.hardware || {};
       const device = `${hardware.device_type || "?"}${hardware.device_name ? ` (${hardware.device_name})` : ""}`;
-      return row([
+      const tr = row([
         cell(w.name),
         cell(w.id),
         cell(`${device}, ${si(hardware.memory_bytes || 0, "B")}`),
@@ -270,11 +278,43 @@ async function showWorkers() {
         cell(text(w.trust)),
         cell(`${w.online ? "online, " : ""}${ago(w.last_seen_at)}`),
         cell(w.download_bytes_per_s ? si(w.download_bytes_per_s, "B/s") : "–", "num"),
-        cell(text(w.assigned_job_id)),
+        cell(w.banned ? `banned: ${w.ban_reason}` : text(w.assigned_job_id)),
+        cell(banButton(w)),
       ]);
+      tr.dataset.worker = w.id;
+      if (w.banned) tr.className = "banned";
+      return tr;
     }),
     "no workers have registered",
   );
+}
+
+async function post(path, body) {
+  try {
+    await api(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body || {}),
+    });
+  } catch (error) {
+    alert(`${path}: ${error.message}`);
+  }
+  refresh();
+}
+
+function banButton(worker) {
+  const button = document.createElement("button");
+  const move = worker.banned ? "unban" : "ban";
+  button.textContent = move;
+  button.dataset.action = move;
+  button.addEventListener("click", () => {
+    button.disabled = true;
+    post(
+      `/v1/swarm/workers/${worker.id}/${move}`,
+      move === "ban" ? { reason: "banned from the dashboard" } : undefined,
+    );
+  });
+  return button;
 }
 
 async function showCredits() {
@@ -369,6 +409,10 @@ function route() {
   refresh();
 }
 
+$("#drain").addEventListener("click", () => {
+  const move = $("#drain").dataset.action;
+  post(`/v1/swarm/${move}`, move === "drain" ? { reason: "drained from the dashboard" } : undefined);
+});
 $("#login-form").addEventListener("submit", (event) => {
   event.preventDefault();
   localStorage.setItem(KEY_STORE, $("#key").value.trim());
