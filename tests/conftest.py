@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,21 @@ def wire_services(data_dir: Path, **overrides: Any) -> Services:
         host="127.0.0.1", grpc_port=0, http_port=0, data_dir=data_dir, **overrides
     )
     return build_services(settings)
+
+
+def run_swarm(stack: ExitStack, root: Path, client_names: list[str]) -> str:
+    """A coordinator process in `root` and a `swarmclient join` process per name, all stopped
+    when `stack` closes; returns the coordinator's HTTP URL."""
+    from swarm.coordinator.demo import start_client, start_coordinator, stop_process
+
+    log = stack.enter_context((root / "coordinator.log").open("w"))
+    coordinator, ready = start_coordinator(root / "coordinator", log)
+    stack.callback(stop_process, coordinator, signal.SIGTERM)
+    for name in client_names:
+        client_log = stack.enter_context((root / f"{name}.log").open("w"))
+        target = f"127.0.0.1:{ready['grpc_port']}"
+        stack.callback(stop_process, start_client(target, name, root / name, client_log))
+    return f"http://127.0.0.1:{ready['http_port']}"
 
 
 def local_client(app: Any) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from swarm.coordinator.demo import start_client, start_coordinator, stop_process
+from tests.conftest import run_swarm
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +74,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         pytest.skip(f"{CHROMIUM} is not installed")
     root = tmp_path_factory.mktemp("dashboard")
     with ExitStack() as stack:
-        log = stack.enter_context((root / "coordinator.log").open("w"))
-        coordinator, ready = start_coordinator(root / "coordinator", log)
-        stack.callback(stop_process, coordinator, signal.SIGTERM)
-        for i in range(2):
-            client_log = stack.enter_context((root / f"client-{i}.log").open("w"))
-            client = start_client(
-                f"127.0.0.1:{ready['grpc_port']}", f"volunteer-{i}", root / f"c{i}", client_log
-            )
-            stack.callback(stop_process, client)
-        url = f"http://127.0.0.1:{ready['http_port']}"
+        url = run_swarm(stack, root, ["volunteer-0", "volunteer-1"])
         http = stack.enter_context(httpx.Client(base_url=url, timeout=30.0))
         key = http.post("/v1/swarm/keys", json={"user": "ops", "role": "operator"}).json()["key"]
         http.headers["Authorization"] = f"Bearer {key}"

@@ -10,7 +10,6 @@ downloads its result with `swarm jobs download` and loads it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,9 +24,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from swarm.coordinator.demo import start_client, start_coordinator, stop_process
 from swarm.models import load_builtin_bytes
 from swarm.models.sources import load_preset
+from tests.conftest import run_swarm
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +68,7 @@ class Swarm:
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     root = tmp_path_factory.mktemp("sdk")
     with ExitStack() as stack:
-        log = stack.enter_context((root / "coordinator.log").open("w"))
-        coordinator, ready = start_coordinator(root / "coordinator", log)
-        stack.callback(stop_process, coordinator, signal.SIGTERM)
-        for i in range(2):
-            client_log = stack.enter_context((root / f"client-{i}.log").open("w"))
-            client = start_client(
-                f"127.0.0.1:{ready['grpc_port']}", f"sdk-{i}", root / f"client-{i}", client_log
-            )
-            stack.callback(stop_process, client)
-        url = f"http://127.0.0.1:{ready['http_port']}"
+        url = run_swarm(stack, root, ["sdk-0", "sdk-1"])
         with httpx.Client(base_url=url) as http:  # setup mode: this machine is the operator
             admin = http.post("/v1/swarm/keys", json={"user": "admin", "role": "operator"})
             assert admin.status_code == 200, admin.text

@@ -14,9 +14,10 @@ from tests.conftest import local_client, wire_services
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    """Wired, not serving (a test file may override this with other settings)."""
-    wired = wire_services(tmp_path)
+def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Services]:
+    """Wired, not serving; `@pytest.mark.settings(lease_ttl_s=10.0)` changes settings."""
+    marker = request.node.get_closest_marker("settings")
+    wired = wire_services(tmp_path, **(marker.kwargs if marker else {}))
     try:
         yield wired
     finally:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from swarm.coordinator.server import Services
 from swarm.coordinator.workers import WorkerRegistry
-from tests.conftest import MICRO_SPEC, signed_registration, wire_services
+from tests.conftest import MICRO_SPEC, signed_registration
 from tests.unit.coordinator.test_scheduling import Swarm
 
 HYPERPARAMETERS = {
@@ -22,13 +20,7 @@ HYPERPARAMETERS = {
 }
 
 
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    wired = wire_services(tmp_path, lease_ttl_s=10.0, solo_wait_s=5.0)
-    try:
-        yield wired
-    finally:
-        wired.db.dispose()
+pytestmark = pytest.mark.settings(lease_ttl_s=10.0, solo_wait_s=5.0)
 
 
 def create(client: TestClient, services: Services, **body: Any) -> dict[str, Any]:

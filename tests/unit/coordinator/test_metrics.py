@@ -59,19 +59,7 @@ def scrape(client: TestClient) -> Scrape:
     return Scrape(families=list(text_string_to_metric_families(response.text)))
 
 
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    wired = wire_services(tmp_path, lease_ttl_s=10.0, solo_wait_s=5.0)
-    try:
-        yield wired
-    finally:
-        wired.db.dispose()
-
-
-@pytest.fixture
-def client(services: Services) -> Iterator[TestClient]:
-    with local_client(create_app(services)) as test_client:  # it serves /metrics itself
-        yield test_client
+pytestmark = pytest.mark.settings(lease_ttl_s=10.0, solo_wait_s=5.0)
 
 
 @pytest.fixture
