@@ -1014,6 +1014,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         worker = services.control.unban(worker_id)
         return {"id": worker.id, "banned": False, "ban_reason": None}
 
+    @api.get("/v1/swarm/rejections", tags=["swarm"])
+    def list_rejections(_: OperatorDep) -> dict[str, Any]:
+        """The latest results the coordinator refused (bad bytes, bad signature, wrong shapes,
+        a banned worker), newest first, since it started; at most 100."""
+        return {"object": "list", "data": services.servicer.rejections()}
+
     @api.post("/v1/swarm/drain", tags=["swarm"])
     def drain(_: OperatorDep, body: ReasonRequest) -> dict[str, Any]:
         """Hand out no new tasks; running ones finish and count (before a restart or an

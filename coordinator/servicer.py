@@ -6,11 +6,12 @@ import bisect
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from swarm.compression import CompressionPolicy, iter_payload
 from swarm.coordinator.blobs import BlobStore, check_sha256
@@ -28,6 +29,8 @@ COORDINATOR_VERSION = "0.1.0"
 BANNED_RETRY_S = 60.0
 """How long a banned worker waits before asking again (an unban takes effect then)."""
 DRAINING_RETRY_S = 15.0
+MAX_REJECTIONS = 100
+"""Rejected results remembered for the dashboard."""
 
 RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds of the RPC latency buckets, from a heartbeat's milliseconds to a large upload."""
@@ -76,6 +79,7 @@ class WorkerServicer:
         self._control = control
         self._heartbeat_interval_s = heartbeat_interval_s
         self._counters: Counter[str] = Counter()
+        self._rejections: deque[dict[str, Any]] = deque(maxlen=MAX_REJECTIONS)
         self._counters_lock = threading.Lock()
         self._rpcs: dict[str, RpcStats] = {}
 
@@ -210,10 +214,11 @@ class WorkerServicer:
     ) -> m.SubmitResultResponse:
         worker = self._workers.authenticate(header.session, touch=True)
         if worker.banned_at is not None:
-            self.count("results_rejected")
-            raise PermissionDeniedError(
+            error = PermissionDeniedError(
                 f"this worker is banned ({worker.ban_reason}); its results are not accepted"
             )
+            self._rejected(worker, header, error)
+            raise error
         check_sha256(header.payload_sha256)
         submission = self._tasks.check_submission(worker.id, header)
         if submission.decided is not None:  # nothing to store: say so before reading the bytes
@@ -236,13 +241,32 @@ class WorkerServicer:
                 if submission.kind == "evaluate"  # metrics only; the size limit is zero
                 else lambda path: _check_payload(path, submission.param_shapes, submission.policy),
             )
-        except SwarmError:
-            self.count("results_rejected")
+        except SwarmError as exc:
+            self._rejected(worker, header, exc)
             raise
         self.count("result_bytes_received", header.payload_size)
         response = self._tasks.accept_result(worker.id, header, result_sha)
         self.count("results_accepted" if response.accepted else "results_ignored")
         return response
+
+    def _rejected(self, worker: Worker, header: m.ResultHeader, error: SwarmError) -> None:
+        self.count("results_rejected")
+        with self._counters_lock:
+            self._rejections.appendleft(
+                {
+                    "at": time.time(),
+                    "worker_id": worker.id,
+                    "worker_name": worker.name,
+                    "task_id": header.task_id[:64],
+                    "reason": str(error)[:300],
+                }
+            )
+        logger.warning("result for %s from %s rejected: %s", header.task_id, worker.id, error)
+
+    def rejections(self) -> list[dict[str, Any]]:
+        """The latest rejected results, newest first (since this process started)."""
+        with self._counters_lock:
+            return list(self._rejections)
 
     def report_failure(self, request: m.ReportFailureRequest) -> m.ReportFailureResponse:
         with self._timed("ReportFailure"):

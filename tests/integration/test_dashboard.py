@@ -221,5 +221,7 @@ def test_the_health_page_shows_queue_depths_and_latency(page: Any, live: Live) -
     show(page, "health", live)
     assert card(page, "database latency").endswith("ms")
     assert card(page, "results rejected") == "0"
+    assert "no result has been rejected" in str(page.text_content("#rejections tbody"))
+    assert "no worker is banned" in str(page.text_content("#banned tbody"))  # unbanned again
     assert "accepted" in str(page.text_content("#tasks tbody"))
     assert card(page, "round time (median)") != "\N{EN DASH}"  # the dash of "none yet"

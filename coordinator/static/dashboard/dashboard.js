@@ -330,7 +330,12 @@ async function showCredits() {
 }
 
 async function showHealth() {
-  const [status, health] = await Promise.all([api("/v1/swarm/status"), fetch("/healthz").then((r) => r.json())]);
+  const [status, health, rejections, workers] = await Promise.all([
+    api("/v1/swarm/status"),
+    fetch("/healthz").then((r) => r.json()),
+    api("/v1/swarm/rejections"),
+    api("/v1/swarm/workers"),
+  ]);
   const rounds = status.round_seconds;
   cards("#health-cards", [
     ["database latency", `${number(status.database_latency_ms, 2)} ms`],
@@ -353,6 +358,20 @@ async function showHealth() {
     "#leases",
     entries(status.leases).map(([k, v]) => row([cell(k), cell(number(v), "num")])),
     "no leases yet",
+  );
+  fill(
+    "#rejections",
+    rejections.data.map((r) =>
+      row([cell(ago(r.at)), cell(`${r.worker_name} (${r.worker_id})`), cell(r.task_id), cell(r.reason)]),
+    ),
+    "no result has been rejected",
+  );
+  fill(
+    "#banned",
+    workers.data
+      .filter((w) => w.banned)
+      .map((w) => row([cell(w.name), cell(w.id), cell(w.ban_reason), cell(ago(w.last_seen_at))])),
+    "no worker is banned",
   );
 }
 

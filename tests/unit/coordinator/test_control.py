@@ -12,7 +12,7 @@ from swarm.coordinator.server import Services
 from swarm.coordinator.storage import Task
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.protocol import messages as m
-from swarm.protocol.errors import PermissionDeniedError
+from swarm.protocol.errors import IntegrityError, PermissionDeniedError
 from tests.conftest import MICRO_SPEC, signed_registration, start_job
 from tests.unit.coordinator.test_scheduling import Swarm
 
@@ -115,3 +115,21 @@ def test_banning_an_unknown_worker_is_a_404(client: TestClient) -> None:
     response = client.post("/v1/swarm/workers/wk-nope/ban", json={})
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "no worker 'wk-nope'"
+
+
+def test_rejected_results_are_listed_newest_first(client: TestClient, services: Services) -> None:
+    sessions = [join(services, f"w{i}") for i in range(2)]
+    start_job(services, MICRO_SPEC)
+    task = lease(services, sessions[0]).task
+    assert task is not None
+    header = m.ResultHeader(
+        **{**Swarm(services).header(sessions[0].worker_id, task).__dict__, "session": sessions[0]}
+    )
+    with pytest.raises(IntegrityError):  # the header is unsigned
+        services.servicer._submit_result(header, iter([b"garbage"]))
+    rejected = client.get("/v1/swarm/rejections").json()["data"]
+    assert [(r["worker_id"], r["task_id"]) for r in rejected] == [
+        (sessions[0].worker_id, task.task_id)
+    ]
+    assert "signature" in rejected[0]["reason"] and rejected[0]["worker_name"] == "w0"
+    assert client.get("/v1/swarm/status").json()["results"]["rejected"] == 1
