@@ -976,7 +976,8 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
 
     @api.get("/v1/swarm/workers", tags=["swarm"])
     def list_workers() -> dict[str, Any]:
-        """Registered workers with their hardware and counts."""
+        """Registered workers with their hardware and counts; `trust` is the results accepted
+        in a row since the worker's last rejected one."""
         with db.transaction() as session:
             workers = list(session.scalars(select(Worker).order_by(Worker.registered_at)))
         now = time.time()
@@ -995,6 +996,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                     "assigned_job_id": w.assigned_job_id,
                     "flops_per_s": w.flops_per_s,
                     "download_bytes_per_s": w.download_bytes_per_s,
+                    "trust": w.valid_streak,
                     "banned": w.banned_at is not None,
                     "ban_reason": w.ban_reason,
                 }

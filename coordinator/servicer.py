@@ -251,6 +251,7 @@ class WorkerServicer:
 
     def _rejected(self, worker: Worker, header: m.ResultHeader, error: SwarmError) -> None:
         self.count("results_rejected")
+        self._workers.reset_streak(worker.id)
         with self._counters_lock:
             self._rejections.appendleft(
                 {

@@ -70,6 +70,8 @@ class Worker(Base):
     banned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     """When an operator banned it: it gets no tasks, its results are refused."""
     ban_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    valid_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Results accepted in a row since its last rejected one: the trust the dashboard shows."""
 
 
 def online(now: float, window_s: float) -> ColumnElement[bool]:

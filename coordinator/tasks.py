@@ -533,6 +533,7 @@ class TaskService:
             spans.consume(session, task.id)
             worker = session.get_one(Worker, worker_id)
             worker.tasks_accepted += 1
+            worker.valid_streak += 1
             tokens = header.metrics.tokens
             if task.kind == "evaluate":
                 tokens = round(header.metrics.examples * (job.tokens_per_sample or 0.0))

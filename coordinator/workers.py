@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from swarm.coordinator.storage import Database, Worker
 from swarm.protocol import messages as m
@@ -99,6 +99,11 @@ class WorkerRegistry:
             peer,
         )
         return worker, token
+
+    def reset_streak(self, worker_id: str) -> None:
+        """A result of this worker was rejected: its run of valid results starts over."""
+        with self._db.transaction() as session:
+            session.execute(update(Worker).where(Worker.id == worker_id).values(valid_streak=0))
 
     def authenticate(self, session_msg: m.Session, *, touch: bool = False) -> Worker:
         """The worker a session belongs to; `touch` records that it was seen now."""

@@ -197,6 +197,9 @@ def test_the_workers_page_lists_both_volunteers(page: Any, live: Live) -> None:
     assert "volunteer-0" in listed and "volunteer-1" in listed and "online" in listed
     worker = live.http.get("/v1/swarm/workers").json()["data"][0]["id"]
     row = f'#workers tr[data-worker="{worker}"]'
+    accepted = int(str(page.text_content(f"{row} td:nth-child(4)")).replace(",", ""))
+    trust = int(str(page.text_content(f"{row} td:nth-child(6)")).replace(",", ""))
+    assert 0 < trust <= accepted  # none rejected here: every accepted result counts
     page.click(f'{row} button[data-action="ban"]')
     page.wait_for_selector(f"{row}.banned")
     assert "banned: banned from the dashboard" in str(page.text_content(row))

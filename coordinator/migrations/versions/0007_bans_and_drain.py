@@ -1,4 +1,4 @@
-"""bans and drain: operators ban workers and drain the swarm
+"""bans, drain and trust: operators ban workers and drain the swarm; workers' valid streaks
 
 Revision ID: 0007
 Revises: 0006
@@ -20,6 +20,9 @@ def upgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("banned_at", sa.Float(), nullable=True))
         batch.add_column(sa.Column("ban_reason", sa.String(length=200), nullable=True))
+        batch.add_column(
+            sa.Column("valid_streak", sa.Integer(), nullable=False, server_default="0")
+        )
     op.create_table(
         "swarm_flags",
         sa.Column("name", sa.String(length=40), primary_key=True),
@@ -31,5 +34,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("swarm_flags")
     with op.batch_alter_table("workers") as batch:
+        batch.drop_column("valid_streak")
         batch.drop_column("ban_reason")
         batch.drop_column("banned_at")

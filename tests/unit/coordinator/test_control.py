@@ -133,3 +133,33 @@ def test_rejected_results_are_listed_newest_first(client: TestClient, services: 
     ]
     assert "signature" in rejected[0]["reason"] and rejected[0]["worker_name"] == "w0"
     assert client.get("/v1/swarm/status").json()["results"]["rejected"] == 1
+
+
+def test_trust_counts_accepted_results_in_a_row_and_a_rejection_resets_it(
+    client: TestClient, services: Services
+) -> None:
+    swarm = Swarm(services)
+    sessions = [join(services, f"w{i}") for i in range(2)]
+    start_job(services, MICRO_SPEC)
+
+    def trust() -> list[int]:
+        workers = {w["id"]: w for w in client.get("/v1/swarm/workers").json()["data"]}
+        return [int(workers[s.worker_id]["trust"]) for s in sessions]
+
+    def leased(session: m.Session) -> m.Task:
+        task = lease(services, session).task
+        assert task is not None
+        return task
+
+    for session in sessions:  # round 0: both results accepted
+        assert swarm.submit(session.worker_id, leased(session)).accepted
+    assert trust() == [1, 1]
+    assert swarm.submit(sessions[0].worker_id, leased(sessions[0])).accepted  # its evaluation
+    swarm.tick()  # round 1 opens
+    task = leased(sessions[1])
+    header = m.ResultHeader(
+        **{**swarm.header(sessions[1].worker_id, task).__dict__, "session": sessions[1]}
+    )
+    with pytest.raises(IntegrityError):  # unsigned: rejected
+        services.servicer._submit_result(header, iter([b"garbage"]))
+    assert trust() == [2, 0]
