@@ -70,10 +70,9 @@ class SwarmControl:
         value = {"since": time.time(), "reason": reason[:200]}
         with self._db.transaction() as session:
             flag = session.get(SwarmFlag, DRAINING, with_for_update=True)
-            if flag is None:
-                session.add(SwarmFlag(name=DRAINING, value=value, updated_at=value["since"]))
-            else:
-                value = flag.value  # already draining: keep when it began
+            if flag is not None:
+                return dict(flag.value)  # already draining: keep when and why it began
+            session.add(SwarmFlag(name=DRAINING, value=value, updated_at=value["since"]))
         logger.warning("swarm draining: no new tasks are handed out (%s)", reason or "no reason")
         return value
 

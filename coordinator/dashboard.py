@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select
 
-from swarm.coordinator.storage import Lease, Round, Task, Worker
+from swarm.coordinator.storage import Lease, Round, Task, Worker, count_by
 from swarm.coordinator.storage import online as is_online
 
 if TYPE_CHECKING:
@@ -57,18 +57,8 @@ def swarm_numbers(services: Services, now: float | None = None) -> dict[str, Any
             session.scalars(select(Worker).where(is_online(now, services.settings.worker_online_s)))
         )
         registered = session.scalar(select(func.count()).select_from(Worker)) or 0
-        tasks = {
-            status: count
-            for status, count in session.execute(
-                select(Task.status, func.count()).group_by(Task.status)
-            )
-        }
-        leases = {
-            outcome: count
-            for outcome, count in session.execute(
-                select(Lease.outcome, func.count()).group_by(Lease.outcome)
-            )
-        }
+        tasks = count_by(session, Task.status)
+        leases = count_by(session, Lease.outcome)
         closed = session.execute(
             select(Round.closed_at, Round.tokens).where(Round.closed_at >= since)
         ).all()

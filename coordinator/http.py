@@ -472,12 +472,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
                 if fine_tuned_model(job) != model:
                     raise NotFoundError(model)
                 spec = dataclasses.replace(spec, model=job.id)
-            elif model.startswith("ftckpt-") and catalog.manifest(model) is None:
-                own_job(jobs.get_checkpoint(model).job_id, caller)  # not stored yet
             # Whose a stored model is, its manifest says (not its name, which a
             # case-insensitive file system may match in another spelling).
             manifest = catalog.manifest(spec.model)
-            if manifest is not None:
+            if manifest is None and spec.model.startswith("ftckpt-"):  # not stored yet
+                own_job(jobs.get_checkpoint(spec.model).job_id, caller)
+            elif manifest is not None:
                 if manifest.get("name", spec.model) != spec.model:
                     raise NotFoundError(model)
                 source = str(manifest.get("source") or "")
@@ -777,6 +777,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
         trained per second (over ten minutes, and per minute over the last hour), tasks by
         state (the queue depths), leases by outcome, recent round times, jobs by status, and
         results accepted, rejected and ignored since the coordinator started."""
+        counters = services.servicer.counters()
         return {
             "object": "swarm.status",
             **swarm_numbers(services),
@@ -785,7 +786,7 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             "database_latency_ms": round(db.ping_s() * 1000, 3),
             "draining": services.control.draining(),
             "results": {  # since this process started
-                outcome: services.servicer.counters().get(f"results_{outcome}", 0)
+                outcome: counters.get(f"results_{outcome}", 0)
                 for outcome in ("accepted", "rejected", "ignored")
             },
         }

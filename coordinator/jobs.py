@@ -44,6 +44,7 @@ from swarm.coordinator.storage import (
     Job,
     Round,
     Task,
+    count_by,
     page_by_creation,
 )
 from swarm.models import (
@@ -679,8 +680,7 @@ class JobService:
 
     def count_by_status(self) -> dict[str, int]:
         with self._db.transaction() as session:
-            rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-            return {status: count for status, count in rows}
+            return count_by(session, Job.status)
 
 
 def add_event(

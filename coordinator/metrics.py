@@ -26,12 +26,22 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarm.coordinator.servicer import RPC_BUCKETS_S, RpcStats, WorkerServicer
-from swarm.coordinator.storage import Job, Lease, LedgerTransaction, Round, Task, Worker
+from swarm.coordinator.storage import (
+    Job,
+    Lease,
+    LedgerTransaction,
+    Round,
+    Task,
+    Worker,
+    count_by,
+)
+from swarm.coordinator.storage import online as is_online
 from swarm.scheduler import MICRO_PER_CREDIT, RESEARCH_POOL
 from swarm.scheduler.jobs import JobStatus, LeaseOutcome, TaskStatus
 
@@ -195,17 +205,17 @@ def _database_families(services: Services) -> list[Metric]:
     now = time.time()
     with services.db.transaction() as session:
         families = [
-            *_worker_families(session, now - services.settings.worker_online_s),
+            *_worker_families(session, is_online(now, services.settings.worker_online_s)),
             _by_status(
                 "swarm_jobs",
                 "Fine-tuning jobs by status.",
-                _count_by(session, Job.status),
+                count_by(session, Job.status),
                 [s.value for s in JobStatus],
             ),
             _by_status(
                 "swarm_tasks",
                 "Tasks by status: pending ones are the queue depth.",
-                _count_by(session, Task.status),
+                count_by(session, Task.status),
                 [s.value for s in TaskStatus],
             ),
             *_lease_families(session),
@@ -222,15 +232,11 @@ def _database_families(services: Services) -> list[Metric]:
     return families
 
 
-def _worker_families(session: Session, online_since: float) -> list[Metric]:
+def _worker_families(session: Session, online: ColumnElement[bool]) -> list[Metric]:
     registered = session.scalar(select(func.count()).select_from(Worker)) or 0
-    online = session.execute(
-        select(Worker.hardware, Worker.flops_per_s).where(
-            Worker.last_seen_at >= online_since, Worker.banned_at.is_(None)
-        )
-    ).all()
+    workers = session.execute(select(Worker.hardware, Worker.flops_per_s).where(online)).all()
     by_device = dict.fromkeys([*DEVICE_TYPES, "other"], 0)
-    for hardware, _ in online:
+    for hardware, _ in workers:
         device = str((hardware or {}).get("device_type") or "unknown")
         by_device[device if device in DEVICE_TYPES else "other"] += 1
     workers_online = GaugeMetricFamily(
@@ -250,13 +256,13 @@ def _worker_families(session: Session, online_since: float) -> list[Metric]:
         GaugeMetricFamily(
             "swarm_workers_online_flops",
             "Measured training throughput of the online workers together, in FLOP/s.",
-            value=sum(flops or 0.0 for _, flops in online),
+            value=sum(flops or 0.0 for _, flops in workers),
         ),
     ]
 
 
 def _lease_families(session: Session) -> list[Metric]:
-    counts = _count_by(session, Lease.outcome)
+    counts = count_by(session, Lease.outcome)
     ended = CounterMetricFamily(
         "swarm_leases_ended_total",
         "Task leases that ended, by outcome: submitted, expired (the deadline passed without a "
@@ -376,14 +382,6 @@ def _rpc_families(servicer: WorkerServicer) -> list[Metric]:
     for outcome in ("accepted", "rejected", "ignored"):
         results.add_metric([outcome], counters.get(f"results_{outcome}", 0))
     return [requests, durations, results]
-
-
-def _count_by(session: Session, column: InstrumentedAttribute[str]) -> dict[str, int]:
-    """Rows by each value of `column`."""
-    return {
-        value: count
-        for value, count in session.execute(select(column, func.count()).group_by(column))
-    }
 
 
 def _by_status(

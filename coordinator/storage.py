@@ -28,10 +28,19 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
+    select,
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Mapped,
+    Session,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -72,6 +81,11 @@ class Worker(Base):
     ban_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     valid_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Results accepted in a row since its last rejected one: the trust the dashboard shows."""
+
+
+def count_by(session: Session, column: InstrumentedAttribute[str]) -> dict[str, int]:
+    """Rows of `column`'s table by each value of `column` (jobs by status, ...)."""
+    return dict(session.execute(select(column, func.count()).group_by(column)).tuples().all())
 
 
 def online(now: float, window_s: float) -> ColumnElement[bool]:
