@@ -32,6 +32,7 @@ from swarm.models import (
     AdapterConfig,
     InnerLoopConfig,
     InnerLoopInterrupted,
+    InnerLoopResult,
     Objective,
     apply_adapter,
     build_model,
@@ -71,6 +72,9 @@ class Worker:
         self._feedback = FeedbackStore(settings.data_dir / "feedback")
         self._outbox = settings.data_dir / "outbox"
         self._models: dict[Any, tuple[torch.nn.Module, torch.nn.Module | None]] = {}
+        # AdamW's state after this worker's last train task, for jobs that keep it (one job's
+        # at a time: two optimizer moments per trainable value is the memory it costs).
+        self._inner_state: tuple[str, dict[str, Any]] | None = None
         self._transport: Transport | None = None
 
     def run(self) -> None:
@@ -289,21 +293,18 @@ class Worker:
         objective: Objective,
         fetch_s: float,
     ) -> None:
-        result = run_inner_loop(
-            model,
-            objective,
-            InnerLoopConfig(
-                steps=spec.inner_steps,
-                batch_size=spec.batch_size,
-                learning_rate=spec.learning_rate,
-                weight_decay=spec.weight_decay,
-                max_grad_norm=spec.max_grad_norm,
-                warmup_steps=spec.warmup_steps,
-                seed=spec.seed,
-            ),
-            samples=spec.sample_indices,
-            on_step=self._on_step(task),
-        )
+        kept = self._inner_state
+        state = kept[1] if spec.keep_inner_state and kept and kept[0] == task.job_id else None
+        try:
+            result = self._inner_loop(task, spec, model, objective, state)
+        except ValueError as exc:  # the kept state is for other parameters: start afresh
+            if state is None:
+                raise
+            logger.warning("job %s: not resuming the inner optimizer (%s)", task.job_id, exc)
+            self._inner_state = None
+            load_trainable_state(model, self._versions.params(task, transport))
+            result = self._inner_loop(task, spec, model, objective, None)
+        self._inner_state = (task.job_id, result.optimizer_state) if spec.keep_inner_state else None
         payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)
         metrics = m.TaskMetrics(
             loss_first=result.losses[0],
@@ -334,6 +335,31 @@ class Worker:
             fetch_s,
             result.compute_s,
             size / 1e3,
+        )
+
+    def _inner_loop(
+        self,
+        task: m.Task,
+        spec: m.TrainTask,
+        model: torch.nn.Module,
+        objective: Objective,
+        state: dict[str, Any] | None,
+    ) -> InnerLoopResult:
+        return run_inner_loop(
+            model,
+            objective,
+            InnerLoopConfig(
+                steps=spec.inner_steps,
+                batch_size=spec.batch_size,
+                learning_rate=spec.learning_rate,
+                weight_decay=spec.weight_decay,
+                max_grad_norm=spec.max_grad_norm,
+                warmup_steps=spec.warmup_steps,
+                seed=spec.seed,
+            ),
+            samples=spec.sample_indices,
+            on_step=self._on_step(task),
+            optimizer_state=state,
         )
 
     def _on_step(self, task: m.Task):  # type: ignore[no-untyped-def]

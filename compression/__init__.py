@@ -9,8 +9,9 @@ from swarm.compression.payload import (
     encode_stream,
     iter_payload,
     payload_size_bound,
+    plan_records,
     read_header,
-    tensor_seed,
+    record_seed,
 )
 from swarm.compression.policy import CompressionPolicy
 from swarm.compression.powersgd import PowerSGD
@@ -41,7 +42,8 @@ __all__ = [
     "make_delta",
     "parse_chain",
     "payload_size_bound",
+    "plan_records",
     "random_subset_mask",
     "read_header",
-    "tensor_seed",
+    "record_seed",
 ]

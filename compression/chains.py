@@ -142,6 +142,11 @@ class Chain:
     def lossless(self) -> bool:
         return not self.transforms and self.value.spec() == "fp32"
 
+    @property
+    def groupable(self) -> bool:
+        """Whether tensors can share one record: every stage sees only a flat vector."""
+        return all(stage.elementwise for stage in self.transforms)
+
     def _encode_raw(
         self, tensor: torch.Tensor, seed: int, state: TensorState | None
     ) -> tuple[list[Meta], bytes]:

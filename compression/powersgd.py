@@ -33,6 +33,7 @@ class PowerSGD(TransformStage):
     """Low-rank compression of matrices with a warm-started power iteration."""
 
     name: ClassVar[str] = "powersgd"
+    elementwise: ClassVar[bool] = False
     rank: int = 4
 
     def __post_init__(self) -> None:

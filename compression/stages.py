@@ -73,6 +73,10 @@ class ValueStage(Stage):
 class TransformStage(Stage):
     """A stage that hands a smaller vector to the next stage."""
 
+    #: whether the stage treats its input as a plain vector, so that several tensors can be
+    #: encoded as one concatenated record (PowerSGD needs each matrix's own shape).
+    elementwise: ClassVar[bool] = True
+
     @abstractmethod
     def encode(
         self, x: torch.Tensor, shape: tuple[int, ...], seed: int, state: TensorState

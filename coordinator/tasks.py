@@ -345,6 +345,7 @@ class TaskService:
                 base_sha256s=list(job.base_sha256s or []),
                 recipe=recipe,
                 sample_indices=spans.indices(job, self._blobs, rows),
+                keep_inner_state=spec.inner_state == "worker",
             ),
         )
 

@@ -4,6 +4,10 @@ A `train` task runs `InnerLoopConfig.steps` AdamW steps of its objective from th
 parameters, over the samples of its data shard that the coordinator assigned to it (in that
 order, `batch_size` at a time), and returns the pseudo-gradient: start minus end. Everything is
 seeded by the task, so an honest recomputation on the same machine is bit-exact.
+
+AdamW starts afresh in every task (with a linear warm-up) unless the caller passes the state a
+previous task of the same job left (`InnerLoopResult.optimizer_state`): DiLoCo's replicas keep
+their inner optimizer across rounds, and its moment estimates stay valid after an outer step.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +62,8 @@ class InnerLoopResult:
     losses: list[float]
     tokens: int
     compute_s: float
+    optimizer_state: dict[str, Any]
+    """AdamW's state at the end, to carry into the worker's next task of the job."""
 
 
 def sample_order(num_samples: int, count: int, seed: int) -> list[int]:
@@ -88,6 +95,7 @@ def run_inner_loop(
     config: InnerLoopConfig,
     samples: Sequence[int] | None = None,
     on_step: Callable[[int, float], bool] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> InnerLoopResult:
     """Train `model` in place for `config.steps` AdamW steps and return the pseudo-gradient.
 
@@ -99,6 +107,11 @@ def run_inner_loop(
             last step may take fewer); None draws `sample_order` from the config's seed.
         on_step: called after each step with (step, loss); returning False stops the loop
             with `InnerLoopInterrupted`.
+        optimizer_state: AdamW's state from a previous task of the same job on the same
+            trainable parameters; its moments are warm, so there is no warm-up.
+
+    Raises:
+        ValueError: `optimizer_state` does not fit the model's trainable parameters.
     """
     if samples is None:
         samples = sample_order(objective.num_samples, config.steps * config.batch_size, config.seed)
@@ -108,16 +121,22 @@ def run_inner_loop(
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95)
     )
+    warmup_steps = config.warmup_steps
+    if optimizer_state is not None:
+        _check_optimizer_state(optimizer_state, params)
+        optimizer.load_state_dict(optimizer_state)
+        warmup_steps = 0
     torch.manual_seed(config.seed)  # dropout masks (LoRA dropout, GPT-2's own) are seeded too
     losses: list[float] = []
     num_tokens = 0
     model.train()
     began = time.perf_counter()
     for step, batch in enumerate(batches):
-        # Linear warm-up: AdamW's moment estimates restart every task.
-        scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        # Linear warm-up: AdamW's moment estimates start afresh.
+        scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * scale
+            group["weight_decay"] = config.weight_decay
         loss, tokens = objective.training_loss(model, batch)
         num_tokens += tokens
         if not torch.isfinite(loss):
@@ -137,4 +156,19 @@ def run_inner_loop(
         losses=losses,
         tokens=num_tokens,
         compute_s=time.perf_counter() - began,
+        optimizer_state=optimizer.state_dict(),
     )
+
+
+def _check_optimizer_state(state: dict[str, Any], params: list[torch.nn.Parameter]) -> None:
+    """Refuse a state saved for other parameters (load_state_dict checks only the counts)."""
+    moments = state.get("state", {})
+    for index, param in enumerate(params):
+        entry = moments.get(index)
+        if entry is None:
+            continue
+        if tuple(entry["exp_avg"].shape) != tuple(param.shape):
+            raise ValueError(
+                f"optimizer state of parameter {index} has shape {tuple(entry['exp_avg'].shape)},"
+                f" the model's is {tuple(param.shape)}"
+            )

@@ -132,6 +132,7 @@ class TrainTask:
     base_sha256s: list[str] = field(default_factory=list)
     recipe: Recipe = field(default_factory=lambda: Recipe())
     sample_indices: list[int] = field(default_factory=list)
+    keep_inner_state: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

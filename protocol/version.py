@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from swarm.protocol.errors import VersionMismatchError
 
-PROTOCOL_VERSION = 4
-SUPPORTED_PROTOCOL_VERSIONS = frozenset({4})
+PROTOCOL_VERSION = 5
+SUPPORTED_PROTOCOL_VERSIONS = frozenset({5})
 
 
 def check_protocol_version(version: int) -> None:

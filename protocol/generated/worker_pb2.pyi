@@ -123,7 +123,7 @@ class ParamDelta(_message.Message):
     def __init__(self, version: _Optional[int] = ..., delta_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe", "sample_indices")
+    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe", "sample_indices", "keep_inner_state")
     MODEL_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     TOKENS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class TrainTask(_message.Message):
     BASE_SHA256S_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_INNER_STATE_FIELD_NUMBER: _ClassVar[int]
     model_config_sha256: str
     params_sha256: str
     tokens_sha256: str
@@ -158,7 +159,8 @@ class TrainTask(_message.Message):
     base_sha256s: _containers.RepeatedScalarFieldContainer[str]
     recipe: Recipe
     sample_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., sample_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    keep_inner_state: bool
+    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., sample_indices: _Optional[_Iterable[int]] = ..., keep_inner_state: _Optional[bool] = ...) -> None: ...
 
 class Recipe(_message.Message):
     __slots__ = ("objective", "dpo_beta", "adapter")

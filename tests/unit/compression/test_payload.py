@@ -1,4 +1,4 @@
-"""The v2 streaming payload: round trips, size bound, refusal of anything malformed or hostile."""
+"""The v3 streaming payload: round trips, size bound, refusal of anything malformed or hostile."""
 
 from __future__ import annotations
 
@@ -19,15 +19,21 @@ from hypothesis.extra import numpy as hnp
 
 from swarm.compression import (
     CompressionPolicy,
+    ErrorFeedback,
     decode_payload,
     encode_payload,
     encode_stream,
     iter_payload,
     payload_size_bound,
+    plan_records,
     read_header,
-    tensor_seed,
+    record_seed,
 )
-from swarm.compression.payload import MAX_HEADER_BYTES, MAX_RECORD_HEADER_BYTES
+from swarm.compression.payload import (
+    GROUP_ELEMENTS,
+    MAX_HEADER_BYTES,
+    MAX_RECORD_HEADER_BYTES,
+)
 from swarm.protocol.errors import CompressionError
 
 Record = tuple[dict[str, Any], bytes]
@@ -45,11 +51,11 @@ def _tensors(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, tor
 def _split(payload: bytes) -> tuple[dict[str, Any], list[Record]]:
     """Take a payload apart: the header and each record with its body."""
     magic, version, length = struct.unpack_from("<4sBI", payload)
-    assert (magic, version) == (b"SWPL", 2)
+    assert (magic, version) == (b"SWPL", 3)
     pos = 9 + length
     header = json.loads(payload[9:pos])
     records = []
-    for _ in range(header["num_tensors"]):
+    while pos < len(payload):
         (length,) = struct.unpack_from("<I", payload, pos)
         record = json.loads(payload[pos + 4 : pos + 4 + length])
         pos += 4 + length
@@ -64,7 +70,7 @@ def _join(
     records: list[tuple[dict[str, Any] | bytes, bytes]],
     *,
     magic: bytes = b"SWPL",
-    version: int = 2,
+    version: int = 3,
     header_length: int | None = None,
 ) -> bytes:
     """Build a payload by hand: magic, u8 version, u32 header length, header, records."""
@@ -111,14 +117,19 @@ def test_payload_round_trips_each_tensor_through_its_chain(
     tensors = _tensors(shapes, seed % 2**32)
     payload = encode_payload(tensors, policy, seed=seed)
     decoded = decode_payload(payload, shapes, policy)
-    assert list(decoded) == sorted(shapes)
-    for index, name in enumerate(sorted(shapes)):
-        chain = policy.chain_for(shapes[name])
-        _, expected = chain.roundtrip(tensors[name], seed=tensor_seed(seed, index))
-        assert decoded[name].shape == shapes[name]
-        assert torch.equal(decoded[name], expected)
-        if chain.lossless:
-            assert torch.equal(decoded[name], tensors[name])
+    assert sorted(decoded) == sorted(shapes)
+    for index, group in enumerate(plan_records(shapes, policy)):
+        chain = policy.chain_for(shapes[group[0]])
+        if len(group) == 1:
+            vector = tensors[group[0]]
+        else:
+            vector = torch.cat([tensors[name].reshape(-1) for name in group])
+        _, expected = chain.roundtrip(vector, seed=record_seed(seed, index))
+        assert torch.equal(torch.cat([decoded[n].reshape(-1) for n in group]), expected.reshape(-1))
+        for name in group:
+            assert decoded[name].shape == shapes[name]
+            if chain.lossless:
+                assert torch.equal(decoded[name], tensors[name])
     assert len(payload) <= payload_size_bound(shapes, policy)
 
 
@@ -172,11 +183,10 @@ def test_layout_of_header_and_records() -> None:
         "seed": 5,
         "num_tensors": 2,
     }
-    assert [r["name"] for r, _ in records] == ["a.weight", "b.bias"]
+    assert [r["tensors"] for r, _ in records] == [[["a.weight", [6, 8]]], [["b.bias", [8]]]]
     record, body = records[0]
     assert set(record) == {
-        "name",
-        "shape",
+        "tensors",
         "dtype",
         "chain",
         "meta",
@@ -185,7 +195,6 @@ def test_layout_of_header_and_records() -> None:
         "size",
         "crc32",
     }
-    assert record["shape"] == [6, 8]
     assert record["dtype"] == "float32"
     assert record["chain"] == "int8:block=64"
     assert record["size"] == len(body) == record["raw"] == 2 + 48
@@ -285,7 +294,7 @@ def test_a_tensor_of_the_wrong_shape_is_refused(shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("shape", [[8, 6], [6, 8, 1], "6x8", None])
 def test_a_record_claiming_another_shape_is_refused(shape: object) -> None:
     header, records = _valid()
-    records[0][0]["shape"] = shape
+    records[0][0]["tensors"][0][1] = shape
     with pytest.raises(CompressionError, match=r"a\.weight: shape"):
         decode_payload(_join(header, records), SHAPES, INT8)
 
@@ -300,7 +309,7 @@ def test_missing_and_extra_tensors_are_refused() -> None:
 
 def test_a_tensor_the_job_does_not_have_is_refused_by_name() -> None:
     header, records = _valid()
-    records[1][0]["name"] = "c.bias"
+    records[1][0]["tensors"][0][0] = "c.bias"
     with pytest.raises(CompressionError, match=r"unexpected tensor 'c\.bias'"):
         decode_payload(_join(header, records), SHAPES, INT8)
 
@@ -338,7 +347,7 @@ def test_bad_magic_is_refused(magic: bytes) -> None:
         read_header(_join(header, records, magic=magic))
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 255])
 def test_other_format_versions_are_refused(version: int) -> None:
     header, records = _valid()
     with pytest.raises(CompressionError, match=f"format {version} is not supported"):
@@ -478,11 +487,12 @@ def test_non_finite_updates_are_refused_on_encode(bad: float) -> None:
 
 def test_non_finite_values_in_a_valid_fp32_record_are_refused() -> None:
     header, records = _valid(FP32)
+    assert len(records) == 1  # fp32 for both: one group of 48 + 8 values
     record = records[0][0]
-    nan_body = np.full(48, np.nan, dtype="<f4").tobytes()
+    nan_body = np.full(56, np.nan, dtype="<f4").tobytes()
     record["crc32"] = zlib.crc32(nan_body)
     records[0] = (record, nan_body)
-    with pytest.raises(CompressionError, match=r"a\.weight contains NaN or infinite"):
+    with pytest.raises(CompressionError, match=r"a\.weight\.\.b\.bias: contains NaN or infinite"):
         decode_payload(_join(header, records), SHAPES, FP32)
 
 
@@ -615,3 +625,105 @@ def test_hostile_header_fields_raise_only_compression_error(
     _decode_or_refuse(_join(header, records), policy)
     with contextlib.suppress(CompressionError):
         read_header(_join(header, records))
+
+
+# --- grouped records -------------------------------------------------------------------------
+
+LORA_SHAPES = {
+    f"layers.{i}.{m}.lora_{ab}": s
+    for i in range(8)
+    for m in ("q", "v")
+    for ab, s in (("A", (8, 96)), ("B", (96, 8)))
+}
+LORA_SHAPES.update({f"layers.{i}.norm": (96,) for i in range(8)})
+
+
+def test_many_small_tensors_share_a_few_records_and_round_trip() -> None:
+    policy = CompressionPolicy(chain="int8", small_elements=500)
+    tensors = _tensors(LORA_SHAPES)
+    payload = encode_payload(tensors, policy, seed=9)
+    _, records = _split(payload)
+    # 8 fp16 norms in one record, 32 int8 matrices in another: two encoder passes, not 40.
+    assert [len(r["tensors"]) for r, _ in records] == [8, 32]
+    assert [r["chain"] for r, _ in records] == ["fp16", "int8:block=64"]
+    decoded = decode_payload(payload, LORA_SHAPES, policy)
+    for name, tensor in tensors.items():
+        assert decoded[name].shape == tensor.shape
+        assert torch.allclose(decoded[name], tensor, atol=tensor.abs().max().item() / 100)
+
+
+def test_groups_stop_at_the_element_and_tensor_limits() -> None:
+    shapes = {f"w{i:04d}": (GROUP_ELEMENTS // 4 + 1,) for i in range(6)}
+    policy = CompressionPolicy(chain="int8", small_elements=0)
+    plan = plan_records(shapes, policy)
+    assert [len(g) for g in plan] == [3, 3]
+    assert all(sum(shapes[n][0] for n in g) <= GROUP_ELEMENTS for g in plan)
+    many = {f"n{i:05d}": (2, 2) for i in range(2500)}
+    assert [len(g) for g in plan_records(many, policy)] == [1024, 1024, 452]
+    # A tensor larger than a group is a record of its own; PowerSGD needs each matrix alone.
+    big = {"a": (GROUP_ELEMENTS + 1,), "b": (4,), "c": (4,)}
+    assert plan_records(big, policy) == [["a"], ["b", "c"]]
+    lowrank = CompressionPolicy(chain="powersgd", small_elements=0)
+    assert plan_records({"x": (8, 8), "y": (8, 8)}, lowrank) == [["x"], ["y"]]
+
+
+def _merged(policy: CompressionPolicy, shapes: dict[str, tuple[int, ...]]) -> bytes:
+    """A payload whose tensors are all claimed by one fp32-sized record (a hostile grouping)."""
+    tensors = _tensors(shapes)
+    header = read_header(encode_payload(tensors, policy))
+    body = np.concatenate([t.numpy().reshape(-1) for t in tensors.values()]).astype("<f4")
+    record = {
+        "tensors": [[n, list(s)] for n, s in sorted(shapes.items())],
+        "dtype": "float32",
+        "chain": "fp32",
+        "meta": [{}],
+        "zstd": False,
+        "raw": body.nbytes,
+        "size": body.nbytes,
+        "crc32": zlib.crc32(body.tobytes()),
+    }
+    return _join(header, [(record, body.tobytes())])
+
+
+def test_a_group_the_policy_does_not_allow_is_refused() -> None:
+    fp32 = CompressionPolicy(chain="fp32", small_chain="fp32", small_elements=0)
+    shapes = {"a": (GROUP_ELEMENTS // 2 + 1,), "b": (GROUP_ELEMENTS // 2,)}
+    with pytest.raises(CompressionError, match=f"more than {GROUP_ELEMENTS} values"):
+        decode_payload(_merged(fp32, shapes), shapes, fp32)
+    mixed = CompressionPolicy(chain="fp32", small_chain="fp16", small_elements=0)
+    with pytest.raises(CompressionError, match=r"b\.bias: the job's policy encodes it with 'fp16'"):
+        decode_payload(_merged(mixed, SHAPES), SHAPES, mixed)
+
+
+def test_a_powersgd_group_is_refused() -> None:
+    policy = CompressionPolicy(chain="powersgd", small_elements=0)
+    shapes = {"x": (8, 8), "y": (8, 8)}
+    header, records = _split(encode_payload(_tensors(shapes), policy))
+    (first, body), (second, _) = records
+    first["tensors"] = first["tensors"] + second["tensors"]
+    with pytest.raises(CompressionError, match="encodes one tensor per record"):
+        decode_payload(_join(header, [(first, body)]), shapes, policy)
+
+
+@pytest.mark.parametrize(
+    "tensors", [None, [], "a.weight", [["a.weight"]], [[1, [6, 8]]], [["a.weight", [6, 8], 1]]]
+)
+def test_a_malformed_tensor_list_is_refused(tensors: object) -> None:
+    header, records = _valid()
+    records[0][0]["tensors"] = tensors
+    with pytest.raises(CompressionError, match="tensor"):
+        decode_payload(_join(header, records), SHAPES, INT8)
+
+
+def test_error_feedback_keeps_a_residual_per_tensor_of_a_group() -> None:
+    policy = CompressionPolicy(chain="topk:0.1+int8", small_elements=0)
+    tensors = _tensors(LORA_SHAPES)
+    feedback = ErrorFeedback()
+    payload = encode_payload(tensors, policy, seed=4, feedback=feedback)
+    feedback.commit()
+    decoded = decode_payload(payload, LORA_SHAPES, policy)
+    assert len(feedback) == len(tensors)
+    for name, tensor in tensors.items():
+        residual = feedback.residual(name)
+        assert residual is not None and residual.shape == tensor.shape
+        assert torch.allclose(residual, tensor - decoded[name], atol=1e-6)

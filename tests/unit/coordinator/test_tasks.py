@@ -169,6 +169,7 @@ def test_two_workers_get_distinct_tasks_of_round_zero(coordinator: Coordinator) 
         chain="fp16", small_chain="fp16", small_elements=4096
     )
     assert first.train.param_deltas == []  # version 0 has no predecessor
+    assert not first.train.keep_inner_state  # the default: AdamW afresh in every task
     assert first.max_result_bytes > 0
     assert coordinator.task(first.task_id).status == "leased"
     assert coordinator.task(first.task_id).worker_id == w1

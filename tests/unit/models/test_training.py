@@ -207,3 +207,33 @@ def test_sample_order_visits_every_sample_once_per_pass() -> None:
     assert sorted(order[:7]) == list(range(7)) and sorted(order[7:14]) == list(range(7))
     assert order == sample_order(7, 17, seed=3)
     assert order != sample_order(7, 17, seed=4)
+
+
+def test_a_kept_optimizer_state_continues_one_run_exactly() -> None:
+    # Two tasks of 6 steps, the second resuming the first's AdamW state (and so no warm-up),
+    # train exactly like one task of 12 steps: DiLoCo's per-worker inner optimizer.
+    samples = sample_order(OBJECTIVE.num_samples, 12 * 4, seed=3)
+    whole = _model()
+    run_inner_loop(whole, OBJECTIVE, CONFIG, samples=samples)
+    halves = _model()
+    half = InnerLoopConfig(steps=6, batch_size=4, learning_rate=1e-2, warmup_steps=2, seed=7)
+    first = run_inner_loop(halves, OBJECTIVE, half, samples=samples[:24])
+    run_inner_loop(
+        halves, OBJECTIVE, half, samples=samples[24:], optimizer_state=first.optimizer_state
+    )
+    for name, value in trainable_state(whole).items():
+        torch.testing.assert_close(trainable_state(halves)[name], value, rtol=0, atol=0)
+    # Without the state the second half restarts AdamW (and its warm-up): another model.
+    fresh = _model()
+    run_inner_loop(fresh, OBJECTIVE, half, samples=samples[:24])
+    run_inner_loop(fresh, OBJECTIVE, half, samples=samples[24:])
+    assert any(
+        not torch.equal(trainable_state(fresh)[n], v) for n, v in trainable_state(whole).items()
+    )
+
+
+def test_an_optimizer_state_for_other_parameters_is_refused() -> None:
+    state = run_inner_loop(_model(), OBJECTIVE, CONFIG).optimizer_state
+    other = build_model({**preset_config("micro-llama"), "intermediate_size": 48}, seed=0)
+    with pytest.raises(ValueError, match="optimizer state of parameter"):
+        run_inner_loop(other, OBJECTIVE, CONFIG, optimizer_state=state)

@@ -46,6 +46,7 @@ AT_THE_LIMITS: list[dict[str, Any]] = [
     {"checkpoint_every": 100_000},
     {"work_sizing": "fixed"},
     {"late_updates": "drop"},
+    {"inner_state": "worker"},
 ]
 
 
@@ -54,6 +55,7 @@ def test_scheduling_defaults() -> None:
     assert not spec.finishes_by_epochs()
     assert spec.work_sizing == "adaptive"
     assert spec.late_updates == "stale"
+    assert spec.inner_state == "task"  # stateless tasks unless a job asks for DiLoCo's
     assert (spec.round_quorum, spec.round_timeout_s, spec.priority) == (0.5, 0.0, 0)
 
 
@@ -90,6 +92,7 @@ def test_fractional_counts_are_refused(field: str, value: float) -> None:
         ("work_sizing", "proportional", "adaptive, fixed"),
         ("work_sizing", "", "adaptive, fixed"),
         ("late_updates", "keep", "stale, drop"),
+        ("inner_state", "replica", "task, worker"),
     ],
 )
 def test_unknown_choices_are_refused_with_the_allowed_ones(
