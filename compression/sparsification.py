@@ -1,7 +1,8 @@
 """Transform stages that keep a subset of the elements: top-k and a seeded random subset.
 
 Top-k sends which elements it kept, as whichever is smallest of a bitmap over the input, 16-bit
-gaps between positions, or 32-bit positions. The random subset sends nothing but a seed: both
+gaps between positions, varint gaps (7 bits a byte: one byte for a gap under 128, which is the
+usual case at 1% density), or 32-bit positions. The random subset sends nothing but a seed: both
 sides draw the same subset from a counter-based hash (splitmix64 of seed and position), which is
 the same on every platform and every library version, unlike a library's random generator.
 CocktailSGD runs them in that order (random subset, then top-k of it), so the top-k bitmap
@@ -32,7 +33,8 @@ from swarm.compression.stages import (
 )
 from swarm.protocol.errors import CompressionError
 
-_INDEX_CODINGS = ("bitmap", "gap16", "u32")
+_INDEX_CODINGS = ("bitmap", "gap16", "varint", "u32")
+_VARINT_MAX_BYTES = 5  # gaps below 2**35
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ class TopK(_FractionStage):
             return x, [], {"k": k, "index": "all"}
         indices = torch.topk(x.abs(), k, sorted=False).indices.sort().values
         coding, part = _encode_indices(indices, x.numel())
-        return x[indices], [part], {"k": k, "index": coding}
+        meta: Meta = {"k": k, "index": coding}
+        if coding == "varint":
+            meta["bytes"] = len(part)
+        return x[indices], [part], meta
 
     def inner_numel(self, numel: int, shape: tuple[int, ...], meta: Meta) -> int:
         k = meta_int(meta, "k", 0, numel, stage=self.spec())
@@ -86,6 +91,9 @@ class TopK(_FractionStage):
             meta_choice(meta, "index", ("all",), stage=self.spec())
             return []
         coding = meta_choice(meta, "index", _INDEX_CODINGS, stage=self.spec())
+        if coding == "varint":  # never more than the fixed codings the encoder compared it with
+            most = min(_index_bytes("bitmap", k, numel), _index_bytes("u32", k, numel))
+            return [meta_int(meta, "bytes", k, max(k, most), stage=self.spec())]
         return [_index_bytes(coding, k, numel)]
 
     def decode(
@@ -135,13 +143,52 @@ def _index_bytes(coding: str, k: int, numel: int) -> int:
     return {"bitmap": -(-numel // 8), "gap16": 2 * k, "u32": 4 * k}[coding]
 
 
+def _varint_lengths(gaps: np.ndarray) -> np.ndarray:
+    lengths = np.ones(len(gaps), dtype=np.int64)
+    for bits in range(7, 7 * _VARINT_MAX_BYTES, 7):
+        lengths += gaps >= 1 << bits
+    return lengths
+
+
+def _encode_varints(gaps: np.ndarray, lengths: np.ndarray) -> bytes:
+    """Little-endian base-128 groups, the high bit set on every byte but a value's last."""
+    starts = np.cumsum(lengths) - lengths
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    for j in range(int(lengths.max(initial=0))):
+        rows = lengths > j
+        more = (lengths[rows] - 1 > j).astype(np.uint8) << 7
+        out[starts[rows] + j] = ((gaps[rows] >> (7 * j)) & 0x7F).astype(np.uint8) | more
+    return out.tobytes()
+
+
+def _decode_varints(data: Buffer, count: int) -> np.ndarray:
+    """`count` (at least one) values encoded by `_encode_varints`, checked."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    last = (raw & 0x80) == 0
+    if int(last.sum()) != count or not last[-1]:
+        raise CompressionError(f"topk: the varint gaps hold {int(last.sum())} values, not {count}")
+    value_of = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    place = np.arange(len(raw)) - starts[value_of]
+    if int(place.max()) >= _VARINT_MAX_BYTES:
+        raise CompressionError("topk: a varint gap is longer than 5 bytes")
+    # Sums of 7-bit groups below 2**35 are exact in float64.
+    weights = (raw & 0x7F).astype(np.float64) * np.exp2(7.0 * place)
+    return np.bincount(value_of, weights=weights, minlength=count).astype(np.int64)
+
+
 def _encode_indices(indices: torch.Tensor, numel: int) -> tuple[str, bytes]:
     k = indices.numel()
     gaps = torch.diff(indices, prepend=indices.new_full((1,), -1))
     costs = {"bitmap": _index_bytes("bitmap", k, numel), "u32": _index_bytes("u32", k, numel)}
     if k and int(gaps.max()) < 1 << 16:
         costs["gap16"] = _index_bytes("gap16", k, numel)
+    varint_gaps = gaps.numpy() - 1
+    lengths = _varint_lengths(varint_gaps)
+    costs["varint"] = int(lengths.sum())
     coding = min(costs, key=lambda c: costs[c])
+    if coding == "varint":
+        return coding, _encode_varints(varint_gaps, lengths)
     if coding == "bitmap":
         mask = np.zeros(numel, dtype=bool)
         mask[indices.numpy()] = True
@@ -158,8 +205,11 @@ def _decode_indices(coding: str, data: Buffer, k: int, numel: int) -> torch.Tens
         if indices.numel() != k:
             raise CompressionError(f"topk: the bitmap marks {indices.numel()} elements, not {k}")
         return indices
-    if coding == "gap16":
-        gaps = tensor_from_bytes(data, torch.uint16, k).to(torch.int64)
+    if coding in ("gap16", "varint"):
+        if coding == "gap16":
+            gaps = tensor_from_bytes(data, torch.uint16, k).to(torch.int64)
+        else:
+            gaps = torch.from_numpy(_decode_varints(data, k)) + 1
         indices = torch.cumsum(gaps, 0) - 1
         if k and (int(gaps.min()) < 1 or int(indices[-1]) >= numel):
             raise CompressionError("topk: index gaps are zero or run past the end")

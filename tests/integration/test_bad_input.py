@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import func, select
 
 from swarm.compression import encode_payload
+from swarm.compression.payload import FORMAT_VERSION
 from swarm.coordinator.storage import Job, Lease, Round, Task, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import SwarmError, VersionMismatchError
@@ -708,7 +709,7 @@ def _corrupt_payloads(shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, byt
         ("empty", b"", "truncated"),
         ("wrong shape", make_payload(transposed), f"tensor {first}: shape"),
         ("missing tensor", make_payload(missing), f"the job has {len(names)}"),
-        ("NaN", _with_nan_first_element(honest), f"tensor {first} contains NaN"),
+        ("NaN", _with_nan_first_element(honest), f"{first}..{names[-1]}: contains NaN"),
         (
             "body does not match its checksum",
             honest[:-1] + bytes([honest[-1] ^ 0x01]),
@@ -750,7 +751,7 @@ def test_deeply_nested_payload_header_is_invalid_argument(harness: Harness) -> N
     task = lease(client, worker)
     blobs_before = stored_blobs(live)
     nested = b"[" * 20_000
-    payload = struct.pack("<4sBI", b"SWPL", 2, len(nested)) + nested
+    payload = struct.pack("<4sBI", b"SWPL", FORMAT_VERSION, len(nested)) + nested
     assert len(payload) <= task.max_result_bytes
     header = make_header(worker, task.task_id, payload)
 

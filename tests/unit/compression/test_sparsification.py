@@ -88,6 +88,7 @@ def test_topk_sends_the_positions_in_the_cheapest_coding(numel: int, data: st.Da
     costs = {"bitmap": -(-numel // 8), "u32": 4 * k}
     if gaps.max() < 1 << 16:
         costs["gap16"] = 2 * k
+    costs["varint"] = sum(1 + (g - 1 >= 128) + (g - 1 >= 1 << 14) for g in gaps)
     assert stage.part_sizes(numel, (numel,), meta) == [min(costs.values())]
     assert costs[meta["index"]] == min(costs.values())
     # Inner values come in position order.
@@ -101,26 +102,35 @@ def _spiky(numel: int, positions: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("numel", "fraction", "coding", "index_bytes"),
+    ("numel", "fraction", "offset", "coding", "index_bytes"),
     [
-        (100, 0.5, "bitmap", 13),  # 50 of 100: a 13-byte bitmap beats 100 bytes of gaps
-        (1000, 0.01, "gap16", 20),  # 10 of 1000: 2-byte gaps beat a 125-byte bitmap
-        (300_000, 1e-5, "u32", 16),  # 4 positions 70000 apart: gaps do not fit 16 bits
+        (100, 0.5, 0, "bitmap", 13),  # 50 of 100: a 13-byte bitmap beats 50 bytes of gaps
+        (1000, 0.01, 0, "varint", 10),  # 10 of 1000: 1-byte gaps beat a 125-byte bitmap
+        (20_000, 0.0005, 200, "gap16", 20),  # gaps of 200 and 2000: 2 bytes either way
+        (3_000_000, 1e-6, 0, "varint", 7),  # gaps of a million: 3-byte varints beat u32
     ],
 )
 def test_each_index_coding_round_trips(
-    numel: int, fraction: float, coding: str, index_bytes: int
+    numel: int, fraction: float, offset: int, coding: str, index_bytes: int
 ) -> None:
+    # (u32 positions are cheaper only for gaps of 2**28 and more.)
     stage = TopK(fraction)
     k = stage.count(numel)
-    spacing = 70_000 if coding == "u32" else numel // k
-    positions = [i * spacing + (5 if coding == "u32" else 0) for i in range(k)]
+    positions = [offset + i * (numel // k) for i in range(k)]
     x = _spiky(numel, positions)
     _, meta, decoded = _topk_roundtrip(stage, x)
-    assert meta == {"k": k, "index": coding}
+    extra = {"bytes": index_bytes} if coding == "varint" else {}
+    assert meta == {"k": k, "index": coding, **extra}
     assert stage.part_sizes(numel, (numel,), meta) == [index_bytes]
     assert torch.nonzero(decoded).flatten().tolist() == positions
     assert torch.equal(decoded[positions], x[positions])
+
+
+def test_u32_positions_still_decode() -> None:
+    stage = TopK(0.003)
+    part = np.asarray([3, 70, 999], dtype="<i4").tobytes()
+    decoded = stage.decode(torch.ones(3), [part], 1000, (1000,), {"k": 3, "index": "u32"})
+    assert torch.nonzero(decoded).flatten().tolist() == [3, 70, 999]
 
 
 @pytest.mark.parametrize("numel", [1, 2, 7])
@@ -203,6 +213,31 @@ def test_topk_rejects_bad_gaps(gaps: list[int]) -> None:
     part = np.asarray(gaps, dtype="<u2").tobytes()
     with pytest.raises(CompressionError, match="gaps"):
         stage.decode(torch.ones(3), [part], 1000, (1000,), {"k": 3, "index": "gap16"})
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        (b"\x01\x80\x00", "hold 2 values, not 3"),
+        (b"\x01\x00\x02\x03", "hold 4 values, not 3"),
+        (b"\x01\x00\x82", "not 3"),  # the last value never ends
+        (b"\x00\x00\xe7\x07", "run past the end"),  # 0, 1, then 1000
+        (b"\x00\x80\x80\x80\x80\x80\x01\x00", "longer than 5 bytes"),
+    ],
+)
+def test_topk_rejects_bad_varint_gaps(part: bytes, message: str) -> None:
+    stage = TopK(0.003)
+    meta = {"k": 3, "index": "varint", "bytes": len(part)}
+    with pytest.raises(CompressionError, match=message):
+        stage.part_sizes(1000, (1000,), meta)
+        stage.decode(torch.ones(3), [part], 1000, (1000,), meta)
+
+
+@pytest.mark.parametrize("size", [2, 13, None, True, 1.5])
+def test_topk_rejects_a_varint_size_outside_what_the_encoder_would_send(size: object) -> None:
+    # At least a byte per position, and never more than the 12 bytes of three u32 positions.
+    with pytest.raises(CompressionError, match="bytes"):
+        TopK(0.003).part_sizes(1000, (1000,), {"k": 3, "index": "varint", "bytes": size})
 
 
 @pytest.mark.parametrize(
