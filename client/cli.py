@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--name", help="name shown on the coordinator (default: host name)")
     join.add_argument("--data-dir", type=Path, help="identity, benchmark and blob cache")
     join.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all)")
+    join.add_argument(
+        "--max-upload-mbps", type=float, help="cap on what the client sends (default: none)"
+    )
+    join.add_argument(
+        "--max-download-mbps", type=float, help="cap on what the client receives (default: none)"
+    )
     join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     return parser
 
@@ -38,6 +44,8 @@ def _settings(args: argparse.Namespace) -> ClientSettings:
             "name": args.name,
             "data_dir": args.data_dir,
             "threads": args.threads,
+            "max_upload_mbps": args.max_upload_mbps,
+            "max_download_mbps": args.max_download_mbps,
             "log_level": args.log_level,
         }.items()
         if v is not None

@@ -23,4 +23,6 @@ class ClientSettings(BaseSettings):
     threads: int = Field(default=0, ge=0, le=1024, description="0: let PyTorch decide")
     rpc_timeout_s: float = Field(default=15.0, gt=0, le=600)
     max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
+    max_upload_mbps: float = Field(default=0.0, ge=0, le=1e6, description="0: no limit")
+    max_download_mbps: float = Field(default=0.0, ge=0, le=1e6, description="0: no limit")
     log_level: str = "INFO"

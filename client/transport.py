@@ -1,6 +1,8 @@
 """The client's link to its coordinator: sessions, deadlines, retries with jittered backoff.
 
-Only `TransportError` (UNAVAILABLE, DEADLINE_EXCEEDED) is retried, with exponential backoff and
+Blob downloads and result uploads pass through token buckets, so the client keeps to the
+volunteer's `--max-download-mbps` and `--max-upload-mbps`. Only `TransportError`
+(UNAVAILABLE, DEADLINE_EXCEEDED) is retried, with exponential backoff and
 full jitter so a restarted coordinator is not hit by every worker at once. A session the
 coordinator no longer knows (UNAUTHENTICATED) triggers one re-registration.
 """
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from swarm.client.bandwidth import TokenBucket
 from swarm.protocol import messages as m
 from swarm.protocol.errors import TransportError, UnauthenticatedError
 from swarm.protocol.service import WorkerClient, open_channel
@@ -45,8 +48,12 @@ class Transport:
         stop: threading.Event,
         rpc_timeout_s: float = 15.0,
         max_backoff_s: float = 30.0,
+        upload: TokenBucket | None = None,
+        download: TokenBucket | None = None,
     ) -> None:
         self.target = target
+        self._upload = upload or TokenBucket(0)
+        self._download = download or TokenBucket(0)
         self._register_request = register_request
         self._stop = stop
         self._rpc_timeout_s = rpc_timeout_s
@@ -148,6 +155,8 @@ class Transport:
             timeout_s=timeout_s,
         ):
             self.bytes_down += len(chunk.data)
+            # Pausing the reader lets gRPC's flow control hold the sender back to the rate.
+            self._download.take(len(chunk.data))
             yield chunk
 
     def submit_result(
@@ -155,13 +164,19 @@ class Transport:
     ) -> m.SubmitResultResponse:
         """Stream a result; `payload` is the bytes or a file holding them (read chunk by chunk)."""
 
+        # Smaller pieces when capped, so the pacing is smooth rather than a megabyte at a time.
+        if self._upload.limited:
+            chunk_bytes = max(16_384, min(chunk_bytes, int(self._upload.rate_bytes_s / 20)))
+
         def chunks() -> Iterator[bytes]:
             if isinstance(payload, Path):
                 with payload.open("rb") as source:
                     while data := source.read(chunk_bytes):
+                        self._upload.take(len(data))
                         yield data
             else:
                 for start in range(0, len(payload), chunk_bytes):
+                    self._upload.take(min(chunk_bytes, len(payload) - start))
                     yield payload[start : start + chunk_bytes]
 
         response = self._client.submit_result(header, chunks(), timeout_s=timeout_s)

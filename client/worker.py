@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from swarm.client.bandwidth import TokenBucket
 from swarm.client.cache import BlobCache
 from swarm.client.feedback import FeedbackStore
 from swarm.client.hardware import profile_with_benchmark
@@ -107,6 +108,8 @@ class Worker:
             stop=self.stop,
             rpc_timeout_s=self.settings.rpc_timeout_s,
             max_backoff_s=self.settings.max_backoff_s,
+            upload=TokenBucket(self.settings.max_upload_mbps),
+            download=TokenBucket(self.settings.max_download_mbps),
         )
         self._transport = transport
         heartbeat: threading.Thread | None = None
@@ -295,6 +298,8 @@ class Worker:
     ) -> None:
         kept = self._inner_state
         state = kept[1] if spec.keep_inner_state and kept and kept[0] == task.job_id else None
+        if state is not None:
+            logger.info("task %s: resuming job %s's inner optimizer", task.task_id, task.job_id)
         try:
             result = self._inner_loop(task, spec, model, objective, state)
         except ValueError as exc:  # the kept state is for other parameters: start afresh

@@ -130,8 +130,12 @@ def test_two_clients_train_a_job_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_two_clients_train_a_job_on_postgres(tmp_path: Path, postgres_url: str) -> None:
     with running_swarm(tmp_path, db=postgres_url) as swarm:
-        job = swarm.wait_for_job(swarm.create_job()["id"])
+        # This job also has each worker keep its inner AdamW state between its tasks.
+        job = swarm.wait_for_job(swarm.create_job(inner_state="worker")["id"])
         _assert_trained_by_both(swarm, job)
+        # Three train tasks per client: the second and third resume the first's optimizer.
+        for index in (0, 1):
+            assert swarm.log_of(index).count("inner optimizer") == 2, swarm.log_of(index)[-2000:]
     assert not (tmp_path / "coordinator" / "swarm.db").exists()
 
 

@@ -42,6 +42,15 @@ def test_swarm_commands_and_flags() -> None:
 def test_swarmclient_join_flags() -> None:
     join = _subcommands(client_parser())["join"]
     assert {"--coordinator", "--name", "--data-dir", "--threads"} <= _flags(join)
+    assert {"--max-upload-mbps", "--max-download-mbps"} <= _flags(join)
+
+
+def test_bandwidth_caps_reach_the_client_settings() -> None:
+    from swarm.client.cli import _settings
+
+    args = client_parser().parse_args(["join", "--max-upload-mbps", "2.5"])
+    settings = _settings(args)
+    assert (settings.max_upload_mbps, settings.max_download_mbps) == (2.5, 0.0)
 
 
 @pytest.mark.parametrize("module", ["swarm.client", "swarm.coordinator"])
