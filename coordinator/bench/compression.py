@@ -109,7 +109,7 @@ class BenchConfig:
             seq_len=64,
             warmup_steps=5,
             # The preset's 3e-3 is too high for batches of 8 x 64 tokens: in a sweep over
-            # {5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3} (5 rounds, H = 100, fp32) DiLoCo ended lowest at
+            # {5e-4, 1e-3, 1.5e-3, 3e-3} (5 rounds, H = 100, fp32) DiLoCo ended lowest at
             # 1e-3 (1.6166 against 1.7672 at 3e-3), and data parallelism on the same tokens was
             # within 1% of its best there (1.5628; best 1.5500 at 5e-4).
             inner_lr=1e-3,
