@@ -32,25 +32,52 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--max-download-mbps", type=float, help="cap on what the client receives (default: none)"
     )
+    join.add_argument(
+        "--cache-max-gb", type=float, help="cap on the blob cache (default 20; 0: none)"
+    )
     join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    cache = commands.add_parser("cache", help="show or clear the blob cache")
+    cache.add_argument("action", choices=("show", "clear"))
+    cache.add_argument("--data-dir", type=Path, help="the client's data directory")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> ClientSettings:
+    flags = (
+        "coordinator",
+        "name",
+        "data_dir",
+        "threads",
+        "max_upload_mbps",
+        "max_download_mbps",
+        "cache_max_gb",
+        "log_level",
+    )
     given: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "coordinator": args.coordinator,
-            "name": args.name,
-            "data_dir": args.data_dir,
-            "threads": args.threads,
-            "max_upload_mbps": args.max_upload_mbps,
-            "max_download_mbps": args.max_download_mbps,
-            "log_level": args.log_level,
-        }.items()
-        if v is not None
+        flag: getattr(args, flag) for flag in flags if getattr(args, flag, None) is not None
     }
     return ClientSettings(**given)
+
+
+def _cache_command(args: argparse.Namespace, settings: ClientSettings) -> int:
+    from swarm.client.cache import BlobCache
+
+    root = settings.data_dir / "blobs"
+    if not root.is_dir():
+        print(f"no blob cache at {root}")
+        return 0
+    cache = BlobCache(root, max_bytes=int(settings.cache_max_gb * 1e9))
+    if args.action == "clear":
+        freed = cache.clear()
+        print(f"cleared the blob cache at {root}: {freed / 1e6:,.1f} MB freed")
+        return 0
+    usage = cache.usage()
+    cap = f"{settings.cache_max_gb:g} GB cap" if settings.cache_max_gb else "no cap"
+    print(
+        f"{root}: {usage.num_blobs} blobs, {usage.size_bytes / 1e6:,.1f} MB "
+        f"({cap}), {usage.partial_bytes / 1e6:,.1f} MB in partial downloads"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "cache":
+        return _cache_command(args, settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

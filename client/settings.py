@@ -25,4 +25,5 @@ class ClientSettings(BaseSettings):
     max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
     max_upload_mbps: float = Field(default=0.0, ge=0, le=1e6, description="0: no limit")
     max_download_mbps: float = Field(default=0.0, ge=0, le=1e6, description="0: no limit")
+    cache_max_gb: float = Field(default=20.0, ge=0, le=1e6, description="0: no cap")
     log_level: str = "INFO"

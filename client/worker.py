@@ -68,7 +68,9 @@ class Worker:
         self.stats = WorkerStats()
         self._revoked = threading.Event()
         self._current_task: str | None = None
-        self._cache = BlobCache(settings.data_dir / "blobs")
+        self._cache = BlobCache(
+            settings.data_dir / "blobs", max_bytes=int(settings.cache_max_gb * 1e9)
+        )
         self._versions = VersionStore(self._cache)
         self._feedback = FeedbackStore(settings.data_dir / "feedback")
         self._outbox = settings.data_dir / "outbox"
@@ -169,6 +171,7 @@ class Worker:
             return
         self._current_task = task.task_id
         self._revoked.clear()
+        self._cache.begin_task()
         try:
             began = time.perf_counter()
             model, objective = self._prepare(transport, task, spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,24 @@ def test_invalid_port_is_a_clear_error() -> None:
     )
     assert result.returncode == 2
     assert "grpc_port" in result.stderr and "65535" in result.stderr
+
+
+def test_swarmclient_cache_show_and_clear(tmp_path: Path) -> None:
+    from swarm.client.cache import BlobCache
+
+    cache = BlobCache(tmp_path / "blobs")
+    cache.put(b"z" * 2_000_000)
+    (tmp_path / "identity.key").write_bytes(b"k")
+    run = [sys.executable, "-m", "swarm.client", "cache"]
+    shown = subprocess.run(
+        [*run, "show", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "1 blobs, 2.0 MB (20 GB cap)" in shown.stdout
+    cleared = subprocess.run(
+        [*run, "clear", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    assert "2.0 MB freed" in cleared.stdout
+    assert cache.usage().num_blobs == 0
+    assert (tmp_path / "identity.key").exists()  # the volunteer's identity is not cache

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarm.client.cache import BlobCache
+from swarm.client.cache import BlobCache, CacheUsage
 from swarm.client.transport import Transport
 from swarm.protocol.errors import IntegrityError, NotFoundError, ProtocolError
 from swarm.protocol.limits import CHUNK_BYTES
@@ -124,3 +124,59 @@ def test_empty_blob(
     sha = live_coordinator.services.blobs.put_bytes(b"")
     assert cache.get(sha, transport) == b""
     assert cache.path(sha).exists()
+
+
+# -- the size cap ---------------------------------------------------------------------------
+
+
+def _aged(cache: BlobCache, data: bytes, age_s: float) -> str:
+    """Put `data` and make its last use `age_s` seconds ago."""
+    digest = cache.put(data)
+    when = cache.path(digest).stat().st_mtime - age_s
+    os.utime(cache.path(digest), (when, when))
+    return digest
+
+
+def test_the_least_recently_used_blobs_go_first_when_over_the_cap(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path, max_bytes=3_000)
+    oldest = _aged(cache, b"a" * 1_000, 30)
+    middle = _aged(cache, b"b" * 1_000, 20)
+    newest = _aged(cache, b"c" * 1_000, 10)
+    cache.begin_task()
+    # Using the oldest makes it the most recent; adding a fourth evicts the middle one.
+    assert cache.fetch(oldest, transport=None) == cache.path(oldest)  # type: ignore[arg-type]
+    fourth = cache.put(b"d" * 1_000)
+    assert [cache.has(d) for d in (oldest, middle, newest, fourth)] == [True, False, True, True]
+    assert cache.usage().size_bytes == 3_000
+
+
+def test_blobs_the_current_task_uses_are_never_evicted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = BlobCache(tmp_path, max_bytes=1_500)
+    cache.begin_task()
+    first = cache.put(b"a" * 1_000)
+    second = cache.put(b"b" * 1_000)  # over the cap, but the task needs both
+    assert cache.has(first) and cache.has(second)
+    assert "over its" in caplog.text
+    cache.begin_task()  # the next task: the space comes back
+    third = cache.put(b"c" * 1_000)
+    assert not cache.has(first) and not cache.has(second) and cache.has(third)
+
+
+def test_no_cap_keeps_everything(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path)
+    digests = [cache.put(bytes([i]) * 10_000) for i in range(5)]
+    assert all(cache.has(d) for d in digests)
+    assert cache.evict() == 0
+
+
+def test_clear_removes_blobs_and_partial_downloads_only(tmp_path: Path) -> None:
+    cache = BlobCache(tmp_path / "blobs")
+    digest = cache.put(b"x" * 500)
+    cache.path(digest).with_suffix(".part").write_bytes(b"y" * 100)
+    (tmp_path / "blobs" / "README").write_text("not ours")
+    assert cache.clear() == 600
+    assert not cache.has(digest)
+    assert (tmp_path / "blobs" / "README").exists()
+    assert cache.usage() == CacheUsage(0, 0, 0)
