@@ -8,11 +8,9 @@ lease; a lease the coordinator revokes (someone else finished the task) is aband
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from swarm.client.cache import BlobCache
 from swarm.client.feedback import FeedbackStore
 from swarm.client.hardware import profile_with_benchmark
 from swarm.client.identity import load_or_create_key, public_key_bytes
+from swarm.client.outbox import FinishedResult, Outbox
 from swarm.client.settings import ClientSettings
 from swarm.client.transport import Stopped, Transport
 from swarm.client.versions import VersionStore
@@ -73,7 +72,7 @@ class Worker:
         )
         self._versions = VersionStore(self._cache)
         self._feedback = FeedbackStore(settings.data_dir / "feedback")
-        self._outbox = settings.data_dir / "outbox"
+        self._outbox = Outbox(settings.data_dir / "outbox")
         self._models: dict[Any, tuple[torch.nn.Module, torch.nn.Module | None]] = {}
         # AdamW's state after this worker's last train task, for jobs that keep it (one job's
         # at a time: two optimizer moments per trainable value is the memory it costs).
@@ -117,6 +116,7 @@ class Worker:
         heartbeat: threading.Thread | None = None
         try:
             transport.register()
+            self._submit_finished(transport)
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             heartbeat.start()
             while not self.stop.is_set():
@@ -274,10 +274,13 @@ class Worker:
             reward_margin=values.get("reward_margin", 0.0),
             examples=int(values["examples"]),
         )
-        empty = self._outbox / "empty.payload"
-        empty.parent.mkdir(parents=True, exist_ok=True)
-        empty.write_bytes(b"")
-        self._submit(transport, task, empty, hashlib.sha256(b"").hexdigest(), 0, metrics)
+        empty, digest, _ = self._outbox.spool(task.task_id, iter([b""]))
+        try:
+            self._submit(
+                transport, task.task_id, task.lease_deadline_unix_s, empty, digest, 0, metrics
+            )
+        finally:
+            self._outbox.remove(task.task_id)
         logger.info(
             "task %s (job %s): evaluated version %d on %d held-out examples: %s; fetch %.1fs, "
             "compute %.1fs",
@@ -322,10 +325,23 @@ class Worker:
             compute_s=result.compute_s,
             steps=len(result.losses),
         )
-        try:
-            accepted = self._submit(transport, task, payload, digest, size, metrics)
-        finally:
-            payload.unlink(missing_ok=True)
+        self._outbox.seal(
+            FinishedResult(
+                task_id=task.task_id,
+                job_id=task.job_id,
+                lease_deadline_unix_s=task.lease_deadline_unix_s,
+                payload=payload,
+                payload_sha256=digest,
+                payload_size=size,
+                metrics=metrics,
+            )
+        )
+        logger.info("task %s: result saved (%d bytes); submitting", task.task_id, size)
+        # Until the coordinator answers, the result stays on disk for a restart to send again.
+        accepted = self._submit(
+            transport, task.task_id, task.lease_deadline_unix_s, payload, digest, size, metrics
+        )
+        self._outbox.remove(task.task_id)
         if accepted:  # the coordinator has what was sent: the rest is the new residual
             feedback.commit()
             self._feedback.save(task.job_id, feedback)
@@ -398,7 +414,7 @@ class Worker:
         def spool() -> tuple[Path, str, int]:
             assert task.train is not None
             stream = encode_stream(update, policy, seed=task.train.seed, feedback=feedback)
-            return self._spool(task, stream)
+            return self._outbox.spool(task.task_id, stream)
 
         try:
             return (*spool(), feedback)
@@ -409,35 +425,47 @@ class Worker:
             feedback.clear()
         return (*spool(), feedback)
 
-    def _spool(self, task: m.Task, pieces: Iterator[bytes]) -> tuple[Path, str, int]:
-        """Write an encoded result to the outbox, hashing as it goes; (path, digest, size)."""
-        self._outbox.mkdir(parents=True, exist_ok=True)
-        path = self._outbox / f"{hashlib.sha256(task.task_id.encode()).hexdigest()[:32]}.payload"
-        digest = hashlib.sha256()
-        size = 0
-        with path.open("wb") as out:
-            for piece in pieces:
-                out.write(piece)
-                digest.update(piece)
-                size += len(piece)
-        return path, digest.hexdigest(), size
+    def _submit_finished(self, transport: Transport) -> None:
+        """Send the results that were finished when the client last stopped (a crash, a kill)."""
+        for result in self._outbox.finished():
+            logger.info(
+                "re-submitting task %s (job %s), finished before the client stopped",
+                result.task_id,
+                result.job_id,
+            )
+            try:
+                self._submit(
+                    transport,
+                    result.task_id,
+                    result.lease_deadline_unix_s,
+                    result.payload,
+                    result.payload_sha256,
+                    result.payload_size,
+                    result.metrics,
+                )
+            except TransportError as exc:
+                logger.warning("could not re-submit task %s: %s", result.task_id, exc)
+            # Its error-feedback residual was not kept: the next update starts from the last
+            # accepted one's.
+            self._outbox.remove(result.task_id)
 
     def _submit(
         self,
         transport: Transport,
-        task: m.Task,
+        task_id: str,
+        lease_deadline_unix_s: float,
         payload: Path,
         digest: str,
         size: int,
         metrics: m.TaskMetrics,
     ) -> bool:
         """Send a result; True if the coordinator accepted it."""
-        signature = self._key.sign(m.result_signing_bytes(task.task_id, digest, metrics))
+        signature = self._key.sign(m.result_signing_bytes(task_id, digest, metrics))
 
         def attempt(session: m.Session) -> m.SubmitResultResponse:
             header = m.ResultHeader(
                 session=session,
-                task_id=task.task_id,
+                task_id=task_id,
                 metrics=metrics,
                 payload_sha256=digest,
                 payload_size=size,
@@ -451,15 +479,15 @@ class Worker:
                 response = attempt(transport.session)
                 break
             except TransportError as exc:
-                if time.time() > task.lease_deadline_unix_s + 3600:
+                if time.time() > lease_deadline_unix_s + 3600:
                     raise
-                logger.warning("submitting task %s failed (%s); retrying", task.task_id, exc)
+                logger.warning("submitting task %s failed (%s); retrying", task_id, exc)
                 transport.pause(failures, stoppable=False)
         if response.accepted:
             self.stats.tasks_done += 1
             self.stats.tokens += metrics.tokens
         else:
-            logger.info("task %s: %s", task.task_id, response.message)
+            logger.info("task %s: %s", task_id, response.message)
         return response.accepted
 
     def _hand_back(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -239,3 +240,49 @@ def test_clients_reconnect_when_the_coordinator_restarts(tmp_path: Path) -> None
         assert job["status"] == "succeeded", job
         assert [r["status"] for r in swarm.rounds(job["id"])] == ["closed"] * 4
         assert "unreachable" in swarm.log_of(0) + swarm.log_of(1)
+
+
+def test_a_result_killed_mid_upload_is_sent_again_on_restart_and_credited_once(
+    tmp_path: Path,
+) -> None:
+    with ExitStack() as stack:
+        log = stack.enter_context((tmp_path / "coordinator.log").open("w"))
+        coordinator, ready = start_coordinator(tmp_path / "coordinator", log, None, None)
+        stack.callback(stop_process, coordinator, signal.SIGTERM)
+        target = f"127.0.0.1:{ready['grpc_port']}"
+        http = stack.enter_context(
+            httpx.Client(base_url=f"http://127.0.0.1:{ready['http_port']}", timeout=60.0)
+        )
+        swarm = Swarm(http, target, tmp_path / "coordinator", [], tmp_path)
+        data_dir = tmp_path / "volunteer"
+        # A slow home link: the ~850 kB update would take two minutes to upload.
+        first_log = stack.enter_context((tmp_path / "client-0.log").open("w"))
+        slow = {"SWARM_MAX_UPLOAD_MBPS": "0.05"}
+        client = start_client(target, "volunteer", data_dir, first_log, extra_env=slow)
+        job = swarm.create_job(num_rounds=1, min_clients=1)
+        _wait_for_log(swarm, 0, "submitting")
+        client.kill()  # SIGKILL in the middle of the upload
+        client.wait(timeout=30)
+        saved = re.search(r"task (\S+): result saved", swarm.log_of(0))
+        assert saved is not None
+        task_id = saved.group(1)
+        assert len(list((data_dir / "outbox").glob("*.json"))) == 1
+
+        second_log = stack.enter_context((tmp_path / "client-1.log").open("w"))
+        client = start_client(target, "volunteer", data_dir, second_log)
+        stack.callback(stop_process, client)
+        job = swarm.wait_for_job(job["id"])
+        assert job["status"] == "succeeded", job
+        assert f"re-submitting task {task_id}" in swarm.log_of(1)
+        assert not list((data_dir / "outbox").glob("*.json"))
+    with sqlite3.connect(tmp_path / "coordinator" / "swarm.db") as db:
+        leases = db.execute(
+            "SELECT outcome FROM leases WHERE task_id = ? ORDER BY id", (task_id,)
+        ).fetchall()
+        kinds = db.execute(
+            "SELECT kind FROM ledger_transactions WHERE task_id = ?", (task_id,)
+        ).fetchall()
+    # One lease, submitted once (the restarted client is the same worker, its lease still
+    # live), and each credit posting for the task made once.
+    assert leases == [("submitted",)], leases
+    assert kinds and len(kinds) == len(set(kinds)), kinds
