@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-max-gb", type=float, help="cap on the blob cache (default 20; 0: none)"
     )
     join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    join.add_argument(
+        "--no-live", action="store_true", help="plain log lines even in a terminal (no panel)"
+    )
+    for name, text in (
+        ("status", "what a client running with this data directory is doing"),
+        ("credits", "the credits a client running with this data directory has earned"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--data-dir", type=Path, help="the client's data directory")
     cache = commands.add_parser("cache", help="show or clear the blob cache")
     cache.add_argument("action", choices=("show", "clear"))
     cache.add_argument("--data-dir", type=Path, help="the client's data directory")
@@ -80,6 +90,71 @@ def _cache_command(args: argparse.Namespace, settings: ClientSettings) -> int:
     return 0
 
 
+def _status_command(args: argparse.Namespace, settings: ClientSettings) -> int:
+    from rich.console import Console
+
+    from swarm.client.live import render
+    from swarm.client.status import is_running, read_status
+
+    status = read_status(settings.data_dir)
+    if status is None:
+        print(
+            f"no swarmclient has run with the data directory {settings.data_dir}; start one "
+            "with `swarmclient join --coordinator HOST:PORT`"
+        )
+        return 1
+    running = is_running(status)
+    seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.updated_at))
+    if args.command == "credits":
+        print(
+            f"{status.credits_granted:,.6f} credits granted, {status.credits_pending:,.6f} "
+            f"pending (worker {status.worker_id or '?'}, as of {seen})"
+        )
+        return 0
+    if not running:
+        print(f"swarmclient is not running (last seen {seen}, {status.state})")
+    Console().print(render(status))
+    return 0 if running else 3
+
+
+def _run_worker(settings: ClientSettings, live: bool) -> None:
+    from swarm.client.worker import Worker  # torch is slow to import; parse flags first
+
+    stop = threading.Event()
+    worker = Worker(settings, stop)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logging.getLogger("swarm.client").info(
+            "%s received: finishing up and handing back the current task (again to force)",
+            signal.Signals(signum).name,
+        )
+        worker.status.update(state="stopping", detail="handing back the current task")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if not live:
+        worker.run()
+        return
+    from rich.live import Live
+
+    from swarm.client.live import render
+
+    with Live(render(worker.status.snapshot()), refresh_per_second=2, transient=False) as view:
+
+        def refresh() -> None:
+            while not stop.wait(0.5):
+                view.update(render(worker.status.snapshot()))
+
+        threading.Thread(target=refresh, name="live-view", daemon=True).start()
+        try:
+            worker.run()
+        finally:
+            view.update(render(worker.status.snapshot()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -93,25 +168,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "cache":
         return _cache_command(args, settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from swarm.client.worker import Worker  # torch is slow to import; parse flags first
+    if args.command in ("status", "credits"):
+        return _status_command(args, settings)
+    live = sys.stdout.isatty() and not args.no_live
+    if live:  # log lines scroll above the panel, which stays at the bottom of the terminal
+        from rich.logging import RichHandler
 
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        logging.getLogger("swarm.client").info(
-            "%s received: finishing up and handing back the current task (again to force)",
-            signal.Signals(signum).name,
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(name)s: %(message)s",
+            handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
         )
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    Worker(settings, stop).run()
+    else:
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    _run_worker(settings, live)
     return 0
 
 

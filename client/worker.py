@@ -25,6 +25,7 @@ from swarm.client.hardware import profile_with_benchmark
 from swarm.client.identity import load_or_create_key, public_key_bytes
 from swarm.client.outbox import FinishedResult, Outbox
 from swarm.client.settings import ClientSettings
+from swarm.client.status import STATUS_FILE, StatusBoard
 from swarm.client.transport import Stopped, Transport
 from swarm.client.versions import VersionStore
 from swarm.compression import CompressionPolicy, ErrorFeedback, encode_stream
@@ -78,6 +79,13 @@ class Worker:
         # at a time: two optimizer moments per trainable value is the memory it costs).
         self._inner_state: tuple[str, dict[str, Any]] | None = None
         self._transport: Transport | None = None
+        self.status = StatusBoard(
+            settings.data_dir / STATUS_FILE,
+            coordinator=settings.coordinator,
+            name=settings.name,
+            max_upload_mbps=settings.max_upload_mbps,
+            max_download_mbps=settings.max_download_mbps,
+        )
 
     def run(self) -> None:
         """Work until `stop` is set."""
@@ -86,6 +94,11 @@ class Worker:
         key = load_or_create_key(self.settings.data_dir / "identity.key")
         hardware = profile_with_benchmark(self.settings.data_dir / "benchmark.json")
         self._key = key
+        device = hardware.device_name if hardware.device_type != "cpu" else "CPU"
+        self.status.update(
+            device=f"{device} ({hardware.cpu_cores} cores)", state="connecting", detail=""
+        )
+        self.status.save()
 
         def registration() -> m.RegisterWorkerRequest:
             """Signed afresh for every attempt: the coordinator checks how recent it is."""
@@ -116,6 +129,8 @@ class Worker:
         heartbeat: threading.Thread | None = None
         try:
             transport.register()
+            assert transport.registration is not None
+            self.status.update(worker_id=transport.registration.session.worker_id)
             self._submit_finished(transport)
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             heartbeat.start()
@@ -123,6 +138,14 @@ class Worker:
                 response = transport.lease_task(self._cache.largest())
                 if response.task is None:
                     logger.debug("no task: %s", response.reason)
+                    self.status.update(
+                        state="idle",
+                        detail=response.reason or "no work available; asking again soon",
+                        task_id="",
+                        job_id="",
+                        steps=0,
+                        loss=None,
+                    )
                     self.stop.wait(response.retry_after_s * (0.75 + 0.5 * np.random.random()))
                     continue
                 self._run_task(transport, response.task)
@@ -135,6 +158,8 @@ class Worker:
             if heartbeat is not None:
                 heartbeat.join(timeout=self.settings.rpc_timeout_s + 1.0)
             transport.close()
+            self.status.update(state="stopped", detail="", task_id="", steps=0)
+            self.status.save()
             logger.info(
                 "worker stopped: %d tasks done, %d handed back, %.1f MB down, %.1f MB up; "
                 "parameters: %d full downloads, %d caught up from deltas (%d failed)",
@@ -153,7 +178,16 @@ class Worker:
         while not self.stop.wait(interval):
             task_id = self._current_task
             try:
+                began = time.perf_counter()
                 reply = self._transport.heartbeat([task_id] if task_id else [])
+                self.status.update(
+                    latency_ms=1e3 * (time.perf_counter() - began),
+                    credits_granted=reply.credits_granted_micro / 1e6,
+                    credits_pending=reply.credits_pending_micro / 1e6,
+                    bytes_up=self._transport.bytes_up,
+                    bytes_down=self._transport.bytes_down,
+                )
+                self.status.save()
                 interval = reply.heartbeat_interval_s or interval
                 if task_id and task_id in reply.revoked_task_ids:
                     logger.warning("task %s was revoked by the coordinator; abandoning it", task_id)
@@ -172,6 +206,15 @@ class Worker:
         self._current_task = task.task_id
         self._revoked.clear()
         self._cache.begin_task()
+        self.status.update(
+            state="training" if task.train else "evaluating",
+            detail="",
+            task_id=task.task_id,
+            job_id=task.job_id,
+            step=0,
+            steps=task.train.inner_steps if task.train else 0,
+            loss=None,
+        )
         try:
             began = time.perf_counter()
             model, objective = self._prepare(transport, task, spec)
@@ -337,6 +380,9 @@ class Worker:
             )
         )
         logger.info("task %s: result saved (%d bytes); submitting", task.task_id, size)
+        self.status.update(
+            state="submitting", tokens_per_s=result.tokens / max(result.compute_s, 1e-9)
+        )
         # Until the coordinator answers, the result stays on disk for a restart to send again.
         accepted = self._submit(
             transport, task.task_id, task.lease_deadline_unix_s, payload, digest, size, metrics
@@ -392,6 +438,7 @@ class Worker:
         marks = {max(0, total * q // 4 - 1) for q in (1, 2, 3)}
 
         def on_step(step: int, loss: float) -> bool:
+            self.status.update(step=step + 1, loss=loss)
             if step in marks:
                 logger.info("task %s: step %d/%d, loss %.4f", task.task_id, step + 1, total, loss)
             return not (self.stop.is_set() or self._revoked.is_set())
@@ -486,6 +533,7 @@ class Worker:
         if response.accepted:
             self.stats.tasks_done += 1
             self.stats.tokens += metrics.tokens
+            self.status.update(tasks_done=self.stats.tasks_done)
         else:
             logger.info("task %s: %s", task_id, response.message)
         return response.accepted
@@ -496,5 +544,6 @@ class Worker:
         try:
             transport.report_failure(task.task_id, kind, message)
             self.stats.tasks_handed_back += 1
+            self.status.update(tasks_handed_back=self.stats.tasks_handed_back)
         except SwarmError as exc:  # the lease will expire on its own
             logger.warning("could not hand back task %s: %s", task.task_id, exc)

@@ -140,10 +140,13 @@ class WorkerServicer:
         with self._timed("Heartbeat"):
             worker = self._workers.authenticate(request.session, touch=True)
             extended, revoked = self._tasks.heartbeat(worker.id, list(request.task_ids))
+            granted, pending = self._workers.credits(worker)
             return m.HeartbeatResponse(
                 extended_task_ids=extended,
                 revoked_task_ids=revoked,
                 heartbeat_interval_s=self._heartbeat_interval_s,
+                credits_granted_micro=granted,
+                credits_pending_micro=pending,
             )
 
     def lease_task(self, request: m.LeaseTaskRequest) -> m.LeaseTaskResponse:

@@ -18,11 +18,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 
-from swarm.coordinator.storage import Database, Worker
+from swarm.coordinator.storage import Account, Database, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import IntegrityError, ProtocolError, UnauthenticatedError
 from swarm.protocol.limits import MAX_NAME_CHARS
 from swarm.protocol.version import check_protocol_version
+from swarm.scheduler import pending_account, worker_account
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,19 @@ class WorkerRegistry:
         """A result of this worker was rejected: its run of valid results starts over."""
         with self._db.transaction() as session:
             session.execute(update(Worker).where(Worker.id == worker_id).values(valid_streak=0))
+
+    def credits(self, worker: Worker) -> tuple[int, int]:
+        """The worker's (granted, pending) micro-credits."""
+        account = worker.account_id or worker_account(worker.id)
+        with self._db.transaction() as session:
+            rows = dict(
+                session.execute(
+                    select(Account.id, Account.balance).where(
+                        Account.id.in_([account, pending_account(account)])
+                    )
+                ).all()
+            )
+        return int(rows.get(account) or 0), int(rows.get(pending_account(account)) or 0)
 
     def authenticate(self, session_msg: m.Session, *, touch: bool = False) -> Worker:
         """The worker a session belongs to; `touch` records that it was seen now."""

@@ -74,6 +74,8 @@ class HeartbeatResponse:
     extended_task_ids: list[str] = field(default_factory=list)
     revoked_task_ids: list[str] = field(default_factory=list)
     heartbeat_interval_s: float = 0.0
+    credits_granted_micro: int = 0
+    credits_pending_micro: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -83,14 +83,18 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("extended_task_ids", "revoked_task_ids", "heartbeat_interval_s")
+    __slots__ = ("extended_task_ids", "revoked_task_ids", "heartbeat_interval_s", "credits_granted_micro", "credits_pending_micro")
     EXTENDED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     REVOKED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_GRANTED_MICRO_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_PENDING_MICRO_FIELD_NUMBER: _ClassVar[int]
     extended_task_ids: _containers.RepeatedScalarFieldContainer[str]
     revoked_task_ids: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_s: float
-    def __init__(self, extended_task_ids: _Optional[_Iterable[str]] = ..., revoked_task_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    credits_granted_micro: int
+    credits_pending_micro: int
+    def __init__(self, extended_task_ids: _Optional[_Iterable[str]] = ..., revoked_task_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., credits_granted_micro: _Optional[int] = ..., credits_pending_micro: _Optional[int] = ...) -> None: ...
 
 class LeaseTaskRequest(_message.Message):
     __slots__ = ("session", "cached_sha256s")

@@ -959,3 +959,15 @@ def test_late_result_after_round_closed_is_acknowledged_and_ignored(harness: Har
     # The late worker can go on with round 1.
     assert lease(client, slow).round == 1
     assert_serving(harness, slow)
+
+
+def test_heartbeats_report_the_workers_credits(harness: Harness) -> None:
+    client = harness.client
+    worker = register(client)
+    task = lease(client, worker)
+    before = client.heartbeat(m.HeartbeatRequest(session=worker.session, task_ids=[task.task_id]))
+    assert (before.credits_granted_micro, before.credits_pending_micro) == (0, 0)
+    submit_valid(harness, worker, task.task_id)
+    after = client.heartbeat(m.HeartbeatRequest(session=worker.session))
+    # Accepted: pending until the round that uses it closes.
+    assert after.credits_pending_micro > 0 and after.credits_granted_micro == 0
