@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from swarm.client.settings import ClientSettings
+from swarm.protocol.errors import SwarmError, VersionMismatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-    _run_worker(settings, live)
+    try:
+        _run_worker(settings, live)
+    except VersionMismatchError as exc:  # says which versions, and the upgrade command
+        print(f"swarmclient: {exc}", file=sys.stderr)
+        return 2
+    except SwarmError as exc:  # a refusal that retrying cannot fix
+        print(f"swarmclient: the coordinator refused this client: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

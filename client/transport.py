@@ -50,8 +50,11 @@ class Transport:
         max_backoff_s: float = 30.0,
         upload: TokenBucket | None = None,
         download: TokenBucket | None = None,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_unreachable` hears, in words, each time the coordinator could not be reached."""
         self.target = target
+        self._on_unreachable = on_unreachable or (lambda message: None)
         self._upload = upload or TokenBucket(0)
         self._download = download or TokenBucket(0)
         self._register_request = register_request
@@ -102,6 +105,11 @@ class Transport:
                     self.target,
                     exc,
                     delay,
+                )
+                self._on_unreachable(
+                    f"cannot reach the coordinator at {self.target}; retrying in {delay:.0f}s. "
+                    "Check that it is running, that this is its gRPC port (`swarm coordinator` "
+                    "prints it), and that no firewall is in the way"
                 )
                 if self._stop.wait(delay):
                     raise Stopped(what) from None

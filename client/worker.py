@@ -124,13 +124,16 @@ class Worker:
             max_backoff_s=self.settings.max_backoff_s,
             upload=TokenBucket(self.settings.max_upload_mbps),
             download=TokenBucket(self.settings.max_download_mbps),
+            on_unreachable=lambda message: self.status.update(detail=message),
         )
         self._transport = transport
         heartbeat: threading.Thread | None = None
         try:
             transport.register()
             assert transport.registration is not None
-            self.status.update(worker_id=transport.registration.session.worker_id)
+            self.status.update(
+                worker_id=transport.registration.session.worker_id, state="idle", detail=""
+            )
             self._submit_finished(transport)
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             heartbeat.start()

@@ -10,6 +10,7 @@ import pytest
 
 from swarm.client.cli import build_parser as client_parser
 from swarm.coordinator.cli import build_parser as swarm_parser
+from tests.conftest import LiveCoordinator
 
 
 def _subcommands(parser) -> dict:  # type: ignore[no-untyped-def]
@@ -92,3 +93,20 @@ def test_swarmclient_cache_show_and_clear(tmp_path: Path) -> None:
     assert "2.0 MB freed" in cleared.stdout
     assert cache.usage().num_blobs == 0
     assert (tmp_path / "identity.key").exists()  # the volunteer's identity is not cache
+
+
+def test_a_protocol_mismatch_ends_join_with_the_upgrade_command(
+    live_coordinator: LiveCoordinator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from swarm.client import cli, worker
+
+    monkeypatch.setattr(worker, "PROTOCOL_VERSION", 1)  # an old client
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # keep pytest's handlers
+    argv = ["join", "--coordinator", live_coordinator.target, "--data-dir", str(tmp_path)]
+    assert cli.main([*argv, "--no-live", "--threads", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "protocol version 1 is not supported" in error
+    assert "pip install -U swarmclient" in error

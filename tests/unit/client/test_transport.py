@@ -154,3 +154,20 @@ def test_call_registers_again_when_the_session_is_forgotten(
         assert link.registration.session.token not in {b"stale", first.session.token}
     finally:
         link.close()
+
+
+def test_an_unreachable_coordinator_is_explained_with_what_to_check(stop: threading.Event) -> None:
+    heard: list[str] = []
+    target = f"127.0.0.1:{free_port()}"
+    link = Transport(
+        target, register_request(), stop=stop, rpc_timeout_s=0.2, on_unreachable=heard.append
+    )
+    threading.Timer(0.5, stop.set).start()
+    try:
+        with pytest.raises(Stopped):
+            link.register()
+    finally:
+        link.close()
+    assert heard, "no explanation was given"
+    assert f"cannot reach the coordinator at {target}" in heard[0]
+    assert "gRPC port" in heard[0] and "firewall" in heard[0]
