@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--cache-max-gb", type=float, help="cap on the blob cache (default 20; 0: none)"
     )
+    join.add_argument(
+        "--max-memory-gb", type=float, help="memory offered to jobs (default: all of it)"
+    )
+    join.add_argument(
+        "--idle-only",
+        action="store_true",
+        default=None,
+        help="take work only while other programs leave the CPU mostly idle",
+    )
+    join.add_argument("--schedule", help="work only in this daily local-time window: 22:00-07:00")
     join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     join.add_argument(
         "--no-live", action="store_true", help="plain log lines even in a terminal (no panel)"
@@ -62,6 +72,9 @@ def _settings(args: argparse.Namespace) -> ClientSettings:
         "max_upload_mbps",
         "max_download_mbps",
         "cache_max_gb",
+        "max_memory_gb",
+        "idle_only",
+        "schedule",
         "log_level",
     )
     given: dict[str, Any] = {

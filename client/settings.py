@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from swarm.client.availability import Schedule
 
 
 def default_data_dir() -> Path:
@@ -26,4 +28,17 @@ class ClientSettings(BaseSettings):
     max_upload_mbps: float = Field(default=0.0, ge=0, le=1e6, description="0: no limit")
     max_download_mbps: float = Field(default=0.0, ge=0, le=1e6, description="0: no limit")
     cache_max_gb: float = Field(default=20.0, ge=0, le=1e6, description="0: no cap")
+    max_memory_gb: float = Field(
+        default=0.0, ge=0, le=1e6, description="memory offered to jobs (0: all of it)"
+    )
+    idle_only: bool = False
+    idle_busy_share: float = Field(default=0.25, gt=0, le=1)
+    schedule: str = Field(default="", description="a daily local-time window, e.g. 22:00-07:00")
     log_level: str = "INFO"
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if value:
+            Schedule.parse(value)
+        return value

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from swarm.client.availability import MachineLoad, Schedule
 from swarm.client.bandwidth import TokenBucket
 from swarm.client.cache import BlobCache
 from swarm.client.feedback import FeedbackStore
@@ -51,6 +52,9 @@ from swarm.protocol.limits import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
+#: how often a worker that may not work now (schedule, --idle-only) looks again.
+AVAILABILITY_CHECK_S = 30.0
+
 CLIENT_VERSION = "0.1.0"
 
 
@@ -79,6 +83,9 @@ class Worker:
         # at a time: two optimizer moments per trainable value is the memory it costs).
         self._inner_state: tuple[str, dict[str, Any]] | None = None
         self._transport: Transport | None = None
+        self._schedule = Schedule.parse(settings.schedule) if settings.schedule else None
+        self._load = MachineLoad()
+        self._load.others_share()  # the first sample: later ones measure since the last
         self.status = StatusBoard(
             settings.data_dir / STATUS_FILE,
             coordinator=settings.coordinator,
@@ -92,7 +99,9 @@ class Worker:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         key = load_or_create_key(self.settings.data_dir / "identity.key")
-        hardware = profile_with_benchmark(self.settings.data_dir / "benchmark.json")
+        hardware = self._limit_memory(
+            profile_with_benchmark(self.settings.data_dir / "benchmark.json")
+        )
         self._key = key
         device = hardware.device_name if hardware.device_type != "cpu" else "CPU"
         self.status.update(
@@ -138,6 +147,11 @@ class Worker:
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             heartbeat.start()
             while not self.stop.is_set():
+                waiting = self._unavailable()
+                if waiting:
+                    self.status.update(state="waiting", detail=waiting, task_id="", steps=0)
+                    self.stop.wait(AVAILABILITY_CHECK_S)
+                    continue
                 response = transport.lease_task(self._cache.largest())
                 if response.task is None:
                     logger.debug("no task: %s", response.reason)
@@ -174,6 +188,30 @@ class Worker:
                 self._versions.stats.delta_catch_ups,
                 self._versions.stats.delta_failures,
             )
+
+    def _limit_memory(self, hardware: m.HardwareProfile) -> m.HardwareProfile:
+        """Offer jobs at most `--max-memory-gb`: the coordinator places by reported memory."""
+        cap = int(self.settings.max_memory_gb * 1e9)
+        if not cap or cap >= hardware.memory_bytes:
+            return hardware
+        if hardware.device_type in ("cuda", "rocm"):
+            torch.cuda.set_per_process_memory_fraction(cap / hardware.memory_bytes)
+        logger.info(
+            "offering %.1f of this machine's %.1f GB to jobs (--max-memory-gb)",
+            cap / 1e9,
+            hardware.memory_bytes / 1e9,
+        )
+        return dataclasses.replace(hardware, memory_bytes=cap)
+
+    def _unavailable(self) -> str:
+        """Why the volunteer's limits say not to take work now ("" when they allow it)."""
+        if self._schedule is not None and not self._schedule.now_open():
+            return f"outside the schedule {self._schedule} (local time); waiting"
+        if self.settings.idle_only:
+            share = self._load.others_share()
+            if share is not None and share > self.settings.idle_busy_share:
+                return f"the machine is in use (other programs: {share:.0%} of the CPU); waiting"
+        return ""
 
     def _heartbeat_loop(self) -> None:
         assert self._transport is not None
