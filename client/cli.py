@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("--data-dir", type=Path, help="the client's data directory")
+    login = commands.add_parser("login", help="link this machine's work to your account")
+    login.add_argument("--token", required=True, help="your account's API key (sk-swarm-...)")
+    login.add_argument("--config-dir", type=Path, help="where the token is kept")
+    logout = commands.add_parser("logout", help="forget the account token")
+    logout.add_argument("--config-dir", type=Path, help="where the token is kept")
     cache = commands.add_parser("cache", help="show or clear the blob cache")
     cache.add_argument("action", choices=("show", "clear"))
     cache.add_argument("--data-dir", type=Path, help="the client's data directory")
@@ -68,6 +73,7 @@ def _settings(args: argparse.Namespace) -> ClientSettings:
         "coordinator",
         "name",
         "data_dir",
+        "config_dir",
         "threads",
         "max_upload_mbps",
         "max_download_mbps",
@@ -131,6 +137,25 @@ def _status_command(args: argparse.Namespace, settings: ClientSettings) -> int:
     return 0 if running else 3
 
 
+def _account_command(args: argparse.Namespace, settings: ClientSettings) -> int:
+    from swarm.client.account import forget_token, save_token
+
+    if args.command == "logout":
+        had = forget_token(settings.config_dir)
+        print("logged out" if had else "this machine was not logged in")
+        return 0
+    try:
+        path = save_token(settings.config_dir, args.token)
+    except ValueError as exc:
+        print(f"swarmclient: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"saved to {path} (readable by you only). From the next `swarmclient join`, this "
+        "machine's credits go to the key's account; the coordinator checks the key then."
+    )
+    return 0
+
+
 def _run_worker(settings: ClientSettings, live: bool) -> None:
     from swarm.client.worker import Worker  # torch is slow to import; parse flags first
 
@@ -182,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "cache":
         return _cache_command(args, settings)
+    if args.command in ("login", "logout"):
+        return _account_command(args, settings)
     if args.command in ("status", "credits"):
         return _status_command(args, settings)
     live = sys.stdout.isatty() and not args.no_live

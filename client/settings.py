@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from swarm.client.account import default_config_dir
 from swarm.client.availability import Schedule
 
 
@@ -22,6 +23,10 @@ class ClientSettings(BaseSettings):
     coordinator: str = "127.0.0.1:50051"
     name: str = Field(default_factory=lambda: os.uname().nodename[:64])
     data_dir: Path = Field(default_factory=default_data_dir)
+    config_dir: Path = Field(default_factory=default_config_dir)
+    account_token: str = Field(
+        default="", repr=False, description="overrides the token `swarmclient login` stored"
+    )
     threads: int = Field(default=0, ge=0, le=1024, description="0: let PyTorch decide")
     rpc_timeout_s: float = Field(default=15.0, gt=0, le=600)
     max_backoff_s: float = Field(default=30.0, gt=0, le=3600)

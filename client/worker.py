@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from swarm.client.account import load_token
 from swarm.client.availability import MachineLoad, Schedule
 from swarm.client.bandwidth import TokenBucket
 from swarm.client.cache import BlobCache
@@ -109,6 +110,8 @@ class Worker:
         )
         self.status.save()
 
+        account_token = self.settings.account_token or load_token(self.settings.config_dir)
+
         def registration() -> m.RegisterWorkerRequest:
             """Signed afresh for every attempt: the coordinator checks how recent it is."""
             signed_at = time.time()
@@ -123,6 +126,7 @@ class Worker:
                 signature=key.sign(
                     m.registration_signing_bytes(public_key, self.settings.name, signed_at)
                 ),
+                account_token=account_token,
             )
 
         transport = Transport(

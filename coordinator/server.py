@@ -227,8 +227,9 @@ def build_services(settings: CoordinatorSettings) -> Services:
         on_created=prepare.set,
     )
     control = SwarmControl(db)
+    keys = KeyService(db)
     servicer = WorkerServicer(
-        WorkerRegistry(db),
+        WorkerRegistry(db, accounts=lambda token, peer: keys.authenticate(token, peer).account),
         tasks,
         blobs,
         heartbeat_interval_s=settings.heartbeat_interval_s,
@@ -253,7 +254,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         ledger=ledger,
         jobs=jobs,
         files=files,
-        keys=KeyService(db),
+        keys=keys,
         control=control,
         scheduler=scheduler,
         servicer=servicer,

@@ -12,6 +12,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from cryptography.exceptions import InvalidSignature
@@ -35,8 +36,11 @@ def _hash_token(token: bytes) -> str:
 
 
 class WorkerRegistry:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, accounts: Callable[[str, str], str] | None = None) -> None:
+        """`accounts` maps a volunteer's account token (and the peer, for throttling guesses)
+        to the account their workers' credits go to, or raises `UnauthenticatedError`."""
         self._db = db
+        self._accounts = accounts
 
     def register(self, request: m.RegisterWorkerRequest, peer: str) -> tuple[Worker, bytes]:
         """A worker and a fresh session token (stored hashed); the same worker as before if
@@ -69,6 +73,7 @@ class WorkerRegistry:
             raise IntegrityError(
                 "the registration's signature does not verify against its public key"
             ) from None
+        account = self._account_of(request.account_token, peer)
         token = secrets.token_bytes(32)
         with self._db.transaction() as session:
             worker = session.scalars(
@@ -85,6 +90,8 @@ class WorkerRegistry:
                 )
                 session.add(worker)
             worker.name = name
+            if account is not None:
+                worker.account_id = account
             worker.token_hash = _hash_token(token)
             worker.hardware = asdict(request.hardware)
             worker.protocol_version = request.protocol_version
@@ -100,6 +107,21 @@ class WorkerRegistry:
             peer,
         )
         return worker, token
+
+    def _account_of(self, account_token: str, peer: str) -> str | None:
+        """The account a registration links its worker to (None: leave it as it is)."""
+        if not account_token:
+            return None
+        if self._accounts is None:
+            raise UnauthenticatedError("this coordinator does not link workers to accounts")
+        try:
+            # Guesses are throttled per address: the peer without its port.
+            return self._accounts(account_token, peer.rpartition(":")[0] or peer)
+        except UnauthenticatedError as exc:
+            raise UnauthenticatedError(
+                f"account token not accepted ({exc}); run `swarmclient login --token` with a "
+                "valid key, or `swarmclient logout` to work without an account"
+            ) from None
 
     def reset_streak(self, worker_id: str) -> None:
         """A result of this worker was rejected: its run of valid results starts over."""

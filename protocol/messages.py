@@ -53,6 +53,7 @@ class RegisterWorkerRequest:
     client_version: str = ""
     signed_at_unix_s: float = 0.0
     signature: bytes = b""
+    account_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)

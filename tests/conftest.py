@@ -67,6 +67,7 @@ def signed_registration(
     protocol_version: int = PROTOCOL_VERSION,
     public_key: bytes | None = None,
     signed_at: float | None = None,
+    account_token: str = "",
 ) -> m.RegisterWorkerRequest:
     """A registration signed by `key` (a new one by default), as a real client sends it."""
     key = key or Ed25519PrivateKey.generate()
@@ -81,6 +82,7 @@ def signed_registration(
         client_version="test",
         signed_at_unix_s=signed_at,
         signature=key.sign(m.registration_signing_bytes(public_key, name, signed_at)),
+        account_token=account_token,
     )
 
 

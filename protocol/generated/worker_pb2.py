@@ -24,61 +24,61 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15swarm/v1/worker.proto\x12\x08swarm.v1\"+\n\x07Session\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"\xa0\x01\n\x0fHardwareProfile\x12\x13\n\x0b\x64\x65vice_type\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x13\n\x0bnum_devices\x18\x03 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x11\n\tcpu_cores\x18\x05 \x01(\r\x12\x13\n\x0b\x66lops_per_s\x18\x06 \x01(\x01\x12\x10\n\x08platform\x18\x07 \x01(\t\"\xc5\x01\n\x15RegisterWorkerRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12+\n\x08hardware\x18\x04 \x01(\x0b\x32\x19.swarm.v1.HardwareProfile\x12\x16\n\x0e\x63lient_version\x18\x05 \x01(\t\x12\x18\n\x10signed_at_unix_s\x18\x06 \x01(\x01\x12\x11\n\tsignature\x18\x07 \x01(\x0c\"\x90\x01\n\x16RegisterWorkerResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\x12\x1b\n\x13\x63oordinator_version\x18\x04 \x01(\t\"H\n\x10HeartbeatRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\xa4\x01\n\x11HeartbeatResponse\x12\x19\n\x11\x65xtended_task_ids\x18\x01 \x03(\t\x12\x18\n\x10revoked_task_ids\x18\x02 \x03(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x1d\n\x15\x63redits_granted_micro\x18\x04 \x01(\x03\x12\x1d\n\x15\x63redits_pending_micro\x18\x05 \x01(\x03\"N\n\x10LeaseTaskRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x16\n\x0e\x63\x61\x63hed_sha256s\x18\x02 \x03(\t\"O\n\x11\x43ompressionPolicy\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x13\n\x0bsmall_chain\x18\x02 \x01(\t\x12\x16\n\x0esmall_elements\x18\x03 \x01(\x04\"^\n\nParamDelta\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0c\x64\x65lta_sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x15\n\rparams_sha256\x18\x04 \x01(\t\"\x86\x04\n\tTrainTask\x12\x1b\n\x13model_config_sha256\x18\x01 \x01(\t\x12\x15\n\rparams_sha256\x18\x02 \x01(\t\x12\x15\n\rtokens_sha256\x18\x03 \x01(\t\x12\x13\n\x0binner_steps\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0f\n\x07seq_len\x18\x06 \x01(\r\x12\x15\n\rlearning_rate\x18\x07 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x08 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\t \x01(\x01\x12\x14\n\x0cwarmup_steps\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x32\n\rupdate_policy\x18\r \x01(\x0b\x32\x1b.swarm.v1.CompressionPolicy\x12\x35\n\x10\x62roadcast_policy\x18\x0e \x01(\x0b\x32\x1b.swarm.v1.CompressionPolicy\x12*\n\x0cparam_deltas\x18\x0f \x03(\x0b\x32\x14.swarm.v1.ParamDelta\x12\x14\n\x0c\x62\x61se_sha256s\x18\x10 \x03(\t\x12 \n\x06recipe\x18\x11 \x01(\x0b\x32\x10.swarm.v1.Recipe\x12\x16\n\x0esample_indices\x18\x12 \x03(\r\x12\x18\n\x10keep_inner_state\x18\x13 \x01(\x08J\x04\x08\x0c\x10\rR\x05\x63odec\"Q\n\x06Recipe\x12\x11\n\tobjective\x18\x01 \x01(\t\x12\x10\n\x08\x64po_beta\x18\x02 \x01(\x01\x12\"\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32\x11.swarm.v1.Adapter\"]\n\x07\x41\x64\x61pter\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x0f\n\x07\x64ropout\x18\x04 \x01(\x01\x12\x16\n\x0etarget_modules\x18\x05 \x03(\t\"\xad\x02\n\x0c\x45valuateTask\x12\x1b\n\x13model_config_sha256\x18\x01 \x01(\t\x12\x15\n\rparams_sha256\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61se_sha256s\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x61ta_sha256\x18\x04 \x01(\t\x12 \n\x06recipe\x18\x05 \x01(\x0b\x32\x10.swarm.v1.Recipe\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x14\n\x0cmax_examples\x18\x07 \x01(\r\x12\x0f\n\x07seq_len\x18\x08 \x01(\r\x12\x35\n\x10\x62roadcast_policy\x18\t \x01(\x0b\x32\x1b.swarm.v1.CompressionPolicy\x12*\n\x0cparam_deltas\x18\n \x03(\x0b\x32\x14.swarm.v1.ParamDelta\"\xda\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x1d\n\x15lease_deadline_unix_s\x18\x05 \x01(\x01\x12\x18\n\x10max_result_bytes\x18\x06 \x01(\x04\x12$\n\x05train\x18\n \x01(\x0b\x32\x13.swarm.v1.TrainTaskH\x00\x12*\n\x08\x65valuate\x18\x0b \x01(\x0b\x32\x16.swarm.v1.EvaluateTaskH\x00\x42\x06\n\x04spec\"X\n\x11LeaseTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.swarm.v1.Task\x12\x15\n\rretry_after_s\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"V\n\x10\x46\x65tchBlobRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"=\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\"\xe6\x01\n\x0bTaskMetrics\x12\x12\n\nloss_first\x18\x01 \x01(\x01\x12\x11\n\tloss_last\x18\x02 \x01(\x01\x12\x11\n\tloss_mean\x18\x03 \x01(\x01\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x11\n\teval_loss\x18\x07 \x01(\x01\x12\x16\n\x0etoken_accuracy\x18\x08 \x01(\x01\x12\x17\n\x0freward_accuracy\x18\t \x01(\x01\x12\x15\n\rreward_margin\x18\n \x01(\x01\x12\x10\n\x08\x65xamples\x18\x0b \x01(\r\"\xac\x01\n\x0cResultHeader\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12&\n\x07metrics\x18\x03 \x01(\x0b\x32\x15.swarm.v1.TaskMetrics\x12\x16\n\x0epayload_sha256\x18\x04 \x01(\t\x12\x14\n\x0cpayload_size\x18\x05 \x01(\x04\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"U\n\x11SubmitResultChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.swarm.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"9\n\x14SubmitResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\x14ReportFailureRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.swarm.v1.FailureKind\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x17\n\x15ReportFailureResponse*~\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ILURE_KIND_HANDBACK\x10\x01\x12\x1e\n\x1a\x46\x41ILURE_KIND_OUT_OF_MEMORY\x10\x02\x12\x16\n\x12\x46\x41ILURE_KIND_ERROR\x10\x03\x32\xd1\x03\n\rWorkerService\x12S\n\x0eRegisterWorker\x12\x1f.swarm.v1.RegisterWorkerRequest\x1a .swarm.v1.RegisterWorkerResponse\x12\x44\n\tHeartbeat\x12\x1a.swarm.v1.HeartbeatRequest\x1a\x1b.swarm.v1.HeartbeatResponse\x12\x44\n\tLeaseTask\x12\x1a.swarm.v1.LeaseTaskRequest\x1a\x1b.swarm.v1.LeaseTaskResponse\x12>\n\tFetchBlob\x12\x1a.swarm.v1.FetchBlobRequest\x1a\x13.swarm.v1.BlobChunk0\x01\x12M\n\x0cSubmitResult\x12\x1b.swarm.v1.SubmitResultChunk\x1a\x1e.swarm.v1.SubmitResultResponse(\x01\x12P\n\rReportFailure\x12\x1e.swarm.v1.ReportFailureRequest\x1a\x1f.swarm.v1.ReportFailureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15swarm/v1/worker.proto\x12\x08swarm.v1\"+\n\x07Session\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\"\xa0\x01\n\x0fHardwareProfile\x12\x13\n\x0b\x64\x65vice_type\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\x13\n\x0bnum_devices\x18\x03 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x11\n\tcpu_cores\x18\x05 \x01(\r\x12\x13\n\x0b\x66lops_per_s\x18\x06 \x01(\x01\x12\x10\n\x08platform\x18\x07 \x01(\t\"\xdc\x01\n\x15RegisterWorkerRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12+\n\x08hardware\x18\x04 \x01(\x0b\x32\x19.swarm.v1.HardwareProfile\x12\x16\n\x0e\x63lient_version\x18\x05 \x01(\t\x12\x18\n\x10signed_at_unix_s\x18\x06 \x01(\x01\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x15\n\raccount_token\x18\x08 \x01(\t\"\x90\x01\n\x16RegisterWorkerResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\x12\x1b\n\x13\x63oordinator_version\x18\x04 \x01(\t\"H\n\x10HeartbeatRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\xa4\x01\n\x11HeartbeatResponse\x12\x19\n\x11\x65xtended_task_ids\x18\x01 \x03(\t\x12\x18\n\x10revoked_task_ids\x18\x02 \x03(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x1d\n\x15\x63redits_granted_micro\x18\x04 \x01(\x03\x12\x1d\n\x15\x63redits_pending_micro\x18\x05 \x01(\x03\"N\n\x10LeaseTaskRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x16\n\x0e\x63\x61\x63hed_sha256s\x18\x02 \x03(\t\"O\n\x11\x43ompressionPolicy\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x13\n\x0bsmall_chain\x18\x02 \x01(\t\x12\x16\n\x0esmall_elements\x18\x03 \x01(\x04\"^\n\nParamDelta\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0c\x64\x65lta_sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x15\n\rparams_sha256\x18\x04 \x01(\t\"\x86\x04\n\tTrainTask\x12\x1b\n\x13model_config_sha256\x18\x01 \x01(\t\x12\x15\n\rparams_sha256\x18\x02 \x01(\t\x12\x15\n\rtokens_sha256\x18\x03 \x01(\t\x12\x13\n\x0binner_steps\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0f\n\x07seq_len\x18\x06 \x01(\r\x12\x15\n\rlearning_rate\x18\x07 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x08 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\t \x01(\x01\x12\x14\n\x0cwarmup_steps\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x32\n\rupdate_policy\x18\r \x01(\x0b\x32\x1b.swarm.v1.CompressionPolicy\x12\x35\n\x10\x62roadcast_policy\x18\x0e \x01(\x0b\x32\x1b.swarm.v1.CompressionPolicy\x12*\n\x0cparam_deltas\x18\x0f \x03(\x0b\x32\x14.swarm.v1.ParamDelta\x12\x14\n\x0c\x62\x61se_sha256s\x18\x10 \x03(\t\x12 \n\x06recipe\x18\x11 \x01(\x0b\x32\x10.swarm.v1.Recipe\x12\x16\n\x0esample_indices\x18\x12 \x03(\r\x12\x18\n\x10keep_inner_state\x18\x13 \x01(\x08J\x04\x08\x0c\x10\rR\x05\x63odec\"Q\n\x06Recipe\x12\x11\n\tobjective\x18\x01 \x01(\t\x12\x10\n\x08\x64po_beta\x18\x02 \x01(\x01\x12\"\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32\x11.swarm.v1.Adapter\"]\n\x07\x41\x64\x61pter\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x0f\n\x07\x64ropout\x18\x04 \x01(\x01\x12\x16\n\x0etarget_modules\x18\x05 \x03(\t\"\xad\x02\n\x0c\x45valuateTask\x12\x1b\n\x13model_config_sha256\x18\x01 \x01(\t\x12\x15\n\rparams_sha256\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61se_sha256s\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x61ta_sha256\x18\x04 \x01(\t\x12 \n\x06recipe\x18\x05 \x01(\x0b\x32\x10.swarm.v1.Recipe\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x14\n\x0cmax_examples\x18\x07 \x01(\r\x12\x0f\n\x07seq_len\x18\x08 \x01(\r\x12\x35\n\x10\x62roadcast_policy\x18\t \x01(\x0b\x32\x1b.swarm.v1.CompressionPolicy\x12*\n\x0cparam_deltas\x18\n \x03(\x0b\x32\x14.swarm.v1.ParamDelta\"\xda\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x1d\n\x15lease_deadline_unix_s\x18\x05 \x01(\x01\x12\x18\n\x10max_result_bytes\x18\x06 \x01(\x04\x12$\n\x05train\x18\n \x01(\x0b\x32\x13.swarm.v1.TrainTaskH\x00\x12*\n\x08\x65valuate\x18\x0b \x01(\x0b\x32\x16.swarm.v1.EvaluateTaskH\x00\x42\x06\n\x04spec\"X\n\x11LeaseTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.swarm.v1.Task\x12\x15\n\rretry_after_s\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"V\n\x10\x46\x65tchBlobRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"=\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\"\xe6\x01\n\x0bTaskMetrics\x12\x12\n\nloss_first\x18\x01 \x01(\x01\x12\x11\n\tloss_last\x18\x02 \x01(\x01\x12\x11\n\tloss_mean\x18\x03 \x01(\x01\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x11\n\teval_loss\x18\x07 \x01(\x01\x12\x16\n\x0etoken_accuracy\x18\x08 \x01(\x01\x12\x17\n\x0freward_accuracy\x18\t \x01(\x01\x12\x15\n\rreward_margin\x18\n \x01(\x01\x12\x10\n\x08\x65xamples\x18\x0b \x01(\r\"\xac\x01\n\x0cResultHeader\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12&\n\x07metrics\x18\x03 \x01(\x0b\x32\x15.swarm.v1.TaskMetrics\x12\x16\n\x0epayload_sha256\x18\x04 \x01(\t\x12\x14\n\x0cpayload_size\x18\x05 \x01(\x04\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"U\n\x11SubmitResultChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.swarm.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"9\n\x14SubmitResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\x14ReportFailureRequest\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Session\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.swarm.v1.FailureKind\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x17\n\x15ReportFailureResponse*~\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ILURE_KIND_HANDBACK\x10\x01\x12\x1e\n\x1a\x46\x41ILURE_KIND_OUT_OF_MEMORY\x10\x02\x12\x16\n\x12\x46\x41ILURE_KIND_ERROR\x10\x03\x32\xd1\x03\n\rWorkerService\x12S\n\x0eRegisterWorker\x12\x1f.swarm.v1.RegisterWorkerRequest\x1a .swarm.v1.RegisterWorkerResponse\x12\x44\n\tHeartbeat\x12\x1a.swarm.v1.HeartbeatRequest\x1a\x1b.swarm.v1.HeartbeatResponse\x12\x44\n\tLeaseTask\x12\x1a.swarm.v1.LeaseTaskRequest\x1a\x1b.swarm.v1.LeaseTaskResponse\x12>\n\tFetchBlob\x12\x1a.swarm.v1.FetchBlobRequest\x1a\x13.swarm.v1.BlobChunk0\x01\x12M\n\x0cSubmitResult\x12\x1b.swarm.v1.SubmitResultChunk\x1a\x1e.swarm.v1.SubmitResultResponse(\x01\x12P\n\rReportFailure\x12\x1e.swarm.v1.ReportFailureRequest\x1a\x1f.swarm.v1.ReportFailureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarm.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FAILUREKIND']._serialized_start=3264
-  _globals['_FAILUREKIND']._serialized_end=3390
+  _globals['_FAILUREKIND']._serialized_start=3287
+  _globals['_FAILUREKIND']._serialized_end=3413
   _globals['_SESSION']._serialized_start=35
   _globals['_SESSION']._serialized_end=78
   _globals['_HARDWAREPROFILE']._serialized_start=81
   _globals['_HARDWAREPROFILE']._serialized_end=241
   _globals['_REGISTERWORKERREQUEST']._serialized_start=244
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=441
-  _globals['_REGISTERWORKERRESPONSE']._serialized_start=444
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=588
-  _globals['_HEARTBEATREQUEST']._serialized_start=590
-  _globals['_HEARTBEATREQUEST']._serialized_end=662
-  _globals['_HEARTBEATRESPONSE']._serialized_start=665
-  _globals['_HEARTBEATRESPONSE']._serialized_end=829
-  _globals['_LEASETASKREQUEST']._serialized_start=831
-  _globals['_LEASETASKREQUEST']._serialized_end=909
-  _globals['_COMPRESSIONPOLICY']._serialized_start=911
-  _globals['_COMPRESSIONPOLICY']._serialized_end=990
-  _globals['_PARAMDELTA']._serialized_start=992
-  _globals['_PARAMDELTA']._serialized_end=1086
-  _globals['_TRAINTASK']._serialized_start=1089
-  _globals['_TRAINTASK']._serialized_end=1607
-  _globals['_RECIPE']._serialized_start=1609
-  _globals['_RECIPE']._serialized_end=1690
-  _globals['_ADAPTER']._serialized_start=1692
-  _globals['_ADAPTER']._serialized_end=1785
-  _globals['_EVALUATETASK']._serialized_start=1788
-  _globals['_EVALUATETASK']._serialized_end=2089
-  _globals['_TASK']._serialized_start=2092
-  _globals['_TASK']._serialized_end=2310
-  _globals['_LEASETASKRESPONSE']._serialized_start=2312
-  _globals['_LEASETASKRESPONSE']._serialized_end=2400
-  _globals['_FETCHBLOBREQUEST']._serialized_start=2402
-  _globals['_FETCHBLOBREQUEST']._serialized_end=2488
-  _globals['_BLOBCHUNK']._serialized_start=2490
-  _globals['_BLOBCHUNK']._serialized_end=2551
-  _globals['_TASKMETRICS']._serialized_start=2554
-  _globals['_TASKMETRICS']._serialized_end=2784
-  _globals['_RESULTHEADER']._serialized_start=2787
-  _globals['_RESULTHEADER']._serialized_end=2959
-  _globals['_SUBMITRESULTCHUNK']._serialized_start=2961
-  _globals['_SUBMITRESULTCHUNK']._serialized_end=3046
-  _globals['_SUBMITRESULTRESPONSE']._serialized_start=3048
-  _globals['_SUBMITRESULTRESPONSE']._serialized_end=3105
-  _globals['_REPORTFAILUREREQUEST']._serialized_start=3108
-  _globals['_REPORTFAILUREREQUEST']._serialized_end=3237
-  _globals['_REPORTFAILURERESPONSE']._serialized_start=3239
-  _globals['_REPORTFAILURERESPONSE']._serialized_end=3262
-  _globals['_WORKERSERVICE']._serialized_start=3393
-  _globals['_WORKERSERVICE']._serialized_end=3858
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=464
+  _globals['_REGISTERWORKERRESPONSE']._serialized_start=467
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=611
+  _globals['_HEARTBEATREQUEST']._serialized_start=613
+  _globals['_HEARTBEATREQUEST']._serialized_end=685
+  _globals['_HEARTBEATRESPONSE']._serialized_start=688
+  _globals['_HEARTBEATRESPONSE']._serialized_end=852
+  _globals['_LEASETASKREQUEST']._serialized_start=854
+  _globals['_LEASETASKREQUEST']._serialized_end=932
+  _globals['_COMPRESSIONPOLICY']._serialized_start=934
+  _globals['_COMPRESSIONPOLICY']._serialized_end=1013
+  _globals['_PARAMDELTA']._serialized_start=1015
+  _globals['_PARAMDELTA']._serialized_end=1109
+  _globals['_TRAINTASK']._serialized_start=1112
+  _globals['_TRAINTASK']._serialized_end=1630
+  _globals['_RECIPE']._serialized_start=1632
+  _globals['_RECIPE']._serialized_end=1713
+  _globals['_ADAPTER']._serialized_start=1715
+  _globals['_ADAPTER']._serialized_end=1808
+  _globals['_EVALUATETASK']._serialized_start=1811
+  _globals['_EVALUATETASK']._serialized_end=2112
+  _globals['_TASK']._serialized_start=2115
+  _globals['_TASK']._serialized_end=2333
+  _globals['_LEASETASKRESPONSE']._serialized_start=2335
+  _globals['_LEASETASKRESPONSE']._serialized_end=2423
+  _globals['_FETCHBLOBREQUEST']._serialized_start=2425
+  _globals['_FETCHBLOBREQUEST']._serialized_end=2511
+  _globals['_BLOBCHUNK']._serialized_start=2513
+  _globals['_BLOBCHUNK']._serialized_end=2574
+  _globals['_TASKMETRICS']._serialized_start=2577
+  _globals['_TASKMETRICS']._serialized_end=2807
+  _globals['_RESULTHEADER']._serialized_start=2810
+  _globals['_RESULTHEADER']._serialized_end=2982
+  _globals['_SUBMITRESULTCHUNK']._serialized_start=2984
+  _globals['_SUBMITRESULTCHUNK']._serialized_end=3069
+  _globals['_SUBMITRESULTRESPONSE']._serialized_start=3071
+  _globals['_SUBMITRESULTRESPONSE']._serialized_end=3128
+  _globals['_REPORTFAILUREREQUEST']._serialized_start=3131
+  _globals['_REPORTFAILUREREQUEST']._serialized_end=3260
+  _globals['_REPORTFAILURERESPONSE']._serialized_start=3262
+  _globals['_REPORTFAILURERESPONSE']._serialized_end=3285
+  _globals['_WORKERSERVICE']._serialized_start=3416
+  _globals['_WORKERSERVICE']._serialized_end=3881
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ class HardwareProfile(_message.Message):
     def __init__(self, device_type: _Optional[str] = ..., device_name: _Optional[str] = ..., num_devices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpu_cores: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., platform: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("protocol_version", "name", "public_key", "hardware", "client_version", "signed_at_unix_s", "signature")
+    __slots__ = ("protocol_version", "name", "public_key", "hardware", "client_version", "signed_at_unix_s", "signature", "account_token")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class RegisterWorkerRequest(_message.Message):
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIGNED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     public_key: bytes
@@ -60,7 +61,8 @@ class RegisterWorkerRequest(_message.Message):
     client_version: str
     signed_at_unix_s: float
     signature: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., client_version: _Optional[str] = ..., signed_at_unix_s: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    account_token: str
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., client_version: _Optional[str] = ..., signed_at_unix_s: _Optional[float] = ..., signature: _Optional[bytes] = ..., account_token: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("session", "heartbeat_interval_s", "max_chunk_bytes", "coordinator_version")

@@ -971,3 +971,27 @@ def test_heartbeats_report_the_workers_credits(harness: Harness) -> None:
     after = client.heartbeat(m.HeartbeatRequest(session=worker.session))
     # Accepted: pending until the round that uses it closes.
     assert after.credits_pending_micro > 0 and after.credits_granted_micro == 0
+
+
+def test_an_account_token_sends_the_workers_credits_to_that_account(harness: Harness) -> None:
+    harness.live.services.keys.create("admin", "operator")
+    _, secret = harness.live.services.keys.create("alice", "researcher")
+    key = Ed25519PrivateKey.generate()
+    reply = harness.client.register_worker(signed_registration(key, account_token=secret))
+    worker = Volunteer(key=key, session=reply.session)
+    task = lease(harness.client, worker)
+    submit_valid(harness, worker, task.task_id)
+    beat = harness.client.heartbeat(m.HeartbeatRequest(session=worker.session))
+    assert beat.credits_pending_micro > 0
+    with harness.live.services.db.transaction() as session:
+        statement = harness.live.services.ledger.statement(session, "user:alice")
+        own = harness.live.services.ledger.statement(session, f"worker:{worker.session.worker_id}")
+    assert statement["pending"] == beat.credits_pending_micro
+    assert own["pending"] == 0
+
+
+def test_a_wrong_account_token_is_refused_with_what_to_do(harness: Harness) -> None:
+    request = signed_registration(account_token="sk-swarm-not-a-key")
+    message = expect_error("UNAUTHENTICATED", harness.client.register_worker, request)
+    assert "swarmclient login --token" in message
+    assert_serving(harness, register(harness.client))
