@@ -441,6 +441,8 @@ class TaskService:
                     f"task {request.task_id} is not leased to you (it may have expired)"
                 )
             self._end_lease(session, lease, LeaseOutcome.HANDED_BACK, time.time())
+            if request.kind is m.FailureKind.OUT_OF_MEMORY:
+                self._offer_smaller_work(session, worker_id, request.task_id)
         logger.info(
             "worker %s handed back task %s (%s): %s",
             worker_id,
@@ -448,6 +450,27 @@ class TaskService:
             request.kind.name.lower(),
             request.message[:200],
         )
+
+    @staticmethod
+    def _offer_smaller_work(session: Session, worker_id: str, task_id: str) -> None:
+        """A worker ran out of memory on a task: count it as having less than that job needs,
+        so placement gives it smaller jobs from now on (until it registers again)."""
+        worker = session.get(Worker, worker_id, with_for_update=True)
+        job = session.get(Job, session.get_one(Task, task_id).job_id)
+        if worker is None or job is None or not job.memory_bytes:
+            return
+        hardware = dict(worker.hardware or {})
+        offered = int(hardware.get("memory_bytes", 0))
+        if offered == 0 or offered >= job.memory_bytes:
+            hardware["memory_bytes"] = max(1, int(job.memory_bytes) - 1)
+            worker.hardware = hardware
+            logger.warning(
+                "worker %s ran out of memory on job %s (needs about %.1f GB): it gets only "
+                "smaller jobs until it registers again",
+                worker_id,
+                job.id,
+                job.memory_bytes / 1e9,
+            )
 
     def _end_lease(self, session: Session, lease: Lease, outcome: LeaseOutcome, now: float) -> None:
         lease.outcome = outcome.value

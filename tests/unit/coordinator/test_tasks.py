@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from swarm.compression import encode_payload
@@ -600,3 +601,26 @@ def test_check_submission_rejects_implausible_evaluations(
     )
     with pytest.raises(ProtocolError, match=match):
         coordinator.tasks.check_submission(worker, header)
+
+
+def test_running_out_of_memory_gets_a_worker_only_smaller_jobs(coordinator: Coordinator) -> None:
+    key = Ed25519PrivateKey.generate()
+    w1, _ = coordinator.workers.register(signed_registration(key), "ipv4:127.0.0.1:1")
+    w1 = w1.id
+    task_id = coordinator.lease_id(w1)
+    needs = coordinator.job.memory_bytes
+    assert needs > 0 and coordinator.worker(w1).hardware["memory_bytes"] >= needs
+    coordinator.tasks.hand_back(
+        w1,
+        m.ReportFailureRequest(
+            session=_session(w1),
+            task_id=task_id,
+            kind=m.FailureKind.OUT_OF_MEMORY,
+            message="CUDA out of memory",
+        ),
+    )
+    assert coordinator.worker(w1).hardware["memory_bytes"] == needs - 1
+    assert coordinator.task(task_id).status == "pending"  # someone else runs it
+    # Registering again (a restart, perhaps with --max-memory-gb) reports its memory afresh.
+    again, _ = coordinator.workers.register(signed_registration(key), "ipv4:127.0.0.1:2")
+    assert again.id == w1 and coordinator.worker(w1).hardware["memory_bytes"] >= needs
