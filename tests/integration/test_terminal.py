@@ -13,13 +13,12 @@ import subprocess
 import sys
 import termios
 import time
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from pathlib import Path
 
-import httpx
 import pytest
 
-from swarm.coordinator.demo import start_coordinator, stop_process
+from tests.integration.test_training import running_swarm
 
 pytestmark = pytest.mark.integration
 
@@ -68,16 +67,10 @@ class Terminal:
 
 
 def test_join_shows_a_live_panel_and_ctrl_c_hands_the_task_back(tmp_path: Path) -> None:
-    with ExitStack() as stack:
-        log = stack.enter_context((tmp_path / "coordinator.log").open("w"))
-        coordinator, ready = start_coordinator(tmp_path / "coordinator", log, None, None)
-        stack.callback(stop_process, coordinator, signal.SIGTERM)
-        target = f"127.0.0.1:{ready['grpc_port']}"
-        http = stack.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{ready['http_port']}", timeout=60.0)
-        )
+    with running_swarm(tmp_path, num_clients=0) as swarm:
+        http = swarm.http
         data_dir = tmp_path / "volunteer"
-        argv = [sys.executable, "-m", "swarm.client", "join", "--coordinator", target]
+        argv = [sys.executable, "-m", "swarm.client", "join", "--coordinator", swarm.target]
         argv += ["--name", "pty-volunteer", "--data-dir", str(data_dir), "--threads", "1"]
         env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
         terminal = Terminal(argv, env)

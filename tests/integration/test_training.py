@@ -246,19 +246,12 @@ def test_a_result_killed_mid_upload_is_sent_again_on_restart_and_credited_once(
     tmp_path: Path,
 ) -> None:
     with ExitStack() as stack:
-        log = stack.enter_context((tmp_path / "coordinator.log").open("w"))
-        coordinator, ready = start_coordinator(tmp_path / "coordinator", log, None, None)
-        stack.callback(stop_process, coordinator, signal.SIGTERM)
-        target = f"127.0.0.1:{ready['grpc_port']}"
-        http = stack.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{ready['http_port']}", timeout=60.0)
-        )
-        swarm = Swarm(http, target, tmp_path / "coordinator", [], tmp_path)
+        swarm = stack.enter_context(running_swarm(tmp_path, num_clients=0))
         data_dir = tmp_path / "volunteer"
         # A slow home link: the ~850 kB update would take two minutes to upload.
         first_log = stack.enter_context((tmp_path / "client-0.log").open("w"))
         slow = {"SWARM_MAX_UPLOAD_MBPS": "0.05"}
-        client = start_client(target, "volunteer", data_dir, first_log, extra_env=slow)
+        client = start_client(swarm.target, "volunteer", data_dir, first_log, extra_env=slow)
         job = swarm.create_job(num_rounds=1, min_clients=1)
         _wait_for_log(swarm, 0, "submitting")
         client.kill()  # SIGKILL in the middle of the upload
@@ -269,7 +262,7 @@ def test_a_result_killed_mid_upload_is_sent_again_on_restart_and_credited_once(
         assert len(list((data_dir / "outbox").glob("*.json"))) == 1
 
         second_log = stack.enter_context((tmp_path / "client-1.log").open("w"))
-        client = start_client(target, "volunteer", data_dir, second_log)
+        client = start_client(swarm.target, "volunteer", data_dir, second_log)
         stack.callback(stop_process, client)
         job = swarm.wait_for_job(job["id"])
         assert job["status"] == "succeeded", job
