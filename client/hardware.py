@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -60,6 +61,46 @@ def measure_flops(duration_s: float = 0.3, size: int = 256) -> float:
     return 2.0 * size**3 * runs / (time.perf_counter() - began)
 
 
+def _cached(cache_file: Path) -> dict[str, object]:
+    try:
+        values = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def cached_download_rate(cache_file: Path, coordinator: str) -> float:
+    """The download rate measured from `coordinator` before, in bytes/s (0: never)."""
+    rates = _cached(cache_file).get("download_bytes_per_s")
+    rate = rates.get(coordinator, 0.0) if isinstance(rates, dict) else 0.0
+    return float(rate) if isinstance(rate, int | float) and rate > 0 else 0.0
+
+
+def measure_download(
+    chunks: Iterator[bytes], cache_file: Path, coordinator: str, *, max_s: float = 20.0
+) -> float:
+    """Time a download of the coordinator's probe blob (at most `max_s`), cache and return
+    the rate in bytes/s (0 if nothing arrived)."""
+    received = 0
+    began = time.perf_counter()
+    for data in chunks:
+        received += len(data)
+        if time.perf_counter() - began > max_s:
+            break
+    elapsed = time.perf_counter() - began
+    rate = received / elapsed if received and elapsed > 0 else 0.0
+    if rate:
+        values = _cached(cache_file)
+        rates = values.get("download_bytes_per_s")
+        rates = dict(rates) if isinstance(rates, dict) else {}
+        rates[coordinator] = rate
+        values["download_bytes_per_s"] = rates
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(values))
+        logger.info("download from %s: %.1f MB/s measured", coordinator, rate / 1e6)
+    return rate
+
+
 def profile_with_benchmark(cache_file: Path) -> HardwareProfile:
     """The hardware profile with a compute benchmark, cached on disk per machine and torch."""
     hardware = detect_hardware()
@@ -71,16 +112,15 @@ def profile_with_benchmark(cache_file: Path) -> HardwareProfile:
             str(torch.get_num_threads()),
         ]
     )
+    cached = _cached(cache_file)
     try:
-        cached = json.loads(cache_file.read_text())
-        if cached.get("key") == key:
-            flops = float(cached["flops_per_s"])
-        else:
+        if cached.get("key") != key:
             raise ValueError("stale benchmark")
-    except (OSError, ValueError, KeyError):
+        flops = float(cached["flops_per_s"])  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):
         flops = measure_flops()
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps({"key": key, "flops_per_s": flops}))
+        cache_file.write_text(json.dumps({**cached, "key": key, "flops_per_s": flops}))
     if hardware.device_type == "cpu":
         logger.info(
             "no GPU found: running on the CPU (%d cores, %.1f GFLOP/s measured)",

@@ -23,7 +23,11 @@ from swarm.client.availability import MachineLoad, Schedule
 from swarm.client.bandwidth import TokenBucket
 from swarm.client.cache import BlobCache
 from swarm.client.feedback import FeedbackStore
-from swarm.client.hardware import profile_with_benchmark
+from swarm.client.hardware import (
+    cached_download_rate,
+    measure_download,
+    profile_with_benchmark,
+)
 from swarm.client.identity import load_or_create_key, public_key_bytes
 from swarm.client.outbox import FinishedResult, Outbox
 from swarm.client.settings import ClientSettings
@@ -100,8 +104,10 @@ class Worker:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         key = load_or_create_key(self.settings.data_dir / "identity.key")
-        hardware = self._limit_memory(
-            profile_with_benchmark(self.settings.data_dir / "benchmark.json")
+        benchmark = self.settings.data_dir / "benchmark.json"
+        hardware = dataclasses.replace(
+            self._limit_memory(profile_with_benchmark(benchmark)),
+            download_bytes_per_s=cached_download_rate(benchmark, self.settings.coordinator),
         )
         self._key = key
         device = hardware.device_name if hardware.device_type != "cpu" else "CPU"
@@ -144,6 +150,22 @@ class Worker:
         try:
             transport.register()
             assert transport.registration is not None
+            probe = transport.registration.probe_sha256
+            if probe and not hardware.download_bytes_per_s:
+                self.status.update(state="connecting", detail="measuring the download speed")
+                try:
+                    rate = measure_download(
+                        (c.data for c in transport.fetch_blob(probe, 0, timeout_s=60.0)),
+                        benchmark,
+                        self.settings.coordinator,
+                    )
+                except SwarmError as exc:  # the speed is a hint; work goes on without it
+                    logger.warning("could not measure the download speed: %s", exc)
+                    rate = 0.0
+                if rate:  # register again, so the coordinator knows the link from the start
+                    hardware = dataclasses.replace(hardware, download_bytes_per_s=rate)
+                    transport.register()
+                    assert transport.registration is not None
             self.status.update(
                 worker_id=transport.registration.session.worker_id, state="idle", detail=""
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+import numpy as np
 import uvicorn
 
 from swarm.coordinator.blobs import BlobStore
@@ -133,6 +135,16 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+PROBE_BYTES = 1 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def probe_bytes() -> bytes:
+    """What new workers download once to measure their link: 1 MiB that zstd cannot shrink,
+    the same on every start (so the blob store keeps one copy)."""
+    return np.random.default_rng(0x5EED).bytes(PROBE_BYTES)
+
+
 def _grpc_target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -234,6 +246,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         blobs,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         control=control,
+        probe_sha256=blobs.put_bytes(probe_bytes()),
     )
     grpc_server = new_server(settings.grpc_threads)
     add_worker_service(

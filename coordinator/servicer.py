@@ -72,8 +72,11 @@ class WorkerServicer:
         *,
         heartbeat_interval_s: float,
         control: SwarmControl | None = None,
+        probe_sha256: str = "",
     ) -> None:
+        """`probe_sha256`: the blob new workers download to measure their link."""
         self._workers = workers
+        self._probe_sha256 = probe_sha256
         self._tasks = tasks
         self._blobs = blobs
         self._control = control
@@ -134,6 +137,7 @@ class WorkerServicer:
                 heartbeat_interval_s=self._heartbeat_interval_s,
                 max_chunk_bytes=CHUNK_BYTES,
                 coordinator_version=COORDINATOR_VERSION,
+                probe_sha256=self._probe_sha256,
             )
 
     def heartbeat(self, request: m.HeartbeatRequest) -> m.HeartbeatResponse:

@@ -53,7 +53,8 @@ class WorkerRegistry:
         name = request.name.strip() or "anonymous"
         if len(name) > MAX_NAME_CHARS or not name.isprintable():
             raise ProtocolError(f"name must be at most {MAX_NAME_CHARS} printable characters")
-        if request.hardware.memory_bytes < 0 or request.hardware.flops_per_s < 0:
+        hardware = request.hardware
+        if min(hardware.memory_bytes, hardware.flops_per_s, hardware.download_bytes_per_s) < 0:
             raise ProtocolError("hardware profile has negative numbers")
         now = time.time()
         skew = request.signed_at_unix_s - now
@@ -94,6 +95,9 @@ class WorkerRegistry:
                 worker.account_id = account
             worker.token_hash = _hash_token(token)
             worker.hardware = asdict(request.hardware)
+            if worker.download_bytes_per_s is None and hardware.download_bytes_per_s > 0:
+                # The client's own measure until its downloads of real work refine it.
+                worker.download_bytes_per_s = hardware.download_bytes_per_s
             worker.protocol_version = request.protocol_version
             worker.client_version = request.client_version[:64]
             worker.peer = peer[:128]

@@ -42,6 +42,7 @@ class HardwareProfile:
     cpu_cores: int = 1
     flops_per_s: float = 0.0
     platform: str = ""
+    download_bytes_per_s: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +63,7 @@ class RegisterWorkerResponse:
     heartbeat_interval_s: float
     max_chunk_bytes: int
     coordinator_version: str = ""
+    probe_sha256: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

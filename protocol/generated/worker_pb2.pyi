@@ -27,7 +27,7 @@ class Session(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class HardwareProfile(_message.Message):
-    __slots__ = ("device_type", "device_name", "num_devices", "memory_bytes", "cpu_cores", "flops_per_s", "platform")
+    __slots__ = ("device_type", "device_name", "num_devices", "memory_bytes", "cpu_cores", "flops_per_s", "platform", "download_bytes_per_s")
     DEVICE_TYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class HardwareProfile(_message.Message):
     CPU_CORES_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     device_type: str
     device_name: str
     num_devices: int
@@ -42,7 +43,8 @@ class HardwareProfile(_message.Message):
     cpu_cores: int
     flops_per_s: float
     platform: str
-    def __init__(self, device_type: _Optional[str] = ..., device_name: _Optional[str] = ..., num_devices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpu_cores: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., platform: _Optional[str] = ...) -> None: ...
+    download_bytes_per_s: float
+    def __init__(self, device_type: _Optional[str] = ..., device_name: _Optional[str] = ..., num_devices: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpu_cores: _Optional[int] = ..., flops_per_s: _Optional[float] = ..., platform: _Optional[str] = ..., download_bytes_per_s: _Optional[float] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("protocol_version", "name", "public_key", "hardware", "client_version", "signed_at_unix_s", "signature", "account_token")
@@ -65,16 +67,18 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., client_version: _Optional[str] = ..., signed_at_unix_s: _Optional[float] = ..., signature: _Optional[bytes] = ..., account_token: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("session", "heartbeat_interval_s", "max_chunk_bytes", "coordinator_version")
+    __slots__ = ("session", "heartbeat_interval_s", "max_chunk_bytes", "coordinator_version", "probe_sha256")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROBE_SHA256_FIELD_NUMBER: _ClassVar[int]
     session: Session
     heartbeat_interval_s: float
     max_chunk_bytes: int
     coordinator_version: str
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., max_chunk_bytes: _Optional[int] = ..., coordinator_version: _Optional[str] = ...) -> None: ...
+    probe_sha256: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., heartbeat_interval_s: _Optional[float] = ..., max_chunk_bytes: _Optional[int] = ..., coordinator_version: _Optional[str] = ..., probe_sha256: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session", "task_ids")

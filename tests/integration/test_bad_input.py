@@ -995,3 +995,32 @@ def test_a_wrong_account_token_is_refused_with_what_to_do(harness: Harness) -> N
     message = expect_error("UNAUTHENTICATED", harness.client.register_worker, request)
     assert "swarmclient login --token" in message
     assert_serving(harness, register(harness.client))
+
+
+@pytest.mark.parametrize(
+    "hardware",
+    [
+        m.HardwareProfile(flops_per_s=-1.0),
+        m.HardwareProfile(download_bytes_per_s=-5.0),
+    ],
+)
+def test_a_hardware_profile_with_negative_numbers_is_refused(
+    harness: Harness, hardware: m.HardwareProfile
+) -> None:
+    message = expect_error(
+        "INVALID_ARGUMENT", harness.client.register_worker, signed_registration(hardware=hardware)
+    )
+    assert "negative" in message
+    assert_serving(harness)
+
+
+def test_a_registration_names_the_probe_a_worker_measures_its_link_with(harness: Harness) -> None:
+    reply = harness.client.register_worker(signed_registration())
+    probe = fetch(harness, reply.session, reply.probe_sha256)
+    assert sum(len(c.data) for c in probe) == 1 << 20
+    # A worker that measured its link says so when it registers; the coordinator starts from it.
+    measured = m.HardwareProfile(memory_bytes=1 << 30, download_bytes_per_s=2.5e6)
+    other = harness.client.register_worker(signed_registration(hardware=measured))
+    with harness.live.services.db.transaction() as session:
+        worker = session.get_one(Worker, other.session.worker_id)
+        assert worker.download_bytes_per_s == 2.5e6

@@ -78,6 +78,9 @@ def test_join_shows_a_live_panel_and_ctrl_c_hands_the_task_back(tmp_path: Path) 
         screen = terminal.read_until(r"idle\s+no tasks are waiting", timeout_s=90)
         assert "swarmclient · pty-volunteer (wk-" in screen
         assert "credits" in screen and "granted" in screen and "latency" in screen
+        # Before any task, the coordinator knows this link from the client's probe download.
+        (worker,) = http.get("/v1/swarm/workers").json()["data"]
+        assert worker["download_bytes_per_s"] > 0, worker
 
         hyperparameters = {"num_rounds": 3, "inner_steps": 400, "batch_size": 4, "seq_len": 32}
         response = http.post(

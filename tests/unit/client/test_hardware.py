@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from swarm.client import hardware
-from swarm.client.hardware import detect_hardware, measure_flops, profile_with_benchmark
+from swarm.client.hardware import (
+    cached_download_rate,
+    detect_hardware,
+    measure_download,
+    measure_flops,
+    profile_with_benchmark,
+)
 
 
 @pytest.fixture
@@ -86,3 +92,14 @@ def test_benchmark_is_measured_again_when_torch_threads_change(
     monkeypatch.setattr(hardware.torch, "get_num_threads", lambda: threads + 1)
     assert profile_with_benchmark(cache_file).flops_per_s == 3.0e9
     assert fake_benchmark == [1, 1]
+
+
+def test_the_download_rate_is_measured_once_per_coordinator(tmp_path: Path) -> None:
+    cache = tmp_path / "benchmark.json"
+    assert cached_download_rate(cache, "a:1") == 0.0
+    rate = measure_download(iter([b"x" * 100_000] * 5), cache, "a:1")
+    assert rate > 0
+    assert cached_download_rate(cache, "a:1") == rate
+    assert cached_download_rate(cache, "b:2") == 0.0  # another coordinator, another link
+    assert measure_download(iter([]), cache, "b:2") == 0.0  # nothing arrived: nothing cached
+    assert cached_download_rate(cache, "b:2") == 0.0
