@@ -112,9 +112,9 @@ class JobSpec:
         inner_state: `task` starts AdamW afresh in every train task (stateless: any worker can
             recompute any task, which result verification relies on); `worker` has each worker
             keep its AdamW moments from one of its tasks of the job to the next, as DiLoCo's
-            replicas do (no warm-up after a worker's first task; it ended 0.6% lower in
-            held-out loss in the compression benchmark), at the price of results that only the
-            worker that made them can reproduce.
+            replicas do (no warm-up after a worker's first task; on the compression
+            benchmark's job it ended 0.6% lower in held-out loss), at the price of results that
+            only the worker that made them can reproduce.
         outer_lr: outer Nesterov SGD learning rate (DiLoCo: 0.7).
         outer_momentum: outer Nesterov momentum (DiLoCo: 0.9).
         min_clients: train tasks per round at least.
