@@ -8,6 +8,7 @@ lease; a lease the coordinator revokes (someone else finished the task) is aband
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ from swarm.models import (
     config_from_bytes,
     is_lora,
     load_trainable_state,
+    optimizer_state_mismatch,
     run_inner_loop,
 )
 from swarm.models.objectives import build_objective
@@ -114,7 +116,6 @@ class Worker:
         self.status.update(
             device=f"{device} ({hardware.cpu_cores} cores)", state="connecting", detail=""
         )
-        self.status.save()
 
         account_token = self.settings.account_token or load_token(self.settings.config_dir)
 
@@ -384,13 +385,9 @@ class Worker:
             reward_margin=values.get("reward_margin", 0.0),
             examples=int(values["examples"]),
         )
-        empty, digest, _ = self._outbox.spool(task.task_id, iter([b""]))
-        try:
-            self._submit(
-                transport, task.task_id, task.lease_deadline_unix_s, empty, digest, 0, metrics
-            )
-        finally:
-            self._outbox.remove(task.task_id)
+        # Metrics only: nothing to keep on disk, and redoing an evaluation is cheap.
+        empty = hashlib.sha256(b"").hexdigest()
+        self._submit(transport, task.task_id, task.lease_deadline_unix_s, b"", empty, 0, metrics)
         logger.info(
             "task %s (job %s): evaluated version %d on %d held-out examples: %s; fetch %.1fs, "
             "compute %.1fs",
@@ -414,17 +411,13 @@ class Worker:
     ) -> None:
         kept = self._inner_state
         state = kept[1] if spec.keep_inner_state and kept and kept[0] == task.job_id else None
-        if state is not None:
+        mismatch = optimizer_state_mismatch(state, model) if state is not None else ""
+        if mismatch:  # kept for other parameters (the job's adapter changed): start afresh
+            logger.warning("job %s: not resuming the inner optimizer (%s)", task.job_id, mismatch)
+            state = None
+        elif state is not None:
             logger.info("task %s: resuming job %s's inner optimizer", task.task_id, task.job_id)
-        try:
-            result = self._inner_loop(task, spec, model, objective, state)
-        except ValueError as exc:  # the kept state is for other parameters: start afresh
-            if state is None:
-                raise
-            logger.warning("job %s: not resuming the inner optimizer (%s)", task.job_id, exc)
-            self._inner_state = None
-            load_trainable_state(model, self._versions.params(task, transport))
-            result = self._inner_loop(task, spec, model, objective, None)
+        result = self._inner_loop(task, spec, model, objective, state)
         self._inner_state = (task.job_id, result.optimizer_state) if spec.keep_inner_state else None
         payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)
         metrics = m.TaskMetrics(
@@ -568,7 +561,7 @@ class Worker:
         transport: Transport,
         task_id: str,
         lease_deadline_unix_s: float,
-        payload: Path,
+        payload: bytes | Path,
         digest: str,
         size: int,
         metrics: m.TaskMetrics,

@@ -42,6 +42,7 @@ from swarm.models.training import (
     InnerLoopInterrupted,
     InnerLoopResult,
     batches_of,
+    optimizer_state_mismatch,
     run_inner_loop,
     sample_order,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "load_builtin_text",
     "load_trainable_state",
     "merged_model",
+    "optimizer_state_mismatch",
     "parameter_shapes",
     "parse_dataset",
     "preset_config",

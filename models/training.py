@@ -123,7 +123,9 @@ def run_inner_loop(
     )
     warmup_steps = config.warmup_steps
     if optimizer_state is not None:
-        _check_optimizer_state(optimizer_state, params)
+        mismatch = optimizer_state_mismatch(optimizer_state, model)
+        if mismatch:
+            raise ValueError(mismatch)
         optimizer.load_state_dict(optimizer_state)
         warmup_steps = 0
     torch.manual_seed(config.seed)  # dropout masks (LoRA dropout, GPT-2's own) are seeded too
@@ -160,15 +162,20 @@ def run_inner_loop(
     )
 
 
-def _check_optimizer_state(state: dict[str, Any], params: list[torch.nn.Parameter]) -> None:
-    """Refuse a state saved for other parameters (load_state_dict checks only the counts)."""
+def optimizer_state_mismatch(state: dict[str, Any], model: torch.nn.Module) -> str:
+    """Why an AdamW state from `InnerLoopResult.optimizer_state` does not fit the model's
+    trainable parameters ("" when it does): another count, or another shape."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = state.get("param_groups", [])
+    saved = sum(len(group.get("params", [])) for group in groups)
+    if saved != len(params):
+        return f"optimizer state for {saved} parameters, the model trains {len(params)}"
     moments = state.get("state", {})
     for index, param in enumerate(params):
         entry = moments.get(index)
-        if entry is None:
-            continue
-        if tuple(entry["exp_avg"].shape) != tuple(param.shape):
-            raise ValueError(
+        if entry is not None and tuple(entry["exp_avg"].shape) != tuple(param.shape):
+            return (
                 f"optimizer state of parameter {index} has shape {tuple(entry['exp_avg'].shape)},"
                 f" the model's is {tuple(param.shape)}"
             )
+    return ""

@@ -237,3 +237,12 @@ def test_an_optimizer_state_for_other_parameters_is_refused() -> None:
     other = build_model({**preset_config("micro-llama"), "intermediate_size": 48}, seed=0)
     with pytest.raises(ValueError, match="optimizer state of parameter"):
         run_inner_loop(other, OBJECTIVE, CONFIG, optimizer_state=state)
+
+
+def test_an_optimizer_state_for_another_parameter_count_does_not_fit() -> None:
+    from swarm.models import optimizer_state_mismatch
+
+    state = run_inner_loop(_model(), OBJECTIVE, CONFIG).optimizer_state
+    assert optimizer_state_mismatch(state, _model()) == ""
+    deeper = build_model({**preset_config("micro-llama"), "num_hidden_layers": 3}, seed=0)
+    assert "the model trains" in optimizer_state_mismatch(state, deeper)
