@@ -19,12 +19,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 
-from swarm.coordinator.storage import Account, Database, Worker
+from swarm.coordinator.ledger import Ledger
+from swarm.coordinator.storage import Database, Worker
 from swarm.protocol import messages as m
 from swarm.protocol.errors import IntegrityError, ProtocolError, UnauthenticatedError
 from swarm.protocol.limits import MAX_NAME_CHARS
 from swarm.protocol.version import check_protocol_version
-from swarm.scheduler import pending_account, worker_account
+from swarm.scheduler import worker_account
 
 logger = logging.getLogger(__name__)
 
@@ -134,16 +135,9 @@ class WorkerRegistry:
 
     def credits(self, worker: Worker) -> tuple[int, int]:
         """The worker's (granted, pending) micro-credits."""
-        account = worker.account_id or worker_account(worker.id)
         with self._db.transaction() as session:
-            rows = dict(
-                session.execute(
-                    select(Account.id, Account.balance).where(
-                        Account.id.in_([account, pending_account(account)])
-                    )
-                ).all()
-            )
-        return int(rows.get(account) or 0), int(rows.get(pending_account(account)) or 0)
+            statement = Ledger().statement(session, worker.account_id or worker_account(worker.id))
+        return int(statement["balance"]), int(statement["pending"])
 
     def authenticate(self, session_msg: m.Session, *, touch: bool = False) -> Worker:
         """The worker a session belongs to; `touch` records that it was seen now."""
