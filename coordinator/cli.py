@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarm", description="Run and use a swarm.")
@@ -30,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--db",
         help="database URL, e.g. postgresql://user@host/db (default: SQLite in the data directory)",
+    )
+    serve.add_argument(
+        "--blob-dir",
+        type=Path,
+        help="blobs (default DATA_DIR/blobs); coordinators sharing a database share this too",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
     serve.add_argument(
@@ -79,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     churn.add_argument("--db", help="database URL for the coordinators (default SQLite)")
     churn.add_argument("--seed", type=int, help="seeds who is killed when (default 0)")
     churn.add_argument("--work-dir", type=Path, help="keep both runs' logs and data here")
+
+    load = _bench_parser(
+        benches,
+        "coordinator",
+        "task cycles per second and RPC latency under simulated workers",
+        quick="40 workers on SQLite for a few seconds (a smoke test)",
+    )
+    load.add_argument("--workers", help="comma-separated swarm sizes (default 100,1000,5000)")
+    load.add_argument("--db", help="sqlite, postgresql or both comma-separated (default both)")
+    load.add_argument("--duration", type=float, help="measured seconds per run (default 30)")
+    load.add_argument(
+        "--postgres-admin-url", help=f"where runs create their database (default {_PG_ADMIN})"
+    )
+    load.add_argument("--work-dir", type=Path, help="keep each run's coordinator log and data")
 
     models = commands.add_parser("models", help="the models a coordinator serves")
     models.add_argument("--data-dir", type=Path, help="the coordinator's data directory")
@@ -241,6 +262,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             "http_port": args.http_port,
             "data_dir": args.data_dir,
             "db": args.db,
+            "blob_dir": args.blob_dir,
             "log_level": args.log_level,
             "log_format": args.log_format,
         }.items()
@@ -307,7 +329,7 @@ def _models(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = CoordinatorSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
-    catalog = ModelCatalog(settings.data_dir / "models", BlobStore(settings.data_dir / "blobs"))
+    catalog = ModelCatalog(settings.data_dir / "models", BlobStore(settings.blobs_dir()))
     try:
         if args.models_command == "pull":
             manifest = catalog.pull(args.name, alias=args.alias)
@@ -540,6 +562,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_finetune(args)
     if args.bench_command == "churn":
         return _bench_churn(args)
+    if args.bench_command == "coordinator":
+        return _bench_coordinator(args)
     from dataclasses import replace
 
     from swarm.coordinator.bench import compression as bench
@@ -618,6 +642,40 @@ def _bench_churn(args: argparse.Namespace) -> int:
         args.output.write_text(text + "\n")
     print(text if args.json else bench.render_tables(report))
     return 0
+
+
+def _bench_coordinator(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from swarm.coordinator.bench import load as bench
+
+    config = bench.QUICK if args.quick else bench.LoadBenchConfig()
+    try:
+        config = replace(
+            config,
+            **({"workers": _ints(args.workers)} if args.workers else {}),
+            **({"databases": tuple(args.db.split(","))} if args.db else {}),
+            **({"duration_s": args.duration} if args.duration else {}),
+            **({"postgres_admin_url": args.postgres_admin_url} if args.postgres_admin_url else {}),
+            **({"work_dir": args.work_dir} if args.work_dir else {}),
+        )
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        report = bench.run_bench(config, progress or (lambda _: None))
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"swarm bench coordinator: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=None if args.json else 2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text if args.json else bench.render_tables(report))
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

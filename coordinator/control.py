@@ -85,6 +85,6 @@ class SwarmControl:
 
     def draining(self) -> dict[str, Any] | None:
         """The drain's `since` and `reason`, or None when the swarm hands out tasks."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             flag = session.get(SwarmFlag, DRAINING)
             return dict(flag.value) if flag is not None else None

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from swarm.compression import make_delta
@@ -37,8 +37,10 @@ from swarm.coordinator.artifacts import build_artifacts
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.ledger import Ledger
+from swarm.coordinator.presence import new_coordinator_id
 from swarm.coordinator.storage import (
     Checkpoint,
+    Coordinator,
     Database,
     Event,
     Job,
@@ -109,7 +111,14 @@ class RoundService:
         *,
         worker_online_s: float,
         max_task_s: float = 3600.0,
+        coordinator_id: str = "",
+        coordinator_timeout_s: float = 30.0,
     ) -> None:
+        """`coordinator_id` names this process among the coordinators sharing the database
+        (see `swarm.coordinator.presence`); one not seen for `coordinator_timeout_s` has its
+        half-aggregated rounds taken over."""
+        self.coordinator_id = coordinator_id or new_coordinator_id()
+        self._coordinator_timeout_s = coordinator_timeout_s
         self._db = db
         self._blobs = blobs
         self._catalog = catalog
@@ -271,15 +280,41 @@ class RoundService:
             deadline_at=round_.deadline_at if round_.deadline_at is not None else float("inf"),
         )
 
-    def recover(self) -> int:
-        """Reopen rounds a crashed coordinator left half-aggregated; returns how many."""
+    def recover(self, *, startup: bool = False, now: float | None = None) -> int:
+        """Reopen rounds left half-aggregated by a coordinator that is gone; returns how many.
+
+        Gone: not seen for `coordinator_timeout_s`, or, at `startup`, this process's own
+        earlier life (a restart on the same data directory). Rounds that other live
+        coordinators are aggregating are left to them.
+        """
+        now = time.time() if now is None else now
+        alive = select(Coordinator.id).where(
+            Coordinator.last_seen_at >= now - self._coordinator_timeout_s,
+            Coordinator.id != self.coordinator_id,
+        )
+        live_aggregators: list[Any] = [Round.aggregator.in_(alive)]
+        if not startup:
+            live_aggregators.append(Round.aggregator == self.coordinator_id)
         with self._db.transaction() as session:
-            result = session.execute(
-                update(Round)
-                .where(Round.status == RoundStatus.AGGREGATING.value)
-                .values(status=RoundStatus.OPEN.value)
+            orphaned = list(
+                session.scalars(
+                    select(Round)
+                    .where(Round.status == RoundStatus.AGGREGATING.value)
+                    .where(or_(Round.aggregator.is_(None), not_(or_(*live_aggregators))))
+                    .with_for_update(skip_locked=True)
+                )
             )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            for round_ in orphaned:
+                logger.warning(
+                    "job %s round %d: reopened; coordinator %s stopped while aggregating it",
+                    round_.job_id,
+                    round_.index,
+                    round_.aggregator or "(unknown)",
+                )
+                round_.status = RoundStatus.OPEN.value
+                round_.aggregator = None
+                round_.aggregating_since = None
+            return len(orphaned)
 
     def close_round(self, round_id: int) -> bool:
         """Aggregate a round and publish the next version; False if someone else did."""
@@ -290,7 +325,11 @@ class RoundService:
                     Round.id == round_id,
                     Round.status == RoundStatus.OPEN.value,
                 )
-                .values(status=RoundStatus.AGGREGATING.value)
+                .values(
+                    status=RoundStatus.AGGREGATING.value,
+                    aggregator=self.coordinator_id,
+                    aggregating_since=time.time(),
+                )
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return False
@@ -324,7 +363,8 @@ class RoundService:
             logger.exception("job %s round %d: closing failed", job.id, round_.index)
             self._fail_job(round_id, f"closing round {round_.index} failed: {exc}")
             return True
-        self._commit_round(round_id, [*accepted, *late], evaluation, version, artifacts)
+        if not self._commit_round(round_id, [*accepted, *late], evaluation, version, artifacts):
+            return False
         logger.info(
             "job %s round %d closed in %.2fs with %d of %d train results%s: held-out loss of "
             "version %d %.4f",
@@ -339,10 +379,31 @@ class RoundService:
         )
         return True
 
+    def _still_mine(self, session: Session, round_id: int) -> Round | None:
+        """The round, locked, if this coordinator still holds its aggregation; None if another
+        took it over (this one was thought gone) and the work done here must be dropped."""
+        round_ = session.get_one(Round, round_id, with_for_update=True, populate_existing=True)
+        if (
+            round_.status == RoundStatus.AGGREGATING.value
+            and round_.aggregator == self.coordinator_id
+        ):
+            return round_
+        logger.warning(
+            "job %s round %d: coordinator %s took the round over while this one (%s) "
+            "aggregated it; this aggregation is dropped",
+            round_.job_id,
+            round_.index,
+            round_.aggregator or "another",
+            self.coordinator_id,
+        )
+        return None
+
     def _fail_job(self, round_id: int, message: str) -> None:
         now = time.time()
         with self._db.transaction() as session:
-            round_ = session.get_one(Round, round_id)
+            round_ = self._still_mine(session, round_id)
+            if round_ is None:
+                return
             round_.status = RoundStatus.CLOSED.value
             round_.closed_at = now
             job = session.get_one(Job, round_.job_id, with_for_update=True)
@@ -431,10 +492,14 @@ class RoundService:
         evaluation: dict[str, Any] | None,
         version: Version | None,
         artifacts: dict[str, Any] | None,
-    ) -> None:
+    ) -> bool:
+        """Record the round's outcome and open the next; False if the round is no longer
+        this coordinator's to close."""
         now = time.time()
         with self._db.transaction() as session:
-            round_ = session.get_one(Round, round_id)
+            round_ = self._still_mine(session, round_id)
+            if round_ is None:
+                return False
             job = session.get_one(Job, round_.job_id, with_for_update=True)
             spec = JobSpec(**job.spec)
             totals = session.execute(
@@ -491,13 +556,13 @@ class RoundService:
             if self._is_checkpoint(spec, round_.index, final):
                 self._add_checkpoint(session, job, round_, now)
             if job.status != JobStatus.RUNNING.value:
-                return
+                return True
             if version is not None:
                 train_next = self._trains_again(session, job, spec, round_.index + 1)
                 if not train_next:
                     self.stop_tasks(session, job, now)  # late tasks have no round left to join
                 self.open_round(session, job, round_.index + 1, version, now, train=train_next)
-                return
+                return True
             job.status = JobStatus.SUCCEEDED.value
             job.finished_at = now
             job.result_params_sha256 = round_.worker_params_sha256
@@ -515,6 +580,7 @@ class RoundService:
                     f"{', '.join(sorted(artifacts or {}))}",
                 )
             )
+        return True
 
     def _trains_again(self, session: Session, job: Job, spec: JobSpec, index: int) -> bool:
         """Whether round `index` trains, or is the final evaluation."""

@@ -27,6 +27,7 @@ from swarm.coordinator.http import create_app
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.keys import KeyService
 from swarm.coordinator.ledger import Ledger
+from swarm.coordinator.presence import Presence, load_coordinator_id
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.scheduling import Scheduler
 from swarm.coordinator.servicer import WorkerServicer
@@ -52,11 +53,16 @@ class Housekeeper(threading.Thread):
         rounds: RoundService,
         scheduler: Scheduler,
         *,
+        presence: Presence | None = None,
         wake: threading.Event | None = None,
         period_s: float = 0.5,
         placement_period_s: float = 2.0,
+        recover_period_s: float = 5.0,
     ) -> None:
         super().__init__(name="housekeeper", daemon=True)
+        self._presence = presence
+        self._recover_period_s = recover_period_s
+        self._next_recover = 0.0
         self._tasks = tasks
         self._rounds = rounds
         self._scheduler = scheduler
@@ -88,6 +94,11 @@ class Housekeeper(threading.Thread):
 
     def tick(self, *, place: bool = True) -> None:
         """One round of housekeeping (tests call it directly)."""
+        if self._presence is not None:
+            self._presence.touch()
+        if time.monotonic() >= self._next_recover:  # rounds a vanished coordinator held
+            self._rounds.recover()
+            self._next_recover = time.monotonic() + self._recover_period_s
         self._tasks.expire_leases()
         for round_id in self._rounds.rounds_ready():
             self._rounds.close_round(round_id)
@@ -170,6 +181,7 @@ class Services:
     preparer: Preparer
     grpc_server: grpc.Server
     grpc_port: int
+    presence: Presence
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -190,7 +202,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url())
     db.migrate()
-    blobs = BlobStore(settings.data_dir / "blobs")
+    blobs = BlobStore(settings.blobs_dir())
     catalog = ModelCatalog(settings.data_dir / "models", blobs)
     ledger = Ledger(ResearchShare(ppm=round(settings.research_share * 1_000_000)))
     rounds = RoundService(
@@ -200,8 +212,11 @@ def build_services(settings: CoordinatorSettings) -> Services:
         ledger,
         worker_online_s=settings.worker_online_s,
         max_task_s=settings.max_task_s,
+        coordinator_id=load_coordinator_id(settings.data_dir),
+        coordinator_timeout_s=settings.coordinator_timeout_s,
     )
-    reopened = rounds.recover()
+    presence = Presence(db, rounds.coordinator_id, timeout_s=settings.coordinator_timeout_s)
+    reopened = rounds.recover(startup=True)
     if reopened:
         logger.warning("reopened %d round(s) left mid-aggregation by a previous run", reopened)
     wake = threading.Event()
@@ -226,7 +241,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         logger.warning(
             "gave %d lease(s) a fresh deadline so their workers can report back", forgiven
         )
-    housekeeper = Housekeeper(tasks, rounds, scheduler, wake=wake)
+    housekeeper = Housekeeper(tasks, rounds, scheduler, presence=presence, wake=wake)
     files = FileService(db, blobs)
     jobs = JobService(
         db,
@@ -257,6 +272,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
     grpc_port = grpc_server.add_insecure_port(_grpc_target(settings.host, settings.grpc_port))
     if grpc_port == 0:
         raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
+    presence.announce(settings.host, grpc_port, 0)
     return Services(
         settings=settings,
         db=db,
@@ -275,6 +291,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         preparer=Preparer(jobs, wake=prepare, on_queued=wake.set),
         grpc_server=grpc_server,
         grpc_port=grpc_port,
+        presence=presence,
     )
 
 
@@ -291,6 +308,7 @@ def run(settings: CoordinatorSettings) -> None:
     )
 
     services.start()
+    services.presence.announce(settings.host, grpc_port, http_port)
     if not services.keys.has_keys():
         logger.warning(
             "no API keys yet: until the first exists, the HTTP API answers only requests from "
@@ -298,7 +316,8 @@ def run(settings: CoordinatorSettings) -> None:
         )
     _write_ready_file(settings.data_dir, settings.host, grpc_port, http_port)
     logger.info(
-        "coordinator serving gRPC on %s:%d and HTTP on http://%s:%d (data in %s)",
+        "coordinator %s serving gRPC on %s:%d and HTTP on http://%s:%d (data in %s)",
+        services.rounds.coordinator_id,
         settings.host,
         grpc_port,
         settings.host,

@@ -29,6 +29,17 @@ class CoordinatorSettings(BaseSettings):
         default=30.0, gt=0, le=86_400, description="a worker seen this recently counts as online"
     )
     grpc_threads: int = Field(default=32, ge=2, le=1024)
+    blob_dir: Path | None = Field(
+        default=None,
+        description="content-addressed blobs; data_dir/blobs if unset. Coordinators sharing "
+        "one database must share this directory too",
+    )
+    coordinator_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a coordinator not seen this long is gone: another takes over its rounds",
+    )
     research_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="share of each job's spending for research"
     )
@@ -43,6 +54,9 @@ class CoordinatorSettings(BaseSettings):
         return LeasePolicy(
             ttl_s=self.lease_ttl_s, max_task_s=self.max_task_s, solo_wait_s=self.solo_wait_s
         )
+
+    def blobs_dir(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
 
     def database_url(self) -> str:
         if self.db:

@@ -9,6 +9,8 @@ Times are Unix seconds (floats), the same on both engines.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,6 +179,10 @@ class Round(Base):
     """After this the round closes as soon as a quorum of its train tasks is accepted."""
     num_late: Mapped[int] = mapped_column(Integer, default=0)
     """Results of earlier rounds that arrived late and were applied in this round's step."""
+    aggregator: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    """The coordinator process aggregating the round (status `aggregating`): only it may
+    commit the round, and another takes it over if that one stops being seen."""
+    aggregating_since: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Task(Base):
@@ -275,6 +281,20 @@ class SwarmFlag(Base):
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Coordinator(Base):
+    """A coordinator process serving this database: several may share one (PostgreSQL)."""
+
+    __tablename__ = "coordinators"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    grpc_port: Mapped[int] = mapped_column(Integer)
+    http_port: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float)
 
 
 class ApiKey(Base):
@@ -425,12 +445,31 @@ class Database:
         else:
             self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(swarm_read_only=True), expire_on_commit=False
+        )
+        # SQLite has one writer at a time. Its own wait for the lock is a sleep-and-retry
+        # loop (up to 100 ms a try), which under load turns a millisecond write into
+        # seconds; a lock in this process hands the database from one writer to the next.
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on any exception."""
-        with self._sessions() as session, session.begin():
+        with self._write_lock, self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading only: it never waits for writers (nor they for it), and
+        nothing changed in it is written."""
+        with self._readers() as session, session.begin():
+            try:
+                yield session
+            finally:
+                session.expunge_all()  # detached as loaded, and no change left to flush
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -463,7 +502,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front, so a transaction never fails half-way on
+        # upgrading it; readers (`Database.read`) take none and read a snapshot (WAL).
+        read_only = connection.get_execution_options().get("swarm_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def sqlite_url(data_dir: Path) -> str:

@@ -495,7 +495,7 @@ class TaskService:
 
     def check_submission(self, worker_id: str, header: m.ResultHeader) -> Submission:
         """Reject a result before its payload is read: unknown task, not yours, too large."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             task = session.get(Task, header.task_id)
             if task is None:
                 raise NotFoundError(f"no task {header.task_id!r}")

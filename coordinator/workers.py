@@ -30,6 +30,8 @@ from swarm.scheduler import worker_account
 logger = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW_S = 600.0
+TOUCH_EVERY_S = 2.0
+"""How stale a worker's `last_seen_at` may get before a call records it again."""
 
 
 def _hash_token(token: bytes) -> str:
@@ -141,7 +143,7 @@ class WorkerRegistry:
 
     def authenticate(self, session_msg: m.Session, *, touch: bool = False) -> Worker:
         """The worker a session belongs to; `touch` records that it was seen now."""
-        with self._db.transaction() as session:
+        with self._db.read() as session:
             worker = session.get(Worker, session_msg.worker_id)
             if worker is None or not hmac.compare_digest(
                 worker.token_hash, _hash_token(session_msg.token)
@@ -149,9 +151,16 @@ class WorkerRegistry:
                 raise UnauthenticatedError(
                     "unknown worker session; register again (the coordinator may have been reset)"
                 )
-            if touch:
-                worker.last_seen_at = time.time()
-            return worker
+        now = time.time()
+        # A worker calls several times a second while it works; "seen" needs to be fresh to
+        # seconds, not to every call, so most calls write nothing.
+        if touch and now - (worker.last_seen_at or 0.0) >= TOUCH_EVERY_S:
+            with self._db.transaction() as session:
+                session.execute(
+                    update(Worker).where(Worker.id == worker.id).values(last_seen_at=now)
+                )
+            worker.last_seen_at = now
+        return worker
 
 
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> None:
