@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     join = commands.add_parser("join", help="join a coordinator and work until stopped")
-    join.add_argument("--coordinator", help="HOST:PORT of the coordinator's gRPC endpoint")
+    join.add_argument(
+        "--coordinator",
+        help="HOST:PORT of the coordinator's gRPC endpoint; several that share one database, "
+        "separated by commas, are tried in turn (A:50051,B:50051)",
+    )
     join.add_argument("--name", help="name shown on the coordinator (default: host name)")
     join.add_argument("--data-dir", type=Path, help="identity, benchmark and blob cache")
     join.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all)")

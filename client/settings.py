@@ -17,10 +17,29 @@ def default_data_dir() -> Path:
     return Path(base) / "swarmclient"
 
 
+def parse_targets(coordinators: str) -> list[str]:
+    """`HOST:PORT[,HOST:PORT...]` as a list, in order, without duplicates or blanks."""
+    targets = list(dict.fromkeys(t.strip() for t in coordinators.split(",") if t.strip()))
+    if not targets:
+        raise ValueError("no coordinator given: expected HOST:PORT[,HOST:PORT...]")
+    for target in targets:
+        host, colon, port = target.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"coordinator {target!r} is not HOST:PORT (a port from 1 to 65535); separate "
+                "several coordinators with commas"
+            )
+    return targets
+
+
 class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_", frozen=True)
 
-    coordinator: str = "127.0.0.1:50051"
+    coordinator: str = Field(
+        default="127.0.0.1:50051",
+        description="HOST:PORT of a coordinator's gRPC endpoint; several that share one "
+        "database, separated by commas, are tried in turn",
+    )
     name: str = Field(default_factory=lambda: os.uname().nodename[:64])
     data_dir: Path = Field(default_factory=default_data_dir)
     config_dir: Path = Field(default_factory=default_config_dir)
@@ -40,6 +59,11 @@ class ClientSettings(BaseSettings):
     idle_busy_share: float = Field(default=0.25, gt=0, le=1)
     schedule: str = Field(default="", description="a daily local-time window, e.g. 22:00-07:00")
     log_level: str = "INFO"
+
+    @field_validator("coordinator")
+    @classmethod
+    def _valid_coordinators(cls, value: str) -> str:
+        return ",".join(parse_targets(value))
 
     @field_validator("schedule")
     @classmethod

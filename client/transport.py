@@ -1,10 +1,16 @@
-"""The client's link to its coordinator: sessions, deadlines, retries with jittered backoff.
+"""The client's link to its coordinators: sessions, deadlines, failover, retries with backoff.
 
 Blob downloads and result uploads pass through token buckets, so the client keeps to the
 volunteer's `--max-download-mbps` and `--max-upload-mbps`. Only `TransportError`
 (UNAVAILABLE, DEADLINE_EXCEEDED) is retried, with exponential backoff and
 full jitter so a restarted coordinator is not hit by every worker at once. A session the
 coordinator no longer knows (UNAUTHENTICATED) triggers one re-registration.
+
+`--coordinator` may name several coordinators that share one database (`A:50051,B:50051`).
+The client talks to one at a time and moves to the next when a call to it fails with a
+`TransportError`; it backs off only once every coordinator in the list has failed in a row.
+Sessions, leases and blobs live in the shared database and blob store, so a task leased from
+one coordinator is heartbeated and submitted to another without starting over.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from swarm.client.bandwidth import TokenBucket
+from swarm.client.settings import parse_targets
 from swarm.protocol import messages as m
 from swarm.protocol.errors import TransportError, UnauthenticatedError
 from swarm.protocol.service import WorkerClient, open_channel
@@ -42,7 +49,7 @@ def backoff_delays(base_s: float, cap_s: float, rng: random.Random) -> Iterator[
 class Transport:
     def __init__(
         self,
-        target: str,
+        coordinators: str,
         register_request: Callable[[], m.RegisterWorkerRequest],
         *,
         stop: threading.Event,
@@ -52,8 +59,11 @@ class Transport:
         download: TokenBucket | None = None,
         on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
-        """`on_unreachable` hears, in words, each time the coordinator could not be reached."""
-        self.target = target
+        """`coordinators`: `HOST:PORT`, or several separated by commas (tried in turn).
+        `on_unreachable` hears, in words, each time the coordinators could not be reached."""
+        self.targets = parse_targets(coordinators)
+        self.target = self.targets[0]
+        self.failovers = 0
         self._on_unreachable = on_unreachable or (lambda message: None)
         self._upload = upload or TokenBucket(0)
         self._download = download or TokenBucket(0)
@@ -61,8 +71,10 @@ class Transport:
         self._stop = stop
         self._rpc_timeout_s = rpc_timeout_s
         self._max_backoff_s = max_backoff_s
-        self._channel = open_channel(target)
-        self._client = WorkerClient(self._channel)
+        # One channel per coordinator, opened on first use and closed only by `close`: gRPC
+        # aborts the process if a channel closes under a call in flight on another thread.
+        self._channels: dict[str, tuple[Any, WorkerClient]] = {}
+        self._target_lock = threading.Lock()
         self._rng = random.Random()
         self._session_lock = threading.Lock()
         self.registration: m.RegisterWorkerResponse | None = None
@@ -80,8 +92,10 @@ class Transport:
         with self._session_lock:
             self.registration = self.retry(
                 "RegisterWorker",
-                lambda: self._client.register_worker(
-                    self._register_request(), timeout_s=self._rpc_timeout_s
+                lambda: self._rpc(
+                    lambda client: client.register_worker(
+                        self._register_request(), timeout_s=self._rpc_timeout_s
+                    )
                 ),
             )
             logger.info(
@@ -89,15 +103,64 @@ class Transport:
             )
             return self.registration
 
+    def _current(self) -> tuple[str, WorkerClient]:
+        """The coordinator calls go to now, and a client for it."""
+        with self._target_lock:
+            target = self.target
+            if target not in self._channels:
+                channel = open_channel(target)
+                self._channels[target] = (channel, WorkerClient(channel))
+            return target, self._channels[target][1]
+
+    def _failed(self, target: str) -> None:
+        """A call to `target` failed in transport: the next call goes to the next coordinator
+        (unless another thread has moved on already)."""
+        if len(self.targets) == 1:
+            return
+        with self._target_lock:
+            if self.target != target:
+                return
+            self.target = self.targets[(self.targets.index(target) + 1) % len(self.targets)]
+            self.failovers += 1
+        logger.warning("coordinator %s unreachable; switching to %s", target, self.target)
+
+    def _rpc(self, call: Callable[[WorkerClient], T]) -> T:
+        """One call to the current coordinator; a transport failure moves on to the next."""
+        target, client = self._current()
+        try:
+            return call(client)
+        except TransportError:
+            self._failed(target)
+            raise
+
+    def _unreachable_message(self, delay: float) -> str:
+        where = (
+            f"the coordinator at {self.target}"
+            if len(self.targets) == 1
+            else f"any of the coordinators {', '.join(self.targets)}"
+        )
+        return (
+            f"cannot reach {where}; retrying in {delay:.0f}s. Check that it is running, that "
+            "this is its gRPC port (`swarm coordinator` prints it), and that no firewall is in "
+            "the way"
+        )
+
     def retry(self, what: str, call: Callable[[], T]) -> T:
-        """Run `call`, retrying transport failures until it succeeds or the client stops."""
+        """Run `call`, retrying transport failures until it succeeds or the client stops; after
+        a failure the next coordinator is tried at once, and once all have failed in a row the
+        client backs off."""
         delays = backoff_delays(0.5, self._max_backoff_s, self._rng)
+        failures = 0
         while True:
             if self._stop.is_set():
                 raise Stopped(what)
             try:
                 return call()
             except TransportError as exc:
+                failures += 1
+                if failures % len(self.targets):
+                    logger.warning("%s: %s; trying coordinator %s", what, exc, self.target)
+                    continue
                 delay = next(delays)
                 logger.warning(
                     "%s: coordinator %s unreachable (%s); retrying in %.1fs",
@@ -106,18 +169,18 @@ class Transport:
                     exc,
                     delay,
                 )
-                self._on_unreachable(
-                    f"cannot reach the coordinator at {self.target}; retrying in {delay:.0f}s. "
-                    "Check that it is running, that this is its gRPC port (`swarm coordinator` "
-                    "prints it), and that no firewall is in the way"
-                )
+                self._on_unreachable(self._unreachable_message(delay))
                 if self._stop.wait(delay):
                     raise Stopped(what) from None
 
     def pause(self, attempt: int, *, stoppable: bool = True) -> None:
-        """Sleep a jittered backoff for the `attempt`-th consecutive failure; raise `Stopped`
-        if the client stops meanwhile, unless not `stoppable` (finishing a submission)."""
-        delay = self._rng.uniform(0, min(self._max_backoff_s, 0.5 * 2 ** min(attempt, 30)))
+        """Sleep a jittered backoff for the `attempt`-th consecutive failure (from 0); raise
+        `Stopped` if the client stops meanwhile, unless not `stoppable` (finishing a
+        submission). With several coordinators, there is no pause until each has failed once."""
+        rounds, tried = divmod(attempt + 1, len(self.targets))
+        if tried:
+            return
+        delay = self._rng.uniform(0, min(self._max_backoff_s, 0.5 * 2 ** min(rounds - 1, 30)))
         if not stoppable:
             time.sleep(delay)
         elif self._stop.wait(delay):
@@ -135,37 +198,38 @@ class Transport:
             return self.retry(what, lambda: make_call(self.session))
 
     def heartbeat(self, task_ids: list[str]) -> m.HeartbeatResponse:
-        return self._client.heartbeat(
-            m.HeartbeatRequest(session=self.session, task_ids=task_ids),
-            timeout_s=self._rpc_timeout_s,
-        )
+        request = m.HeartbeatRequest(session=self.session, task_ids=task_ids)
+        return self._rpc(lambda client: client.heartbeat(request, timeout_s=self._rpc_timeout_s))
 
     def lease_task(self, cached_sha256s: list[str] | None = None) -> m.LeaseTaskResponse:
         return self.call(
             "LeaseTask",
-            lambda s: self._client.lease_task(
-                m.LeaseTaskRequest(session=s, cached_sha256s=list(cached_sha256s or [])),
-                timeout_s=self._rpc_timeout_s,
+            lambda s: self._rpc(
+                lambda client: client.lease_task(
+                    m.LeaseTaskRequest(session=s, cached_sha256s=list(cached_sha256s or [])),
+                    timeout_s=self._rpc_timeout_s,
+                )
             ),
         )
 
     def report_failure(self, task_id: str, kind: m.FailureKind, message: str) -> None:
-        self._client.report_failure(
-            m.ReportFailureRequest(
-                session=self.session, task_id=task_id, kind=kind, message=message[:500]
-            ),
-            timeout_s=self._rpc_timeout_s,
+        request = m.ReportFailureRequest(
+            session=self.session, task_id=task_id, kind=kind, message=message[:500]
         )
+        self._rpc(lambda client: client.report_failure(request, timeout_s=self._rpc_timeout_s))
 
     def fetch_blob(self, sha256: str, offset: int, timeout_s: float) -> Iterator[m.BlobChunk]:
-        for chunk in self._client.fetch_blob(
-            m.FetchBlobRequest(session=self.session, sha256=sha256, offset=offset),
-            timeout_s=timeout_s,
-        ):
-            self.bytes_down += len(chunk.data)
-            # Pausing the reader lets gRPC's flow control hold the sender back to the rate.
-            self._download.take(len(chunk.data))
-            yield chunk
+        target, client = self._current()
+        request = m.FetchBlobRequest(session=self.session, sha256=sha256, offset=offset)
+        try:
+            for chunk in client.fetch_blob(request, timeout_s=timeout_s):
+                self.bytes_down += len(chunk.data)
+                # Pausing the reader lets gRPC's flow control hold the sender back to the rate.
+                self._download.take(len(chunk.data))
+                yield chunk
+        except TransportError:
+            self._failed(target)
+            raise
 
     def submit_result(
         self, header: m.ResultHeader, payload: bytes | Path, chunk_bytes: int, timeout_s: float
@@ -187,9 +251,14 @@ class Transport:
                     self._upload.take(min(chunk_bytes, len(payload) - start))
                     yield payload[start : start + chunk_bytes]
 
-        response = self._client.submit_result(header, chunks(), timeout_s=timeout_s)
+        response = self._rpc(
+            lambda client: client.submit_result(header, chunks(), timeout_s=timeout_s)
+        )
         self.bytes_up += header.payload_size
         return response
 
     def close(self) -> None:
-        self._channel.close()
+        with self._target_lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel, _ in channels:
+            channel.close()

@@ -77,6 +77,10 @@ class ChurnBenchConfig:
     """Overrides of `JOB`."""
     db: str | None = None
     """A database URL for the coordinator (default: SQLite in its data directory)."""
+    coordinators: int = 1
+    """Coordinators sharing the database (and a blob directory). With more than one, the
+    coordinator killed mid-job stays dead: its clients fail over to the others. Each client
+    lists them all, starting from a different one, so work arrives through every coordinator."""
     seed: int = 0
     """Seeds which clients die and when."""
     timeout_s: float = 900.0
@@ -88,6 +92,12 @@ class ChurnBenchConfig:
             raise ValueError(f"num_clients must be in [1, 16], got {self.num_clients}")
         if not 0.0 <= self.churn_fraction < 1.0:
             raise ValueError(f"churn_fraction must be in [0, 1), got {self.churn_fraction}")
+        if not 1 <= self.coordinators <= 8:
+            raise ValueError(f"coordinators must be in [1, 8], got {self.coordinators}")
+        if self.coordinators > 1 and not (self.db or "").startswith("postgresql"):
+            raise ValueError(
+                "several coordinators share one PostgreSQL database: give db a postgresql:// URL"
+            )
 
     @property
     def kills_per_round(self) -> int:
@@ -107,34 +117,51 @@ def _free_port() -> int:
 
 
 class Swarm:
-    """A coordinator and its clients as processes, which can be killed and started again."""
+    """Coordinators and their clients as processes, which can be killed and started again."""
 
     def __init__(self, work: Path, config: ChurnBenchConfig, stack: ExitStack) -> None:
         self.work, self.config, self.stack = work, config, stack
-        self.grpc_port, self.http_port = _free_port(), _free_port()
-        self.target = f"127.0.0.1:{self.grpc_port}"
-        self.coordinator: subprocess.Popen[bytes] | None = None
+        count = config.coordinators
+        self.grpc_ports = [_free_port() for _ in range(count)]
+        self.http_ports = [_free_port() for _ in range(count)]
+        self.targets = [f"127.0.0.1:{port}" for port in self.grpc_ports]
+        self.coordinators: list[subprocess.Popen[bytes] | None] = [None] * count
         self.clients: list[subprocess.Popen[bytes]] = []
         self.starts = 0
         self.kills = 0
         self.coordinator_kills = 0
 
-    def start_coordinator(self) -> None:
+    @property
+    def http_port(self) -> int:
+        """The HTTP API of the coordinator that is never killed (the last)."""
+        return self.http_ports[-1]
+
+    def start_coordinators(self) -> None:
+        for index in range(self.config.coordinators):
+            self.start_coordinator(index)
+
+    def start_coordinator(self, index: int = 0) -> None:
         self.starts += 1
         log = self.stack.enter_context((self.work / f"coordinator-{self.starts}.log").open("w"))
-        self.coordinator, _ = start_coordinator(
-            self.work / "coordinator",
+        env = dict(FAST_LEASES)
+        if self.config.coordinators > 1:
+            # The shared blob store, and a dead peer noticed within seconds.
+            env |= {"SWARM_BLOB_DIR": str(self.work / "blobs"), "SWARM_COORDINATOR_TIMEOUT_S": "4"}
+        self.coordinators[index], _ = start_coordinator(
+            self.work / ("coordinator" if index == 0 else f"coordinator-{index}"),
             log,
             self.config.db,
-            FAST_LEASES,
-            grpc_port=self.grpc_port,
-            http_port=self.http_port,
+            env,
+            grpc_port=self.grpc_ports[index],
+            http_port=self.http_ports[index],
         )
 
     def start_client(self, index: int) -> subprocess.Popen[bytes]:
         log = self.stack.enter_context((self.work / f"client-{index}.log").open("a"))
+        first = index % len(self.targets)
+        targets = ",".join(self.targets[first:] + self.targets[:first])
         return start_client(
-            self.target, f"churn-{index}", self.work / f"client-{index}", log, extra_env=CLIENT_ENV
+            targets, f"churn-{index}", self.work / f"client-{index}", log, extra_env=CLIENT_ENV
         )
 
     def kill_client(self, index: int) -> None:
@@ -145,17 +172,24 @@ class Swarm:
         self.clients[index] = self.start_client(index)
 
     def kill_coordinator(self) -> None:
-        assert self.coordinator is not None
-        self.coordinator.kill()
-        self.coordinator.wait()
+        """SIGKILL the first coordinator; alone, it restarts on the same database; with
+        others beside it, it stays dead and they carry on."""
+        coordinator = self.coordinators[0]
+        assert coordinator is not None
+        coordinator.kill()
+        coordinator.wait()
         self.coordinator_kills += 1
-        self.start_coordinator()
+        if self.config.coordinators == 1:
+            self.start_coordinator(0)
+        else:
+            self.coordinators[0] = None
 
     def stop(self) -> None:
         for client in self.clients:
             stop_process(client)
-        if self.coordinator is not None:
-            stop_process(self.coordinator, signal.SIGTERM)
+        for coordinator in self.coordinators:
+            if coordinator is not None:
+                stop_process(coordinator, signal.SIGTERM)
 
 
 def run_once(
@@ -170,7 +204,7 @@ def run_once(
             work = config.work_dir / ("churn" if churn else "calm")
             work.mkdir(parents=True, exist_ok=True)
         swarm = Swarm(work, config, stack)
-        swarm.start_coordinator()
+        swarm.start_coordinators()
         stack.callback(swarm.stop)
         swarm.clients = [swarm.start_client(i) for i in range(config.num_clients)]
         http = stack.enter_context(
@@ -198,7 +232,12 @@ def run_once(
                 _churn_round(swarm, config, rng, say, current)
                 if not coordinator_killed and current >= 2:
                     time.sleep(rng.uniform(0.5, 2.0))
-                    say(f"  round {current}: killing the coordinator (SIGKILL) and restarting it")
+                    say(
+                        f"  round {current}: killing the coordinator (SIGKILL) and restarting it"
+                        if config.coordinators == 1
+                        else f"  round {current}: killing one of {config.coordinators} "
+                        "coordinators (SIGKILL); the others carry on"
+                    )
                     swarm.kill_coordinator()
                     coordinator_killed = True
             time.sleep(0.2)
@@ -330,6 +369,7 @@ def run_bench(
             "kill_coordinator": config.kill_coordinator,
             "job": {**JOB, **config.hyperparameters},
             "database": "postgresql" if config.db else "sqlite",
+            "coordinators": config.coordinators,
         },
         "calm": calm,
         "churn": churned,

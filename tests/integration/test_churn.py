@@ -49,3 +49,25 @@ def test_a_job_survives_killed_clients_and_a_killed_coordinator_on_postgres(
 ) -> None:
     result = run_once(ChurnBenchConfig(**{**SMALL.__dict__, "db": postgres_url}), churn=True)
     assert_survived(result)
+
+
+@pytest.mark.postgres
+def test_a_job_survives_one_of_two_coordinators_killed_for_good(postgres_url: str) -> None:
+    """Two coordinators on one PostgreSQL database and one blob directory; clients list both.
+    One is SIGKILLed mid-job and stays dead: the other takes over its clients, leases and any
+    round it was aggregating, and the job finishes with nothing lost or counted twice."""
+    config = ChurnBenchConfig(
+        **{**SMALL.__dict__, "db": postgres_url, "coordinators": 2, "churn_fraction": 0.0}
+    )
+    result = run_once(config, churn=True)
+    assert result["status"] == "succeeded", result
+    assert result["coordinator_kills"] == 1 and result["clients_killed"] == 0, result
+    assert all(result["checks"].values()), result["checks"]
+    assert result["applied_tokens"] == 2 * result["train_samples_per_epoch"] * SEQ_LEN, result
+    assert result["workers_registered"] == 3, result  # failing over is not joining again
+    assert result["final_eval_loss"] < result["initial_eval_loss"] * 0.8, result
+
+
+def test_several_coordinators_need_a_shared_postgresql_database() -> None:
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        ChurnBenchConfig(coordinators=2)

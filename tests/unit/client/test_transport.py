@@ -8,14 +8,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from swarm.client.settings import parse_targets
 from swarm.client.transport import Stopped, Transport, backoff_delays
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ProtocolError, TransportError
-from tests.conftest import LiveCoordinator, signed_registration
+from tests.conftest import (
+    LiveCoordinator,
+    signed_registration,
+    start_live_coordinator,
+    stop_live_coordinator,
+)
 
 
 class HighestRandom(random.Random):
@@ -171,3 +178,77 @@ def test_an_unreachable_coordinator_is_explained_with_what_to_check(stop: thread
     assert heard, "no explanation was given"
     assert f"cannot reach the coordinator at {target}" in heard[0]
     assert "gRPC port" in heard[0] and "firewall" in heard[0]
+
+
+def test_coordinator_lists_are_parsed_in_order_without_duplicates() -> None:
+    assert parse_targets(" a.example:50051, 10.0.0.2:7,a.example:50051,") == [
+        "a.example:50051",
+        "10.0.0.2:7",
+    ]
+    assert parse_targets("[::1]:50051") == ["[::1]:50051"]
+    for bad in ("", " , ", "a.example", "a.example:0", "a.example:http", ":50051", "a:1,b"):
+        with pytest.raises(ValueError):
+            parse_targets(bad)
+
+
+def test_a_dead_coordinator_is_passed_over_at_once_for_the_next(
+    live_coordinator: LiveCoordinator,
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    # A backoff of up to a minute would show: failing over must not wait for it.
+    link = Transport(
+        f"{dead},{live_coordinator.target}",
+        register_request(),
+        stop=threading.Event(),
+        rpc_timeout_s=1.0,
+        max_backoff_s=60.0,
+    )
+    try:
+        began = time.monotonic()
+        link.register()
+        assert time.monotonic() - began < 10.0
+        assert link.target == live_coordinator.target
+        assert link.failovers == 1
+        assert link.lease_task().task is None  # and stays with the one that answers
+        assert link.failovers == 1
+    finally:
+        link.close()
+
+
+def test_pauses_start_only_once_every_coordinator_has_failed() -> None:
+    link = Transport("127.0.0.1:1,127.0.0.1:2", register_request(), stop=threading.Event())
+    sleeps: list[float] = []
+    link._stop.wait = lambda delay: sleeps.append(delay) or False  # type: ignore[method-assign]
+    link._rng = HighestRandom()
+    try:
+        for attempt in range(6):
+            link.pause(attempt)
+    finally:
+        link.close()
+    # Attempts 0, 2 and 4 move on to the other coordinator; 1, 3 and 5 back off, doubling.
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_a_session_carries_over_to_another_coordinator_on_the_same_database(
+    tmp_path: Path,
+) -> None:
+    shared = {"db": f"sqlite:///{tmp_path / 'swarm.db'}", "blob_dir": tmp_path / "blobs"}
+    first = start_live_coordinator(tmp_path / "a", **shared)
+    second = start_live_coordinator(tmp_path / "b", **shared)
+    link = Transport(
+        f"{first.target},{second.target}",
+        register_request(),
+        stop=threading.Event(),
+        rpc_timeout_s=1.0,
+    )
+    try:
+        session = link.register().session
+        stop_live_coordinator(first)
+        assert link.lease_task().task is None
+        assert link.target == second.target and link.failovers == 1
+        # The second coordinator knew the session: no second registration was needed.
+        assert link.registration is not None and link.registration.session == session
+        assert link.heartbeat([]).heartbeat_interval_s > 0
+    finally:
+        link.close()
+        stop_live_coordinator(second)
