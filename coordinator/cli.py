@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="blobs (default DATA_DIR/blobs); coordinators sharing a database share this too",
     )
+    serve.add_argument(
+        "--coordinator-timeout-s",
+        type=float,
+        help="another coordinator on the database not seen this long is gone, and its "
+        "half-aggregated rounds are taken over (default 30)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
     serve.add_argument(
         "--log-format",
@@ -263,6 +269,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "db": args.db,
             "blob_dir": args.blob_dir,
+            "coordinator_timeout_s": args.coordinator_timeout_s,
             "log_level": args.log_level,
             "log_format": args.log_format,
         }.items()

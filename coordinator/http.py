@@ -1005,6 +1005,12 @@ def create_app(services: Services, *, started_at: float | None = None) -> FastAP
             ],
         }
 
+    @api.get("/v1/swarm/coordinators", tags=["swarm"])
+    def list_coordinators() -> dict[str, Any]:
+        """The coordinator processes serving this database (several may share PostgreSQL),
+        newest first; `alive`: seen within `coordinator_timeout_s`; `this`: the one answering."""
+        return {"object": "list", "data": services.presence.coordinators()}
+
     @api.post("/v1/swarm/workers/{worker_id}/ban", tags=["swarm"])
     def ban_worker(_: OperatorDep, worker_id: str, body: ReasonRequest) -> dict[str, Any]:
         """Ban a worker: no more tasks, its results refused, its running tasks handed out

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from swarm.coordinator.presence import ID_FILE, Presence, load_coordinator_id
@@ -163,3 +164,11 @@ def test_a_coordinator_thought_gone_drops_the_aggregation_another_took_over(
         assert coordinator.services.ledger.totals(session).balanced
         published = session.scalars(select(Round.params_sha256).where(Round.job_id == job.id))
         assert len(set(published)) == 2  # version 0 and the one step taken
+
+
+def test_the_operator_sees_which_coordinators_serve_the_database(client: TestClient) -> None:
+    response = client.get("/v1/swarm/coordinators")
+    assert response.status_code == 200, response.text
+    [this] = response.json()["data"]
+    assert this["this"] and this["alive"] and this["id"].startswith("co-")
+    assert this["grpc_port"] > 0
