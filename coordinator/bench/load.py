@@ -46,9 +46,8 @@ from safetensors.torch import load as load_safetensors
 from swarm.compression import CompressionPolicy, encode_payload
 from swarm.coordinator.demo import start_coordinator, stop_process
 from swarm.protocol import messages as m
-from swarm.protocol.generated import worker_pb2 as pb
-from swarm.protocol.generated import worker_pb2_grpc as pb_grpc
-from swarm.protocol.service import CHANNEL_OPTIONS
+from swarm.protocol.raw import async_channel, async_stub
+from swarm.protocol.raw import wire as pb
 from swarm.protocol.version import PROTOCOL_VERSION
 
 TARGET_CYCLES_PER_S = 500.0
@@ -187,7 +186,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 class SimulatedWorker:
     """One registered worker's protocol loop, without the computing."""
 
-    def __init__(self, index: int, stub: pb_grpc.WorkerServiceStub, bench: LoadRun) -> None:
+    def __init__(self, index: int, stub: Any, bench: LoadRun) -> None:
         self.index = index
         self.stub = stub
         self.bench = bench
@@ -333,11 +332,11 @@ class LoadRun:
 
     async def run(self, say: Callable[[str], None]) -> dict[str, Any]:
         channels = [
-            grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            async_channel(self.target)
             for _ in range(min(self.config.connections, self.num_workers))
         ]
         try:
-            stubs = [pb_grpc.WorkerServiceStub(channel) for channel in channels]
+            stubs = [async_stub(channel) for channel in channels]
             workers = [
                 SimulatedWorker(i, stubs[i % len(stubs)], self) for i in range(self.num_workers)
             ]
