@@ -362,14 +362,16 @@ class LoadRun:
         finally:
             for channel in channels:
                 await channel.close()
+        cores = None if cpu_began is None or cpu_ended is None else (cpu_ended - cpu_began) / window
         return {
             "workers": self.num_workers,
             "window_s": window,
             "task_cycles": self.stats.cycles,
             "cycles_per_s": self.stats.cycles / window,
-            "coordinator_cores": None
-            if cpu_began is None or cpu_ended is None
-            else (cpu_ended - cpu_began) / window,
+            "coordinator_cores": cores,
+            "coordinator_cpu_ms_per_cycle": None
+            if cores is None or not self.stats.cycles
+            else 1e3 * cores * window / self.stats.cycles,
             "results_accepted": self.stats.accepted,
             "empty_leases": self.stats.empty_leases,
             "download_mb_per_s": self.stats.bytes_down / window / 1e6,
@@ -504,16 +506,17 @@ def _targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_tables(report: dict[str, Any]) -> str:
     lines = [
-        "| database | workers | jobs | task cycles/s | accepted | rounds | "
-        + " | ".join(f"{rpc} p50 / p99 ms" for rpc in RPCS)
-        + " | errors |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(RPCS) + "---:|",
+        "| database | workers | jobs | task cycles/s | coordinator CPU ms/cycle | accepted | "
+        "rounds | " + " | ".join(f"{rpc} p50 / p99 ms" for rpc in RPCS) + " | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(RPCS) + "---:|",
     ]
     for run in report["runs"]:
         rpcs = run["rpcs"]
+        cpu = run.get("coordinator_cpu_ms_per_cycle")
         lines.append(
             f"| {run['database']} | {run['workers']:,} | {run['jobs']} | "
-            f"{run['cycles_per_s']:.0f} | {run['results_accepted']:,} | {run['rounds_closed']} | "
+            f"{run['cycles_per_s']:.0f} | {'-' if cpu is None else f'{cpu:.1f}'} | "
+            f"{run['results_accepted']:,} | {run['rounds_closed']} | "
             + " | ".join(f"{rpcs[r]['p50_ms']:.0f} / {rpcs[r]['p99_ms']:.0f}" for r in RPCS)
             + f" | {sum(rpcs[r]['errors'] for r in RPCS)} |"
         )

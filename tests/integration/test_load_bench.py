@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 def assert_served(run: dict[str, object], workers: int) -> None:
     assert run["workers"] == workers
     assert run["cycles_per_s"] > 0 and run["results_accepted"] > 0, run  # type: ignore[operator]
+    assert run["coordinator_cpu_ms_per_cycle"] > 0, run  # type: ignore[operator]
     assert run["rounds_closed"] >= 1, run  # type: ignore[operator]
     rpcs = run["rpcs"]
     assert isinstance(rpcs, dict)
