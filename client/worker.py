@@ -168,7 +168,10 @@ class Worker:
                     transport.register()
                     assert transport.registration is not None
             self.status.update(
-                worker_id=transport.registration.session.worker_id, state="idle", detail=""
+                worker_id=transport.registration.session.worker_id,
+                coordinator=transport.target,
+                state="idle",
+                detail="",
             )
             self._submit_finished(transport)
             heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -249,6 +252,7 @@ class Worker:
                 began = time.perf_counter()
                 reply = self._transport.heartbeat([task_id] if task_id else [])
                 self.status.update(
+                    coordinator=self._transport.target,  # the one answering, after a failover
                     latency_ms=1e3 * (time.perf_counter() - began),
                     credits_granted=reply.credits_granted_micro / 1e6,
                     credits_pending=reply.credits_pending_micro / 1e6,
