@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     churn.add_argument("--clients", type=int, help="client processes (default 6)")
     churn.add_argument("--db", help="database URL for the coordinators (default SQLite)")
     churn.add_argument("--seed", type=int, help="seeds who is killed when (default 0)")
+    churn.add_argument(
+        "--coordinators",
+        type=int,
+        help="coordinators sharing the --db PostgreSQL database (default 1); with more, the "
+        "one killed mid-job stays dead and clients fail over to the others",
+    )
     churn.add_argument("--work-dir", type=Path, help="keep both runs' logs and data here")
 
     load = _bench_parser(
@@ -116,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("name")
     pull.add_argument("--as", dest="alias", help="store it under this name")
+
+    peers = _bench_parser(
+        benches,
+        "peers",
+        "the swarm against hivemind.Optimizer on the same job: bytes, wall time, loss",
+        quick="two short rounds on each side (a smoke test, about a minute)",
+    )
+    peers.add_argument("--peers", type=int, help="processes on each side (default 2)")
+    peers.add_argument("--rounds", type=int, help="the swarm's DiLoCo rounds (default 6)")
+    peers.add_argument("--inner-steps", type=int, help="the swarm's steps per round (default 50)")
+    peers.add_argument(
+        "--steps-per-epoch", type=int, help="hivemind's local steps between averages (default 5)"
+    )
+    peers.add_argument("--codec", help="the swarm's pseudo-gradient chain (default int4)")
+    peers.add_argument("--broadcast-codec", help="the swarm's delta chain (default int4+zstd)")
+    peers.add_argument("--work-dir", type=Path, help="keep both sides' logs and data here")
 
     finetune = _bench_parser(
         benches,
@@ -571,6 +593,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_churn(args)
     if args.bench_command == "coordinator":
         return _bench_coordinator(args)
+    if args.bench_command == "peers":
+        return _bench_peers(args)
     from dataclasses import replace
 
     from swarm.coordinator.bench import compression as bench
@@ -637,12 +661,42 @@ def _bench_churn(args: argparse.Namespace) -> int:
             **({"num_clients": args.clients} if args.clients else {}),
             **({"db": args.db} if args.db else {}),
             **({"seed": args.seed} if args.seed is not None else {}),
+            **({"coordinators": args.coordinators} if args.coordinators else {}),
             **({"work_dir": args.work_dir} if args.work_dir else {}),
         )
         progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
         report = bench.run_bench(config, progress)
     except (RuntimeError, ValueError) as exc:
         print(f"swarm bench churn: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=None if args.json else 2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text if args.json else bench.render_tables(report))
+    return 0
+
+
+def _bench_peers(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from swarm.coordinator.bench import peers as bench
+
+    config = bench.QUICK if args.quick else bench.PeersBenchConfig()
+    try:
+        config = replace(
+            config,
+            **({"peers": args.peers} if args.peers else {}),
+            **({"rounds": args.rounds} if args.rounds else {}),
+            **({"inner_steps": args.inner_steps} if args.inner_steps else {}),
+            **({"steps_per_epoch": args.steps_per_epoch} if args.steps_per_epoch else {}),
+            **({"codec": args.codec} if args.codec else {}),
+            **({"broadcast_codec": args.broadcast_codec} if args.broadcast_codec else {}),
+            **({"work_dir": args.work_dir} if args.work_dir else {}),
+        )
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        report = bench.run_bench(config, progress)
+    except (RuntimeError, ValueError) as exc:
+        print(f"swarm bench peers: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=None if args.json else 2)
     if args.output:
