@@ -108,7 +108,7 @@ class Transport:
         with self._target_lock:
             target = self.target
             if target not in self._channels:
-                channel = open_channel(target)
+                channel = open_channel(target, paced=self._download.limited)
                 self._channels[target] = (channel, WorkerClient(channel))
             return target, self._channels[target][1]
 

@@ -139,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--broadcast-codec", help="the swarm's delta chain (default int4+zstd)")
     peers.add_argument("--work-dir", type=Path, help="keep both sides' logs and data here")
 
+    bandwidth = _bench_parser(
+        benches,
+        "bandwidth",
+        "compute utilization of clients behind a capped link, against an uncapped run",
+        quick="2 clients, a small model and three short rounds, capped only (about a minute)",
+    )
+    bandwidth.add_argument("--clients", type=int, help="client processes (default 4)")
+    bandwidth.add_argument(
+        "--rate-mbps", type=float, help="upload and download cap of each client (default 20)"
+    )
+    bandwidth.add_argument("--rounds", type=int, help="outer rounds (default 4)")
+    bandwidth.add_argument("--inner-steps", type=int, help="inner steps per task (default 50)")
+    bandwidth.add_argument(
+        "--no-uncapped", action="store_true", help="skip the uncapped run it is compared with"
+    )
+    bandwidth.add_argument("--work-dir", type=Path, help="keep the runs' logs and data here")
+
     finetune = _bench_parser(
         benches,
         "finetune",
@@ -595,6 +612,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_coordinator(args)
     if args.bench_command == "peers":
         return _bench_peers(args)
+    if args.bench_command == "bandwidth":
+        return _bench_bandwidth(args)
     from dataclasses import replace
 
     from swarm.coordinator.bench import compression as bench
@@ -697,6 +716,37 @@ def _bench_peers(args: argparse.Namespace) -> int:
         report = bench.run_bench(config, progress)
     except (RuntimeError, ValueError) as exc:
         print(f"swarm bench peers: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=None if args.json else 2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    print(text if args.json else bench.render_tables(report))
+    return 0
+
+
+def _bench_bandwidth(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from swarm.coordinator.bench import bandwidth as bench
+
+    config = bench.QUICK if args.quick else bench.BandwidthBenchConfig()
+    job = {
+        **({"num_rounds": args.rounds} if args.rounds is not None else {}),
+        **({"inner_steps": args.inner_steps} if args.inner_steps is not None else {}),
+    }
+    try:
+        config = replace(
+            config,
+            **({"num_clients": args.clients} if args.clients is not None else {}),
+            **({"rate_mbps": args.rate_mbps} if args.rate_mbps is not None else {}),
+            **({"compare_uncapped": False} if args.no_uncapped else {}),
+            **({"hyperparameters": {**config.hyperparameters, **job}} if job else {}),
+            **({"work_dir": args.work_dir} if args.work_dir else {}),
+        )
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        report = bench.run_bench(config, progress)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"swarm bench bandwidth: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=None if args.json else 2)
     if args.output:

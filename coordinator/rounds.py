@@ -233,6 +233,11 @@ class RoundService:
         flops = task_flops(spec, job.num_model_params, tokens)
         return round_timeout_s(spec, expected_task_s(flops, speed), self._max_task_s)
 
+    def latest_opened_at(self) -> float | None:
+        """When the newest round (of any job, by any coordinator) opened."""
+        with self._db.read() as session:
+            return session.scalar(select(func.max(Round.opened_at)))
+
     def rounds_ready(self, now: float | None = None) -> list[int]:
         """Open rounds of running jobs that may close now."""
         now = time.time() if now is None else now

@@ -30,7 +30,7 @@ from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.presence import Presence, load_coordinator_id
 from swarm.coordinator.rounds import RoundService
 from swarm.coordinator.scheduling import Scheduler
-from swarm.coordinator.servicer import WorkerServicer
+from swarm.coordinator.servicer import WorkerServicer, WorkSignal
 from swarm.coordinator.settings import CoordinatorSettings
 from swarm.coordinator.storage import Database
 from swarm.coordinator.tasks import TaskService
@@ -54,6 +54,7 @@ class Housekeeper(threading.Thread):
         scheduler: Scheduler,
         *,
         presence: Presence | None = None,
+        work: WorkSignal | None = None,
         wake: threading.Event | None = None,
         period_s: float = 0.5,
         placement_period_s: float = 2.0,
@@ -61,6 +62,8 @@ class Housekeeper(threading.Thread):
     ) -> None:
         super().__init__(name="housekeeper", daemon=True)
         self._presence = presence
+        self._work = work
+        self._last_opened_at: float | None = None
         self._recover_period_s = recover_period_s
         self._next_recover = 0.0
         self._tasks = tasks
@@ -99,12 +102,19 @@ class Housekeeper(threading.Thread):
         if time.monotonic() >= self._next_recover:  # rounds a vanished coordinator held
             self._rounds.recover()
             self._next_recover = time.monotonic() + self._recover_period_s
-        self._tasks.expire_leases()
+        new_work = self._tasks.expire_leases() > 0
         for round_id in self._rounds.rounds_ready():
-            self._rounds.close_round(round_id)
+            new_work |= self._rounds.close_round(round_id)
         started = self._scheduler.admit_jobs()
         if place or started:
             self._scheduler.place_workers()
+        if self._work is not None:
+            # Rounds other coordinators open (on a shared database) wake this one's polls too.
+            opened_at = self._rounds.latest_opened_at()
+            new_work |= bool(started) or opened_at != self._last_opened_at
+            self._last_opened_at = opened_at
+            if new_work:
+                self._work.pulse()
 
 
 class Preparer(threading.Thread):
@@ -241,7 +251,8 @@ def build_services(settings: CoordinatorSettings) -> Services:
         logger.warning(
             "gave %d lease(s) a fresh deadline so their workers can report back", forgiven
         )
-    housekeeper = Housekeeper(tasks, rounds, scheduler, presence=presence, wake=wake)
+    work = WorkSignal(max_waiters=settings.grpc_threads // 2)
+    housekeeper = Housekeeper(tasks, rounds, scheduler, presence=presence, work=work, wake=wake)
     files = FileService(db, blobs)
     jobs = JobService(
         db,
@@ -262,6 +273,8 @@ def build_services(settings: CoordinatorSettings) -> Services:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         control=control,
         probe_sha256=blobs.put_bytes(probe_bytes()),
+        work=work if settings.lease_long_poll_s > 0 else None,
+        long_poll_s=settings.lease_long_poll_s,
     )
     grpc_server = new_server(settings.grpc_threads)
     add_worker_service(

@@ -9,7 +9,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from swarm.compression import CompressionPolicy, iter_payload
 from swarm.coordinator.blobs import BlobStore, check_sha256
 from swarm.coordinator.control import SwarmControl
 from swarm.coordinator.storage import Worker
-from swarm.coordinator.tasks import TaskService
+from swarm.coordinator.tasks import NO_TASKS, TaskService
 from swarm.coordinator.workers import WorkerRegistry, verify_signature
 from swarm.protocol import messages as m
 from swarm.protocol.errors import PermissionDeniedError, SwarmError
@@ -31,6 +31,10 @@ BANNED_RETRY_S = 60.0
 DRAINING_RETRY_S = 15.0
 MAX_REJECTIONS = 100
 """Rejected results remembered for the dashboard."""
+
+LONG_POLL_S = 5.0
+"""How long a LeaseTask with nothing to hand out is held open for new work (clients' RPC
+deadline is 15 s by default)."""
 
 RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds of the RPC latency buckets, from a heartbeat's milliseconds to a large upload."""
@@ -61,6 +65,40 @@ def status_code(exc: BaseException) -> str:
     return "INTERNAL"
 
 
+class WorkSignal:
+    """Wakes leases held open (long polls) when new work may be there: a round closed and the
+    next opened, a job started, leases expired. Each `pulse` starts a new generation; a waiter
+    remembers the generation it last leased in and returns once a newer one begins.
+
+    At most `max_waiters` calls wait at once (each holds one of the gRPC server's threads); the
+    others are answered at once, as without long polling."""
+
+    def __init__(self, max_waiters: int) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+        self._slots = threading.BoundedSemaphore(max(1, max_waiters))
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def pulse(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, since: int, timeout_s: float) -> bool | None:
+        """True once a generation after `since` began, False at the timeout; None (at once) if
+        too many calls wait already."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            with self._condition:
+                return self._condition.wait_for(lambda: self._generation > since, timeout_s)
+        finally:
+            self._slots.release()
+
+
 class WorkerServicer:
     """Implements `swarm.protocol.service.WorkerHandler` for one coordinator process."""
 
@@ -73,9 +111,15 @@ class WorkerServicer:
         heartbeat_interval_s: float,
         control: SwarmControl | None = None,
         probe_sha256: str = "",
+        work: WorkSignal | None = None,
+        long_poll_s: float = LONG_POLL_S,
     ) -> None:
-        """`probe_sha256`: the blob new workers download to measure their link."""
+        """`probe_sha256`: the blob new workers download to measure their link. With `work`,
+        a lease that finds nothing waits up to `long_poll_s` for it to pulse and tries again,
+        so a worker hears of the next round as it opens instead of at its next poll."""
         self._workers = workers
+        self._work = work
+        self._long_poll_s = long_poll_s
         self._probe_sha256 = probe_sha256
         self._tasks = tasks
         self._blobs = blobs
@@ -160,7 +204,14 @@ class WorkerServicer:
             if idle is not None:
                 self.count("lease_empty")
                 return idle
+            generation = self._work.generation if self._work is not None else 0
             response = self._tasks.lease(worker.id, request.cached_sha256s)
+            if response.reason == NO_TASKS and self._work is not None:
+                woken = self._work.wait(generation, self._long_poll_s)
+                if woken:
+                    response = self._tasks.lease(worker.id, request.cached_sha256s)
+                elif woken is False:  # waited the whole poll: no need to wait long again
+                    response = replace(response, retry_after_s=min(response.retry_after_s, 0.5))
             self.count("tasks_leased" if response.task else "lease_empty")
             return response
 

@@ -29,6 +29,13 @@ class CoordinatorSettings(BaseSettings):
         default=30.0, gt=0, le=86_400, description="a worker seen this recently counts as online"
     )
     grpc_threads: int = Field(default=32, ge=2, le=1024)
+    lease_long_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="a lease with nothing to hand out waits this long for new work (0: answer "
+        "at once); keep it under the clients' RPC deadline (15 s)",
+    )
     blob_dir: Path | None = Field(
         default=None,
         description="content-addressed blobs; data_dir/blobs if unset. Coordinators sharing "

@@ -63,6 +63,9 @@ from swarm.scheduler.work import (
 
 logger = logging.getLogger(__name__)
 
+NO_TASKS = "no tasks are waiting"
+"""The answer to a lease when no task is there at all (not one held back for a moment)."""
+
 CANDIDATES_PER_LEASE = 64
 MAX_CACHED_REPORTED = 256
 # Downloads smaller than this say more about latency than about bandwidth.
@@ -216,7 +219,7 @@ class TaskService:
             return m.LeaseTaskResponse(
                 retry_after_s=1.0, reason="waiting for other workers to take the rest of this round"
             )
-        return m.LeaseTaskResponse(retry_after_s=2.0, reason="no tasks are waiting")
+        return m.LeaseTaskResponse(retry_after_s=2.0, reason=NO_TASKS)
 
     def _assign_data(self, session: Session, task: Task, worker: Worker, now: float) -> bool | None:
         """Size a train task for `worker` and cut its data span.

@@ -239,9 +239,15 @@ class WorkerClient:
         return m.from_proto(reply, m.SubmitResultResponse)
 
 
-def open_channel(target: str) -> grpc.Channel:
-    """An insecure channel to `HOST:PORT` with swarm's message limits."""
-    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+def open_channel(target: str, *, paced: bool = False) -> grpc.Channel:
+    """An insecure channel to `HOST:PORT` with swarm's message limits.
+
+    `paced`: the caller reads streams at a capped rate. HTTP/2's bandwidth-delay probe would
+    otherwise widen the flow-control window until a whole blob crosses the link at once, however
+    slowly it is read; without the probe, the window stays small and the sender keeps to the
+    reader's pace."""
+    options = [*CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)] if paced else CHANNEL_OPTIONS
+    return grpc.insecure_channel(target, options=options)
 
 
 def new_server(max_workers: int) -> grpc.Server:

@@ -97,6 +97,8 @@ class LiveCoordinator:
 def wire_services(data_dir: Path, **overrides: Any) -> Services:
     """A coordinator's services on SQLite in `data_dir`, wired but not serving: tests drive
     them directly (`services.housekeeper.tick()` for one round of housekeeping)."""
+    # Long polls kept short: tests ask for leases they expect to come back empty.
+    overrides.setdefault("lease_long_poll_s", 0.2)
     settings = CoordinatorSettings(
         host="127.0.0.1", grpc_port=0, http_port=0, data_dir=data_dir, **overrides
     )

@@ -227,7 +227,8 @@ class SimulatedWorker:
                 leased = await self.stub.LeaseTask(
                     pb.LeaseTaskRequest(session=self.session), timeout=30
                 )
-                stats.observe("LeaseTask", time.perf_counter() - began)
+                if leased.HasField("task"):  # an empty one may be held open: a wait, not latency
+                    stats.observe("LeaseTask", time.perf_counter() - began)
             except grpc.aio.AioRpcError:
                 stats.errors["LeaseTask"] += stats.measuring
                 await asyncio.sleep(1.0)
