@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bandwidth.add_argument("--rounds", type=int, help="outer rounds (default 4)")
     bandwidth.add_argument("--inner-steps", type=int, help="inner steps per task (default 50)")
+    bandwidth.add_argument("--codec", help="the job's pseudo-gradient chain (default int4)")
+    bandwidth.add_argument(
+        "--broadcast-codec", help="the job's chain for version deltas (default int4+zstd)"
+    )
     bandwidth.add_argument(
         "--no-uncapped", action="store_true", help="skip the uncapped run it is compared with"
     )
@@ -733,6 +737,8 @@ def _bench_bandwidth(args: argparse.Namespace) -> int:
     job = {
         **({"num_rounds": args.rounds} if args.rounds is not None else {}),
         **({"inner_steps": args.inner_steps} if args.inner_steps is not None else {}),
+        **({"codec": args.codec} if args.codec else {}),
+        **({"broadcast_codec": args.broadcast_codec} if args.broadcast_codec else {}),
     }
     try:
         config = replace(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from swarm.coordinator.bench.bandwidth import (
+    DOWNLOAD_WINDOW_BYTES,
     BandwidthBenchConfig,
     burst_allowance_bytes,
     bursts,
@@ -29,7 +30,14 @@ SMALL = BandwidthBenchConfig(
     rate_mbps=RATE_MBPS,
     compare_uncapped=False,
     hidden_size=128,  # 0.8M parameters: a 3.2 MB first download, 0.8 MB each way per round
-    hyperparameters={"num_rounds": 3, "inner_steps": 10, "seq_len": 64, "eval_examples": 16},
+    hyperparameters={
+        "num_rounds": 3,
+        "inner_steps": 10,
+        "seq_len": 64,
+        "eval_examples": 16,
+        "codec": "int8",
+        "broadcast_codec": "int8+zstd",
+    },
     timeout_s=300.0,
 )
 UPDATE_BYTES = 700_000
@@ -62,12 +70,6 @@ def test_downloads_keep_to_the_cap_as_the_client_reads_them(report: dict[str, An
     for client in report["capped"]["clients"]:
         assert client["fetches_timed"] >= 3, client  # the client's log lines were found
         assert 0.25 * RATE_MBPS <= client["download_client_mbps"] <= RATE_MBPS, client
-
-
-DOWNLOAD_WINDOW_BYTES = 1_600_000
-"""What may cross the wire ahead of a paced reader: HTTP/2's flow-control window plus the kernel
-buffers of the relay's and the client's sockets (1.2 MB measured here), at most half of the
-3.2 MB first download: the blob is paced, not sent in one go."""
 
 
 def test_downloads_keep_to_the_cap_on_the_wire(report: dict[str, Any]) -> None:
