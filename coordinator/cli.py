@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="another coordinator on the database not seen this long is gone, and its "
         "half-aggregated rounds are taken over (default 30)",
     )
+    serve.add_argument(
+        "--lease-long-poll-s",
+        type=float,
+        help="a lease with nothing to hand out waits this long for new work (default 5; 0: "
+        "answer at once)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
     serve.add_argument(
         "--log-format",
@@ -313,6 +319,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             "db": args.db,
             "blob_dir": args.blob_dir,
             "coordinator_timeout_s": args.coordinator_timeout_s,
+            "lease_long_poll_s": args.lease_long_poll_s,
             "log_level": args.log_level,
             "log_format": args.log_format,
         }.items()
