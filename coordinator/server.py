@@ -276,7 +276,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         work=work if settings.lease_long_poll_s > 0 else None,
         long_poll_s=settings.lease_long_poll_s,
     )
-    grpc_server = new_server(settings.grpc_threads)
+    grpc_server = new_server(settings.grpc_threads, settings.max_concurrent_rpcs)
     add_worker_service(
         grpc_server,
         servicer,

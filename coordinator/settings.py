@@ -29,6 +29,13 @@ class CoordinatorSettings(BaseSettings):
         default=30.0, gt=0, le=86_400, description="a worker seen this recently counts as online"
     )
     grpc_threads: int = Field(default=32, ge=2, le=1024)
+    max_concurrent_rpcs: int = Field(
+        default=256,
+        ge=0,
+        le=1_000_000,
+        description="gRPC calls in progress (running or queued) beyond which new ones are "
+        "refused at once, for the client to retry after a backoff (0: no limit)",
+    )
     lease_long_poll_s: float = Field(
         default=5.0,
         ge=0,

@@ -111,6 +111,17 @@ class TransportError(SwarmError):
     grpc_code = "UNAVAILABLE"
 
 
+
+class OverloadedError(TransportError):
+    """The coordinator has as many calls in progress as it allows and refused this one at
+    once; safe to retry after a backoff (or at another coordinator)."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+OVERLOADED_DETAILS = "concurrent rpc limit exceeded"
+"""What gRPC's server says (lowercased) when it refuses a call over `maximum_concurrent_rpcs`."""
+
 _BY_CODE: dict[str, type[SwarmError]] = {
     "INVALID_ARGUMENT": ProtocolError,
     "FAILED_PRECONDITION": SchedulingError,
@@ -128,4 +139,8 @@ def error_for_code(code_name: str, message: str) -> SwarmError:
     """Build the exception a client raises for a gRPC status code name."""
     if code_name == "FAILED_PRECONDITION" and "protocol version" in message:
         return VersionMismatchError(message)
+    if code_name == "RESOURCE_EXHAUSTED" and OVERLOADED_DETAILS in message.lower():
+        return OverloadedError(
+            "the coordinator is at its limit of calls in progress; retrying after a backoff"
+        )
     return _BY_CODE.get(code_name, SwarmError)(message)

@@ -250,11 +250,16 @@ def open_channel(target: str, *, paced: bool = False) -> grpc.Channel:
     return grpc.insecure_channel(target, options=options)
 
 
-def new_server(max_workers: int) -> grpc.Server:
-    """A threaded gRPC server with swarm's message limits."""
+def new_server(max_workers: int, max_concurrent_rpcs: int | None = None) -> grpc.Server:
+    """A threaded gRPC server with swarm's message limits. Beyond `max_concurrent_rpcs` calls
+    in progress (running or queued for a thread), new calls are refused at once with
+    RESOURCE_EXHAUSTED, which clients see as a retryable `OverloadedError`: under more load than
+    it can serve, the server keeps answering the calls it took within their deadlines instead of
+    queueing every call until all of them time out."""
     from concurrent import futures
 
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=CHANNEL_OPTIONS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )

@@ -124,6 +124,7 @@ class Latencies:
         self.measuring = False
         self.samples: dict[str, list[float]] = defaultdict(list)
         self.errors: dict[str, int] = defaultdict(int)
+        self.refused: dict[str, int] = defaultdict(int)
         self.cycles = 0
         self.accepted = 0
         self.empty_leases = 0
@@ -134,6 +135,12 @@ class Latencies:
         if self.measuring:
             self.samples[rpc].append(seconds)
 
+    def failed(self, rpc: str, error: grpc.aio.AioRpcError) -> None:
+        """A call that failed: refused at once by an overloaded coordinator, or an error."""
+        if self.measuring:
+            overloaded = error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            (self.refused if overloaded else self.errors)[rpc] += 1
+
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
         for rpc in RPCS:
@@ -143,6 +150,7 @@ class Latencies:
                 "p50_ms": 1e3 * _quantile(values, 0.50),
                 "p99_ms": 1e3 * _quantile(values, 0.99),
                 "errors": self.errors.get(rpc, 0),
+                "refused": self.refused.get(rpc, 0),
             }
         return out
 
@@ -193,6 +201,12 @@ class SimulatedWorker:
         self.key = Ed25519PrivateKey.generate()
         self.session = pb.Session()
         self.versions: dict[str, int] = {}  # job -> the version this worker holds
+        self.failures = 0  # in a row: the backoff grows with them, as `swarmclient`'s does
+
+    async def back_off(self) -> None:
+        """Exponential backoff with full jitter (0.5 s doubling to 30 s), as the real client."""
+        self.failures += 1
+        await asyncio.sleep(random.uniform(0, min(30.0, 0.5 * 2 ** min(self.failures, 10))))
 
     async def register(self) -> None:
         public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -228,9 +242,9 @@ class SimulatedWorker:
                     pb.LeaseTaskRequest(session=self.session), timeout=30
                 )
                 stats.observe("LeaseTask", time.perf_counter() - began)
-            except grpc.aio.AioRpcError:
-                stats.errors["LeaseTask"] += stats.measuring
-                await asyncio.sleep(1.0)
+            except grpc.aio.AioRpcError as exc:
+                stats.failed("LeaseTask", exc)
+                await self.back_off()
                 continue
             if not leased.HasField("task"):
                 stats.empty_leases += stats.measuring
@@ -239,8 +253,9 @@ class SimulatedWorker:
                 continue
             try:
                 await self._cycle(leased.task)
+                self.failures = 0
             except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.5)
+                await self.back_off()
 
     async def _cycle(self, task: pb.Task) -> None:
         stats = self.bench.stats
@@ -290,8 +305,8 @@ class SimulatedWorker:
         began = time.perf_counter()
         try:
             response = await self.stub.SubmitResult(chunks(), timeout=30)
-        except grpc.aio.AioRpcError:
-            stats.errors["SubmitResult"] += stats.measuring
+        except grpc.aio.AioRpcError as exc:
+            stats.failed("SubmitResult", exc)
             raise
         stats.observe("SubmitResult", time.perf_counter() - began)
         if stats.measuring:
@@ -307,8 +322,8 @@ class SimulatedWorker:
                 pb.FetchBlobRequest(session=self.session, sha256=sha256), timeout=30
             ):
                 parts.append(chunk.data)
-        except grpc.aio.AioRpcError:
-            self.bench.stats.errors["FetchBlob"] += self.bench.stats.measuring
+        except grpc.aio.AioRpcError as exc:
+            self.bench.stats.failed("FetchBlob", exc)
             raise
         return b"".join(parts)
 
@@ -513,8 +528,10 @@ def _targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render_tables(report: dict[str, Any]) -> str:
     lines = [
         "| database | workers | jobs | task cycles/s | coordinator CPU ms/cycle | accepted | "
-        "rounds | " + " | ".join(f"{rpc} p50 / p99 ms" for rpc in RPCS) + " | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(RPCS) + "---:|",
+        "rounds | "
+        + " | ".join(f"{rpc} p50 / p99 ms" for rpc in RPCS)
+        + " | errors | refused (overloaded) |",
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(RPCS) + "---:|---:|",
     ]
     for run in report["runs"]:
         rpcs = run["rpcs"]
@@ -524,7 +541,8 @@ def render_tables(report: dict[str, Any]) -> str:
             f"{run['cycles_per_s']:.0f} | {'-' if cpu is None else f'{cpu:.1f}'} | "
             f"{run['results_accepted']:,} | {run['rounds_closed']} | "
             + " | ".join(f"{rpcs[r]['p50_ms']:.0f} / {rpcs[r]['p99_ms']:.0f}" for r in RPCS)
-            + f" | {sum(rpcs[r]['errors'] for r in RPCS)} |"
+            + f" | {sum(rpcs[r]['errors'] for r in RPCS)} | "
+            + f"{sum(rpcs[r].get('refused', 0) for r in RPCS)} |"
         )
     if report["targets"]:
         lines += ["", "| target | value | met |", "|---|---:|:---:|"]

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from swarm.client.settings import parse_targets
 from swarm.client.transport import Stopped, Transport, backoff_delays
 from swarm.protocol import messages as m
-from swarm.protocol.errors import ProtocolError, TransportError
+from swarm.protocol.errors import OverloadedError, ProtocolError, TransportError
 from tests.conftest import (
     LiveCoordinator,
     signed_registration,
@@ -252,3 +252,33 @@ def test_a_session_carries_over_to_another_coordinator_on_the_same_database(
     finally:
         link.close()
         stop_live_coordinator(second)
+
+
+def test_an_overloaded_coordinator_refuses_at_once_and_the_call_is_retried(
+    tmp_path: Path,
+) -> None:
+    """Beyond `max_concurrent_rpcs` calls in progress the server refuses new ones at once;
+    the client sees a retryable `OverloadedError` and gets through once a slot frees."""
+    live = start_live_coordinator(tmp_path / "c", max_concurrent_rpcs=1, lease_long_poll_s=1.0)
+    waiting = Transport(live.target, register_request(), stop=threading.Event())
+    link = Transport(live.target, register_request(), stop=threading.Event(), max_backoff_s=0.2)
+    try:
+        waiting.register()
+        link.register()
+        holder = threading.Thread(target=waiting.lease_task)  # held open for 1 s: the one slot
+        holder.start()
+        time.sleep(0.3)
+        with pytest.raises(OverloadedError, match="limit of calls in progress"):
+            link._rpc(
+                lambda client: client.lease_task(
+                    m.LeaseTaskRequest(session=link.session), timeout_s=5.0
+                )
+            )
+        began = time.monotonic()
+        assert link.lease_task().task is None  # retried until the slot was free
+        assert time.monotonic() - began > 0.2
+        holder.join()
+    finally:
+        waiting.close()
+        link.close()
+        stop_live_coordinator(live)
