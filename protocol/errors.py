@@ -111,7 +111,6 @@ class TransportError(SwarmError):
     grpc_code = "UNAVAILABLE"
 
 
-
 class OverloadedError(TransportError):
     """The coordinator has as many calls in progress as it allows and refused this one at
     once; safe to retry after a backoff (or at another coordinator)."""
