@@ -49,7 +49,13 @@ def test_a_restarted_client_resumes_its_residuals(tmp_path: Path) -> None:
     with running_swarm(tmp_path, env={"SWARM_SOLO_WAIT_S": "600"}) as swarm:
         # A quorum of every task: the round waits for the restarted client rather than closing
         # without it.
-        job = swarm.create_job(codec="topk:0.05+int8", num_rounds=2, round_quorum=1.0)
+        # Tasks of a few seconds: client 0 is stopped within 0.2 s of finishing round 0, before
+        # it can finish round 1. Its next lease comes as soon as round 0 closes, so it may
+        # already hold round 1's task and hand it back (then anyone may take it); round 2's
+        # fresh task is then the restarted client's.
+        job = swarm.create_job(
+            codec="topk:0.05+int8", num_rounds=3, round_quorum=1.0, inner_steps=60
+        )
         deadline = time.monotonic() + 120
         while "round 0): loss" not in swarm.log_of(0):
             assert time.monotonic() < deadline, "client 0 never finished a task"
