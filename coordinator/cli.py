@@ -628,7 +628,6 @@ def _bench(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from swarm.coordinator.bench import compression as bench
-    from swarm.protocol.errors import SwarmError
 
     config = bench.QUICK if args.quick else bench.BenchConfig()
     spec_changes: dict[str, Any] = {}
@@ -636,47 +635,53 @@ def _bench(args: argparse.Namespace) -> int:
         spec_changes["num_rounds"] = args.rounds
     if args.inner_steps is not None:
         spec_changes["inner_steps"] = args.inner_steps
-    try:
-        config = replace(
+    report = _run_bench(
+        args,
+        "compression",
+        bench,
+        lambda: replace(
             config,
             spec=replace(config.spec, **spec_changes),
             **({"processes": args.processes} if args.processes else {}),
             **({"convergence_chains": tuple(args.chains.split(","))} if args.chains else {}),
-        )
-        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-        report = bench.run_bench(config, progress)
-    except (SwarmError, ValueError) as exc:
-        print(f"swarm bench compression: {exc}", file=sys.stderr)
+        ),
+    )
+    if report is None:
         return 2
+    if args.plot:
+        bench.plot(report, str(args.plot))
+    return 0
+
+
+def _run_bench(
+    args: argparse.Namespace, name: str, bench: Any, configure: Callable[[], Any]
+) -> dict[str, Any] | None:
+    """Configure and run one bench, print its tables (or JSON with --json) and write --output;
+    None, having said why on stderr, if it could not run."""
+    from swarm.protocol.errors import SwarmError
+
+    try:
+        config = configure()
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        report: dict[str, Any] = bench.run_bench(config, progress)
+    except (SwarmError, RuntimeError, ValueError, OSError) as exc:
+        print(f"swarm bench {name}: {exc}", file=sys.stderr)
+        return None
     text = json.dumps(report, indent=None if args.json else 2)
     if args.output:
         args.output.write_text(text + "\n")
-    if args.plot:
-        bench.plot(report, str(args.plot))
     print(text if args.json else bench.render_tables(report))
-    return 0
+    return report
 
 
 def _bench_finetune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from swarm.coordinator.bench import finetune as bench
-    from swarm.protocol.errors import SwarmError
 
     config = bench.QUICK if args.quick else bench.FinetuneBenchConfig()
-    if args.model:
-        config = replace(config, model=args.model)
-    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    try:
-        report = bench.run_bench(config, progress)
-    except (SwarmError, RuntimeError, ValueError) as exc:
-        print(f"swarm bench finetune: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=None if args.json else 2)
-    if args.output:
-        args.output.write_text(text + "\n")
-    print(text if args.json else bench.render_tables(report))
-    return 0
+    configured = replace(config, model=args.model) if args.model else config
+    return 0 if _run_bench(args, "finetune", bench, lambda: configured) is not None else 2
 
 
 def _bench_churn(args: argparse.Namespace) -> int:
@@ -685,25 +690,20 @@ def _bench_churn(args: argparse.Namespace) -> int:
     from swarm.coordinator.bench import churn as bench
 
     config = bench.QUICK if args.quick else bench.ChurnBenchConfig()
-    try:
-        config = replace(
+    report = _run_bench(
+        args,
+        "churn",
+        bench,
+        lambda: replace(
             config,
             **({"num_clients": args.clients} if args.clients else {}),
             **({"db": args.db} if args.db else {}),
             **({"seed": args.seed} if args.seed is not None else {}),
             **({"coordinators": args.coordinators} if args.coordinators else {}),
             **({"work_dir": args.work_dir} if args.work_dir else {}),
-        )
-        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-        report = bench.run_bench(config, progress)
-    except (RuntimeError, ValueError) as exc:
-        print(f"swarm bench churn: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=None if args.json else 2)
-    if args.output:
-        args.output.write_text(text + "\n")
-    print(text if args.json else bench.render_tables(report))
-    return 0
+        ),
+    )
+    return 0 if report is not None else 2
 
 
 def _bench_peers(args: argparse.Namespace) -> int:
@@ -712,8 +712,11 @@ def _bench_peers(args: argparse.Namespace) -> int:
     from swarm.coordinator.bench import peers as bench
 
     config = bench.QUICK if args.quick else bench.PeersBenchConfig()
-    try:
-        config = replace(
+    report = _run_bench(
+        args,
+        "peers",
+        bench,
+        lambda: replace(
             config,
             **({"peers": args.peers} if args.peers else {}),
             **({"rounds": args.rounds} if args.rounds else {}),
@@ -722,17 +725,9 @@ def _bench_peers(args: argparse.Namespace) -> int:
             **({"codec": args.codec} if args.codec else {}),
             **({"broadcast_codec": args.broadcast_codec} if args.broadcast_codec else {}),
             **({"work_dir": args.work_dir} if args.work_dir else {}),
-        )
-        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-        report = bench.run_bench(config, progress)
-    except (RuntimeError, ValueError) as exc:
-        print(f"swarm bench peers: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=None if args.json else 2)
-    if args.output:
-        args.output.write_text(text + "\n")
-    print(text if args.json else bench.render_tables(report))
-    return 0
+        ),
+    )
+    return 0 if report is not None else 2
 
 
 def _bench_bandwidth(args: argparse.Namespace) -> int:
@@ -747,25 +742,20 @@ def _bench_bandwidth(args: argparse.Namespace) -> int:
         **({"codec": args.codec} if args.codec else {}),
         **({"broadcast_codec": args.broadcast_codec} if args.broadcast_codec else {}),
     }
-    try:
-        config = replace(
+    report = _run_bench(
+        args,
+        "bandwidth",
+        bench,
+        lambda: replace(
             config,
             **({"num_clients": args.clients} if args.clients is not None else {}),
             **({"rate_mbps": args.rate_mbps} if args.rate_mbps is not None else {}),
             **({"compare_uncapped": False} if args.no_uncapped else {}),
             **({"hyperparameters": {**config.hyperparameters, **job}} if job else {}),
             **({"work_dir": args.work_dir} if args.work_dir else {}),
-        )
-        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-        report = bench.run_bench(config, progress)
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"swarm bench bandwidth: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=None if args.json else 2)
-    if args.output:
-        args.output.write_text(text + "\n")
-    print(text if args.json else bench.render_tables(report))
-    return 0
+        ),
+    )
+    return 0 if report is not None else 2
 
 
 def _bench_coordinator(args: argparse.Namespace) -> int:
@@ -774,25 +764,20 @@ def _bench_coordinator(args: argparse.Namespace) -> int:
     from swarm.coordinator.bench import load as bench
 
     config = bench.QUICK if args.quick else bench.LoadBenchConfig()
-    try:
-        config = replace(
+    report = _run_bench(
+        args,
+        "coordinator",
+        bench,
+        lambda: replace(
             config,
             **({"workers": _ints(args.workers)} if args.workers else {}),
             **({"databases": tuple(args.db.split(","))} if args.db else {}),
             **({"duration_s": args.duration} if args.duration else {}),
             **({"postgres_admin_url": args.postgres_admin_url} if args.postgres_admin_url else {}),
             **({"work_dir": args.work_dir} if args.work_dir else {}),
-        )
-        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-        report = bench.run_bench(config, progress or (lambda _: None))
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"swarm bench coordinator: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=None if args.json else 2)
-    if args.output:
-        args.output.write_text(text + "\n")
-    print(text if args.json else bench.render_tables(report))
-    return 0
+        ),
+    )
+    return 0 if report is not None else 2
 
 
 def _ints(text: str) -> tuple[int, ...]:

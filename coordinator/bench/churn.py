@@ -130,6 +130,9 @@ class Swarm:
         self.starts = 0
         self.kills = 0
         self.coordinator_kills = 0
+        # Kills run on their own threads: once the swarm stops, none may start a client again.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def http_port(self) -> int:
@@ -165,11 +168,15 @@ class Swarm:
         )
 
     def kill_client(self, index: int) -> None:
-        """SIGKILL: no hand-back, no goodbye; the client starts again at once."""
-        self.clients[index].kill()
-        self.clients[index].wait()
-        self.kills += 1
-        self.clients[index] = self.start_client(index)
+        """SIGKILL: no hand-back, no goodbye; the client starts again at once (unless the
+        swarm is stopping)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self.clients[index].kill()
+            self.clients[index].wait()
+            self.kills += 1
+            self.clients[index] = self.start_client(index)
 
     def kill_coordinator(self) -> None:
         """SIGKILL the first coordinator; alone, it restarts on the same database; with
@@ -185,6 +192,8 @@ class Swarm:
             self.coordinators[0] = None
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
         for client in self.clients:
             stop_process(client)
         for coordinator in self.coordinators:

@@ -479,8 +479,9 @@ def _process_cpu_s(process: subprocess.Popen[bytes]) -> float | None:
 
 
 def run_bench(
-    config: LoadBenchConfig, say: Callable[[str], None] = lambda _: None
+    config: LoadBenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
+    say = progress or (lambda _: None)
     runs = []
     for database in config.databases:
         for num_workers in config.workers:

@@ -82,13 +82,14 @@ def test_join_shows_a_live_panel_and_ctrl_c_hands_the_task_back(tmp_path: Path) 
         (worker,) = http.get("/v1/swarm/workers").json()["data"]
         assert worker["download_bytes_per_s"] > 0, worker
 
-        hyperparameters = {"num_rounds": 3, "inner_steps": 400, "batch_size": 4, "seq_len": 32}
+        # Tasks of several seconds, so the status check (a new process) lands mid-training.
+        hyperparameters = {"num_rounds": 3, "inner_steps": 4000, "batch_size": 4, "seq_len": 32}
         response = http.post(
             "/v1/fine_tuning/jobs",
             json={"model": "micro-llama", "hyperparameters": {**hyperparameters, "min_clients": 1}},
         )
         assert response.status_code == 200, response.text
-        screen = terminal.read_until(r"\d+/400 steps", timeout_s=120)
+        screen = terminal.read_until(r"\d+/4000 steps", timeout_s=120)
         assert "training" in screen and "loss" in screen
 
         # From another terminal: what is it doing?
@@ -99,7 +100,7 @@ def test_join_shows_a_live_panel_and_ctrl_c_hands_the_task_back(tmp_path: Path) 
             timeout=60,
         )
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "pty-volunteer" in status.stdout and "/400 steps" in status.stdout
+        assert "pty-volunteer" in status.stdout and "/4000 steps" in status.stdout
 
         os.write(terminal.fd, b"\x03")  # Ctrl+C, through the terminal's line discipline
         assert terminal.wait(timeout_s=60) == 0
