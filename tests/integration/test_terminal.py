@@ -92,15 +92,20 @@ def test_join_shows_a_live_panel_and_ctrl_c_hands_the_task_back(tmp_path: Path) 
         screen = terminal.read_until(r"\d+/4000 steps", timeout_s=120)
         assert "training" in screen and "loss" in screen
 
-        # From another terminal: what is it doing?
-        status = subprocess.run(
-            [sys.executable, "-m", "swarm.client", "status", "--data-dir", str(data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert "pty-volunteer" in status.stdout and "/4000 steps" in status.stdout
+        # From another terminal: what is it doing? (The status file follows within a second;
+        # the terminal is read in between, so the client never blocks on a full one.)
+        for _ in range(5):
+            status = subprocess.run(
+                [sys.executable, "-m", "swarm.client", "status", "--data-dir", str(data_dir)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert status.returncode == 0, status.stdout + status.stderr
+            if "/4000 steps" in status.stdout:
+                break
+            terminal.read_until(r"\d+/4000 steps", timeout_s=30)
+        assert "pty-volunteer" in status.stdout and "/4000 steps" in status.stdout, status.stdout
 
         os.write(terminal.fd, b"\x03")  # Ctrl+C, through the terminal's line discipline
         assert terminal.wait(timeout_s=60) == 0
