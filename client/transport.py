@@ -158,8 +158,7 @@ class Transport:
                 return call()
             except TransportError as exc:
                 failures += 1
-                if failures % len(self.targets):
-                    logger.warning("%s: %s; trying coordinator %s", what, exc, self.target)
+                if failures % len(self.targets):  # `_failed` moved on: try the next at once
                     continue
                 delay = next(delays)
                 logger.warning(

@@ -318,7 +318,6 @@ class RoundService:
                 )
                 round_.status = RoundStatus.OPEN.value
                 round_.aggregator = None
-                round_.aggregating_since = None
             return len(orphaned)
 
     def close_round(self, round_id: int) -> bool:
@@ -330,11 +329,7 @@ class RoundService:
                     Round.id == round_id,
                     Round.status == RoundStatus.OPEN.value,
                 )
-                .values(
-                    status=RoundStatus.AGGREGATING.value,
-                    aggregator=self.coordinator_id,
-                    aggregating_since=time.time(),
-                )
+                .values(status=RoundStatus.AGGREGATING.value, aggregator=self.coordinator_id)
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return False

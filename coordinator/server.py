@@ -102,19 +102,19 @@ class Housekeeper(threading.Thread):
         if time.monotonic() >= self._next_recover:  # rounds a vanished coordinator held
             self._rounds.recover()
             self._next_recover = time.monotonic() + self._recover_period_s
-        new_work = self._tasks.expire_leases() > 0
+        expired = self._tasks.expire_leases()
         for round_id in self._rounds.rounds_ready():
-            new_work |= self._rounds.close_round(round_id)
+            self._rounds.close_round(round_id)
         started = self._scheduler.admit_jobs()
         if place or started:
             self._scheduler.place_workers()
         if self._work is not None:
-            # Rounds other coordinators open (on a shared database) wake this one's polls too.
+            # A round opened (the next after a close, or a job's first) by this coordinator or
+            # another on the same database, or tasks freed by expired leases: wake the polls.
             opened_at = self._rounds.latest_opened_at()
-            new_work |= bool(started) or opened_at != self._last_opened_at
-            self._last_opened_at = opened_at
-            if new_work:
+            if expired or opened_at != self._last_opened_at:
                 self._work.pulse()
+            self._last_opened_at = opened_at
 
 
 class Preparer(threading.Thread):

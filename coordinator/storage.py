@@ -182,7 +182,6 @@ class Round(Base):
     aggregator: Mapped[str | None] = mapped_column(String(40), nullable=True)
     """The coordinator process aggregating the round (status `aggregating`): only it may
     commit the round, and another takes it over if that one stops being seen."""
-    aggregating_since: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Task(Base):

@@ -36,13 +36,11 @@ uploads and downloads within the cap on the wire, and downloads within it as the
 from __future__ import annotations
 
 import re
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from swarm.coordinator.bench import targets_table
 from swarm.coordinator.bench.churn import _request
+from swarm.coordinator.bench.relay import RELAY_READ_BYTES, Relay
 from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.catalog import ModelCatalog
 from swarm.coordinator.demo import start_client, start_coordinator, stop_process
@@ -82,8 +82,6 @@ BUCKET_BURST_S = 0.05
 """A client's token bucket holds this many seconds of its rate (`TokenBucket`'s default)."""
 GAP_S = 0.25
 """Bytes on the wire closer together than this belong to one transfer."""
-RELAY_READ_BYTES = 65536
-"""The most the relay reads at once: one piece of what it timestamps."""
 CONTROL_BYTES = 1024
 """Pieces smaller than this on the wire are control frames (heartbeats, acknowledgements)."""
 MIN_TRANSFER_BYTES = 64 * 1024
@@ -142,57 +140,6 @@ QUICK = BandwidthBenchConfig(
 
 
 # -- the wire -----------------------------------------------------------------------------
-
-
-class Relay:
-    """A TCP relay between one client and the coordinator that timestamps what it carries.
-
-    `up` holds (unix time, bytes) for each piece the client sent, `down` for each piece the
-    client was sent, stamped once the piece is handed to the receiver's socket.
-    """
-
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
-        self._target = ("127.0.0.1", target_port)
-        self._server = socket.create_server((host, 0))
-        self.address = f"{host}:{self._server.getsockname()[1]}"
-        self.up: list[tuple[float, int]] = []
-        self.down: list[tuple[float, int]] = []
-        self._sockets: list[socket.socket] = []
-        self._closed = False
-        threading.Thread(target=self._accept, name=f"relay-{self.address}", daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._server.accept()
-                upstream = socket.create_connection(self._target)
-            except OSError:
-                if self._closed:
-                    return
-                continue
-            self._sockets += [client, upstream]
-            for source, sink, log in ((client, upstream, self.up), (upstream, client, self.down)):
-                threading.Thread(
-                    target=_pump, args=(source, sink, log), name="relay-pump", daemon=True
-                ).start()
-
-    def close(self) -> None:
-        self._closed = True
-        for sock in [self._server, *self._sockets]:
-            with suppress(OSError):
-                sock.close()
-
-
-def _pump(source: socket.socket, sink: socket.socket, log: list[tuple[float, int]]) -> None:
-    try:
-        while data := source.recv(RELAY_READ_BYTES):
-            sink.sendall(data)
-            log.append((time.time(), len(data)))
-    except OSError:
-        pass
-    finally:
-        with suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
 
 
 @dataclass(frozen=True)
@@ -654,11 +601,7 @@ def render_tables(report: dict[str, Any]) -> str:
                 f"| {_number(c['excess_down_bytes'], 1e-3)} |"
             )
         lines.append("")
-    lines += ["| target | value | met |", "|---|---:|:---:|"]
-    lines += [
-        f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |"
-        for t in report["targets"]
-    ]
+    lines += targets_table(report["targets"])
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from swarm.coordinator.bench import targets_table
 from swarm.coordinator.demo import start_client, start_coordinator, stop_process
 from swarm.scheduler import Span, covers_exactly
 
@@ -434,9 +435,5 @@ def render_tables(report: dict[str, Any]) -> str:
     ]
     lines = ["| | calm | churn |", "|---|---:|---:|"]
     lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
-    lines += ["", "| target | value | met |", "|---|---:|:---:|"]
-    lines += [
-        f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |"
-        for t in report["targets"]
-    ]
+    lines += ["", *targets_table(report["targets"])]
     return "\n".join(lines)

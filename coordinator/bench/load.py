@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from safetensors.torch import load as load_safetensors
 
 from swarm.compression import CompressionPolicy, encode_payload
+from swarm.coordinator.bench import targets_table
 from swarm.coordinator.demo import start_coordinator, stop_process
 from swarm.protocol import messages as m
 from swarm.protocol.raw import async_channel, async_stub
@@ -546,11 +547,7 @@ def render_tables(report: dict[str, Any]) -> str:
             + f"{sum(rpcs[r].get('refused', 0) for r in RPCS)} |"
         )
     if report["targets"]:
-        lines += ["", "| target | value | met |", "|---|---:|:---:|"]
-        lines += [
-            f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |"
-            for t in report["targets"]
-        ]
+        lines += ["", *targets_table(report["targets"])]
     return "\n".join(lines)
 
 

@@ -45,12 +45,10 @@ bytes and loss move with that cadence is in docs/benchmarks.md.
 from __future__ import annotations
 
 import signal
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from swarm.coordinator.bench import targets_table
 from swarm.coordinator.bench.compression import evaluate_version
 from swarm.coordinator.bench.hivemind_peers import (
     COMPRESSIONS,
@@ -68,6 +67,7 @@ from swarm.coordinator.bench.hivemind_peers import (
     require_hivemind,
     run_hivemind,
 )
+from swarm.coordinator.bench.relay import Relay
 from swarm.coordinator.demo import download_artifact, start_client, start_coordinator, stop_process
 from swarm.coordinator.jobs import prepare_tokens
 from swarm.models import build_model, preset_config
@@ -225,87 +225,6 @@ class PeersBenchConfig:
 QUICK = PeersBenchConfig(rounds=2, inner_steps=10, steps_per_epoch=5, timeout_s=300.0)
 
 
-# -- the wire ----------------------------------------------------------------------------------
-
-
-class CountingRelay:
-    """A TCP relay on loopback that counts every byte it forwards, each way.
-
-    Clients connect to `port` instead of the coordinator's gRPC port; each connection is
-    piped to the coordinator by two threads. gRPC runs unencrypted on loopback here, so what the
-    relay sees is exactly what a network would carry above TCP.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self._upstream = ("127.0.0.1", upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._counts = {"to_coordinator": 0, "to_clients": 0}
-        self._connections: list[socket.socket] = []
-        self._closed = False
-        self.num_connections = 0
-        threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            try:
-                upstream = socket.create_connection(self._upstream, timeout=10.0)
-            except OSError:
-                downstream.close()
-                continue
-            upstream.settimeout(None)
-            for sock in (downstream, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                if self._closed:
-                    downstream.close()
-                    upstream.close()
-                    return
-                self._connections += [downstream, upstream]
-                self.num_connections += 1
-            for source, sink, direction in (
-                (downstream, upstream, "to_coordinator"),
-                (upstream, downstream, "to_clients"),
-            ):
-                threading.Thread(
-                    target=self._pump, args=(source, sink, direction), daemon=True
-                ).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
-        try:
-            while True:
-                data = source.recv(1 << 16)
-                if not data:
-                    break
-                sink.sendall(data)
-                with self._lock:
-                    self._counts[direction] += len(data)
-        except OSError:
-            pass
-        with suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def snapshot(self) -> dict[str, int]:
-        """Bytes forwarded so far, each way."""
-        with self._lock:
-            return dict(self._counts)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        # `shutdown` wakes the threads blocked in `accept` and `recv`; `close` alone does not.
-        for sock in (self._listener, *connections):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 # -- the swarm side ----------------------------------------------------------------------------
 
 
@@ -355,7 +274,7 @@ def run_swarm(
         log = stack.enter_context((work / "coordinator.log").open("w"))
         coordinator, ready = start_coordinator(work / "coordinator", log)
         stack.callback(stop_process, coordinator, signal.SIGTERM)
-        relay = CountingRelay(ready["grpc_port"])
+        relay = Relay(ready["grpc_port"])
         stack.callback(relay.close)
         target = f"127.0.0.1:{relay.port}"
         processes = [coordinator]
@@ -593,9 +512,5 @@ def render_tables(report: dict[str, Any]) -> str:
     ]
     lines = ["| | hivemind | swarm |", "|---|---|---|"]
     lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
-    lines += ["", "| target | value | met |", "|---|---:|:---:|"]
-    lines += [
-        f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |"
-        for t in report["targets"]
-    ]
+    lines += ["", *targets_table(report["targets"])]
     return "\n".join(lines)

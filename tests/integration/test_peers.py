@@ -19,11 +19,11 @@ import pytest
 from swarm.coordinator.bench.hivemind_peers import HIVEMIND_HINT
 from swarm.coordinator.bench.peers import (
     QUICK,
-    CountingRelay,
     PeersBenchConfig,
     render_tables,
     run_bench,
 )
+from swarm.coordinator.bench.relay import Relay
 from swarm.coordinator.jobs import prepare_tokens
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def test_the_relay_counts_every_byte_each_way() -> None:
 
     thread = threading.Thread(target=echo_twice, daemon=True)
     thread.start()
-    relay = CountingRelay(server.getsockname()[1])
+    relay = Relay(server.getsockname()[1])
     try:
         with socket.create_connection(("127.0.0.1", relay.port)) as client:
             client.sendall(b"x" * 100_000)

@@ -29,11 +29,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("rounds") as batch:
         batch.add_column(sa.Column("aggregator", sa.String(length=40), nullable=True))
-        batch.add_column(sa.Column("aggregating_since", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("rounds") as batch:
-        batch.drop_column("aggregating_since")
         batch.drop_column("aggregator")
     op.drop_table("coordinators")

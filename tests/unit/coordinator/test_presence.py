@@ -79,7 +79,7 @@ def claim(coordinator: Coordinator, round_id: int, coordinator_id: str) -> None:
         session.execute(
             update(Round)
             .where(Round.id == round_id)
-            .values(status="aggregating", aggregator=coordinator_id, aggregating_since=time.time())
+            .values(status="aggregating", aggregator=coordinator_id)
         )
 
 
