@@ -53,6 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--schedule", help="work only in this daily local-time window: 22:00-07:00")
     join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     join.add_argument(
+        "--no-peer-averaging",
+        dest="peer_averaging",
+        action="store_false",
+        default=None,
+        help="submit every update directly, even for jobs whose workers average among "
+        "themselves (hivemind)",
+    )
+    join.add_argument(
+        "--peer-listen",
+        help="multiaddr for peer averaging to listen on (default /ip4/0.0.0.0/tcp/0)",
+    )
+    join.add_argument(
+        "--peer-announce",
+        help="multiaddrs other workers should dial, comma-separated (a port forwarded to "
+        "--peer-listen's)",
+    )
+    join.add_argument(
         "--no-live", action="store_true", help="plain log lines even in a terminal (no panel)"
     )
     for name, text in (
@@ -86,6 +103,9 @@ def _settings(args: argparse.Namespace) -> ClientSettings:
         "idle_only",
         "schedule",
         "log_level",
+        "peer_averaging",
+        "peer_listen",
+        "peer_announce",
     )
     given: dict[str, Any] = {
         flag: getattr(args, flag) for flag in flags if getattr(args, flag, None) is not None

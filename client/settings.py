@@ -59,6 +59,17 @@ class ClientSettings(BaseSettings):
     idle_busy_share: float = Field(default=0.25, gt=0, le=1)
     schedule: str = Field(default="", description="a daily local-time window, e.g. 22:00-07:00")
     log_level: str = "INFO"
+    peer_averaging: bool = Field(
+        default=True,
+        description="average with the round's other workers when a job asks (needs hivemind)",
+    )
+    peer_listen: str = Field(
+        default="/ip4/0.0.0.0/tcp/0",
+        description="multiaddr the hivemind node listens on for peer averaging",
+    )
+    peer_announce: str = Field(
+        default="", description="multiaddrs other workers dial (a forwarded port), comma-separated"
+    )
 
     @field_validator("coordinator")
     @classmethod

@@ -217,6 +217,11 @@ class Transport:
         )
         self._rpc(lambda client: client.report_failure(request, timeout_s=self._rpc_timeout_s))
 
+    def find_peers(self, task_id: str, addrs: list[str]) -> list[str]:
+        request = m.FindPeersRequest(session=self.session, task_id=task_id, addrs=addrs)
+        reply = self._rpc(lambda client: client.find_peers(request, timeout_s=self._rpc_timeout_s))
+        return reply.addrs
+
     def fetch_blob(self, sha256: str, offset: int, timeout_s: float) -> Iterator[m.BlobChunk]:
         target, client = self._current()
         request = m.FetchBlobRequest(session=self.session, sha256=sha256, offset=offset)

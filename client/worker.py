@@ -31,6 +31,7 @@ from swarm.client.hardware import (
 )
 from swarm.client.identity import load_or_create_key, public_key_bytes
 from swarm.client.outbox import FinishedResult, Outbox
+from swarm.client.peers import Group, PeerAveraging, hivemind_installed
 from swarm.client.settings import ClientSettings
 from swarm.client.status import STATUS_FILE, StatusBoard
 from swarm.client.transport import Stopped, Transport
@@ -54,7 +55,7 @@ from swarm.models.objectives import build_objective
 from swarm.models.sources import load_weights
 from swarm.protocol import PROTOCOL_VERSION, SwarmError, TransportError
 from swarm.protocol import messages as m
-from swarm.protocol.errors import CompressionError
+from swarm.protocol.errors import CompressionError, NotFoundError
 from swarm.protocol.limits import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,14 @@ class Worker:
         # at a time: two optimizer moments per trainable value is the memory it costs).
         self._inner_state: tuple[str, dict[str, Any]] | None = None
         self._transport: Transport | None = None
+        self._peers = (
+            PeerAveraging(
+                settings.peer_listen,
+                tuple(a.strip() for a in settings.peer_announce.split(",") if a.strip()),
+            )
+            if settings.peer_averaging and hivemind_installed()
+            else None
+        )
         self._schedule = Schedule.parse(settings.schedule) if settings.schedule else None
         self._load = MachineLoad()
         self._load.others_share()  # the first sample: later ones measure since the last
@@ -205,6 +214,8 @@ class Worker:
             if heartbeat is not None:
                 heartbeat.join(timeout=self.settings.rpc_timeout_s + 1.0)
             transport.close()
+            if self._peers is not None:
+                self._peers.close()
             self.status.update(state="stopped", detail="", task_id="", steps=0)
             self.status.save()
             logger.info(
@@ -421,9 +432,9 @@ class Worker:
             state = None
         elif state is not None:
             logger.info("task %s: resuming job %s's inner optimizer", task.task_id, task.job_id)
+        self._meet_peers(transport, task)
         result = self._inner_loop(task, spec, model, objective, state)
         self._inner_state = (task.job_id, result.optimizer_state) if spec.keep_inner_state else None
-        payload, digest, size, feedback = self._encode(task, result.pseudo_gradient)
         metrics = m.TaskMetrics(
             loss_first=result.losses[0],
             loss_last=result.losses[-1],
@@ -432,6 +443,14 @@ class Worker:
             compute_s=result.compute_s,
             steps=len(result.losses),
         )
+        update, group_task_ids = result.pseudo_gradient, []
+        group = self._average_with_peers(transport, task, update, result.tokens)
+        if group is not None and group.leader != task.task_id:
+            if self._defer_to_group(transport, task, group, metrics):
+                return
+        elif group is not None:
+            update, group_task_ids = group.average, group.task_ids
+        payload, digest, size, feedback = self._encode(task, update)
         self._outbox.seal(
             FinishedResult(
                 task_id=task.task_id,
@@ -449,7 +468,14 @@ class Worker:
         )
         # Until the coordinator answers, the result stays on disk for a restart to send again.
         accepted = self._submit(
-            transport, task.task_id, task.lease_deadline_unix_s, payload, digest, size, metrics
+            transport,
+            task.task_id,
+            task.lease_deadline_unix_s,
+            payload,
+            digest,
+            size,
+            metrics,
+            group_task_ids=group_task_ids,
         )
         self._outbox.remove(task.task_id)
         if accepted:  # the coordinator has what was sent: the rest is the new residual
@@ -470,6 +496,93 @@ class Worker:
             result.compute_s,
             size / 1e3,
         )
+
+    def _meet_peers(self, transport: Transport, task: m.Task) -> None:
+        """Before training, tell the coordinator where this worker listens for peer averaging
+        and connect to the round's workers already known, so the group is ready by the end."""
+        assert task.train is not None
+        if task.train.peer_averaging is None or self._peers is None:
+            return
+        try:
+            self._peers.connect(transport.find_peers(task.task_id, self._peers.addrs()))
+        except Exception as exc:  # averaging tries again at the end, or falls back
+            logger.warning(
+                "task %s: could not announce this worker to peers: %s", task.task_id, exc
+            )
+
+    def _average_with_peers(
+        self, transport: Transport, task: m.Task, update: dict[str, torch.Tensor], tokens: int
+    ) -> Group | None:
+        """Average with the round's other workers if the job asks for it and this client can."""
+        assert task.train is not None
+        if task.train.peer_averaging is None:
+            return None
+        if self._peers is None:
+            logger.info(
+                "task %s: job %s averages with peers, but %s; submitting this worker's own update",
+                task.task_id,
+                task.job_id,
+                "hivemind is not installed (pip install swarmclient[hivemind])"
+                if self.settings.peer_averaging
+                else "--no-peer-averaging is set",
+            )
+            return None
+        self.status.update(state="averaging")
+        try:
+            return self._peers.average(
+                task,
+                update,
+                tokens,
+                find_peers=lambda addrs: transport.find_peers(task.task_id, addrs),
+            )
+        except SwarmError as exc:
+            logger.warning(
+                "task %s: finding peers failed (%s); submitting alone", task.task_id, exc
+            )
+            return None
+
+    def _defer_to_group(
+        self, transport: Transport, task: m.Task, group: Group, metrics: m.TaskMetrics
+    ) -> bool:
+        """Submit an empty result naming the group leader's; False if the leader's result did
+        not arrive in time (the caller then submits this worker's own update)."""
+        assert task.train is not None and task.train.peer_averaging is not None
+        self.status.update(state="submitting")
+        empty = hashlib.sha256(b"").hexdigest()
+        deadline = time.monotonic() + task.train.peer_averaging.timeout_s + 30.0
+        while True:
+            try:
+                self._submit(
+                    transport,
+                    task.task_id,
+                    task.lease_deadline_unix_s,
+                    b"",
+                    empty,
+                    0,
+                    metrics,
+                    group_payload_task_id=group.leader,
+                )
+                logger.info(
+                    "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, sent with task %s's "
+                    "result",
+                    task.task_id,
+                    task.job_id,
+                    task.round,
+                    metrics.loss_first,
+                    metrics.loss_last,
+                    metrics.tokens,
+                    group.leader,
+                )
+                return True
+            except NotFoundError:  # the leader's result is not in yet
+                if time.monotonic() > deadline or self.stop.wait(0.25):
+                    logger.warning(
+                        "task %s: the group's result (task %s) never arrived; submitting this "
+                        "worker's own update",
+                        task.task_id,
+                        group.leader,
+                    )
+                    return False
 
     def _inner_loop(
         self,
@@ -569,9 +682,15 @@ class Worker:
         digest: str,
         size: int,
         metrics: m.TaskMetrics,
+        *,
+        group_task_ids: list[str] | None = None,
+        group_payload_task_id: str = "",
     ) -> bool:
         """Send a result; True if the coordinator accepted it."""
-        signature = self._key.sign(m.result_signing_bytes(task_id, digest, metrics))
+        group_task_ids = group_task_ids or []
+        signature = self._key.sign(
+            m.result_signing_bytes(task_id, digest, metrics, group_task_ids, group_payload_task_id)
+        )
 
         def attempt(session: m.Session) -> m.SubmitResultResponse:
             header = m.ResultHeader(
@@ -581,6 +700,8 @@ class Worker:
                 payload_sha256=digest,
                 payload_size=size,
                 signature=signature,
+                group_task_ids=group_task_ids,
+                group_payload_task_id=group_payload_task_id,
             )
             return transport.submit_result(header, payload, CHUNK_BYTES, timeout_s=300.0)
 

@@ -425,24 +425,19 @@ class RoundService:
         momentum = (
             _read_state(self._blobs, round_.momentum_sha256) if round_.momentum_sha256 else None
         )
-        if tasks:
+        payloads, weights, total = _payload_weights(round_, tasks)
+        if payloads:
             shapes = {name: tuple(shape) for name, shape in job.param_shapes.items()}
-            tokens = [float((t.metrics or {}).get("tokens", 1)) for t in tasks]
-            # A late result counts for less, and that discount is not normalized away: a round
-            # whose only result is stale takes a smaller step, not a full one in its direction.
             average = average_payloads(
-                [partial(self._blobs.open, t.result_sha256 or "") for t in tasks],
-                [
-                    n * staleness_weight(round_.index - t.round_index)
-                    for n, t in zip(tokens, tasks, strict=True)
-                ],
+                [partial(self._blobs.open, t.result_sha256 or "") for t in payloads],
+                weights,
                 shapes,
                 spec.update_policy(),
-                total=sum(tokens),
+                total=total,
             )
             fraction = step_fraction(
                 spec,
-                tokens=sum(tokens),
+                tokens=total,
                 num_train_tasks=round_.num_train_tasks or len(tasks),
                 tokens_per_sample=job.tokens_per_sample,
             )
@@ -710,6 +705,29 @@ HELD_OUT_KEYS = {
     "sft": ("loss", "token_accuracy"),
     "dpo": ("loss", "reward_accuracy", "reward_margin"),
 }
+
+
+def _payload_weights(round_: Round, tasks: list[Task]) -> tuple[list[Task], list[float], float]:
+    """The results to average, their weights and the tokens they carry.
+
+    A result weighs its tokens, and a late one counts for less: that discount is not normalized
+    away, so a round whose only result is stale takes a smaller step, not a full one in its
+    direction. A peer group's payload (see `swarm.client.peers`) weighs the tokens of every
+    member that confirmed it; a member whose group's payload is not among `tasks` (it was
+    applied in an earlier round) adds nothing."""
+
+    def tokens(task: Task) -> float:
+        return float((task.metrics or {}).get("tokens", 1))
+
+    payloads = [t for t in tasks if t.result_sha256]
+    weight = {t.id: tokens(t) * staleness_weight(round_.index - t.round_index) for t in payloads}
+    total = sum(tokens(t) for t in payloads)
+    for task in tasks:
+        leader = (task.metrics or {}).get("covered_by")
+        if not task.result_sha256 and leader in weight:
+            weight[leader] += tokens(task) * staleness_weight(round_.index - task.round_index)
+            total += tokens(task)
+    return payloads, [weight[t.id] for t in payloads], total
 
 
 def held_out_metrics(method: str, reported: dict[str, Any]) -> dict[str, float]:

@@ -288,15 +288,23 @@ class WorkerServicer:
             verify_signature(
                 worker.public_key,
                 header.signature,
-                m.result_signing_bytes(header.task_id, header.payload_sha256, header.metrics),
+                m.result_signing_bytes(
+                    header.task_id,
+                    header.payload_sha256,
+                    header.metrics,
+                    header.group_task_ids,
+                    header.group_payload_task_id,
+                ),
             )
             result_sha = self._blobs.put_stream(
                 chunks,
                 max_bytes=submission.max_bytes,
                 expected_sha256=header.payload_sha256,
                 expected_size=header.payload_size,
+                # Metrics only (an evaluation; a peer group member whose group's payload went
+                # with another member's result): the size was checked to be zero.
                 check=None
-                if submission.kind == "evaluate"  # metrics only; the size limit is zero
+                if submission.kind == "evaluate" or header.group_payload_task_id
                 else lambda path: _check_payload(path, submission.param_shapes, submission.policy),
             )
         except SwarmError as exc:
@@ -333,6 +341,12 @@ class WorkerServicer:
             self._tasks.hand_back(worker.id, request)
             self.count("tasks_handed_back")
             return m.ReportFailureResponse()
+
+    def find_peers(self, request: m.FindPeersRequest) -> m.FindPeersResponse:
+        with self._timed("FindPeers"):
+            worker = self._workers.authenticate(request.session, touch=True)
+            addrs = self._tasks.find_peers(worker.id, request.task_id, request.addrs)
+            return m.FindPeersResponse(addrs=addrs)
 
 
 def _check_payload(

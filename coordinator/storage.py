@@ -211,6 +211,8 @@ class Task(Base):
     """The round whose outer step used this result (a late result: a later one)."""
     credits: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """Micro-credits the accepted work earns."""
+    peer_addrs: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """Where the worker holding this task listens for peer averaging (hivemind multiaddrs)."""
 
 
 class DataSpan(Base):

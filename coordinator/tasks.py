@@ -22,8 +22,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from swarm.compression import CompressionPolicy, payload_size_bound
@@ -349,8 +350,44 @@ class TaskService:
                 recipe=recipe,
                 sample_indices=spans.indices(job, self._blobs, rows),
                 keep_inner_state=spec.inner_state == "worker",
+                peer_averaging=m.PeerAveraging(
+                    group_size=round_.num_train_tasks or spec.min_clients,
+                    timeout_s=spec.peer_timeout_s,
+                )
+                if spec.data_plane == "hivemind"
+                else None,
             ),
         )
+
+    # -- peer averaging --------------------------------------------------------------------
+
+    def find_peers(self, worker_id: str, task_id: str, addrs: Sequence[str]) -> list[str]:
+        """Record where the worker holding `task_id` listens for peer averaging (when `addrs`
+        is not empty) and return where the other workers of its round said they listen."""
+        _check_peer_addrs(addrs)
+        with self._db.transaction() as session:
+            task = session.get(Task, task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            if _active_lease(session, task.id, worker_id) is None:
+                raise PermissionDeniedError(f"task {task.id} is not leased to you")
+            data_plane = JobSpec(**session.get_one(Job, task.job_id).spec).data_plane
+            if task.kind != "train" or data_plane != "hivemind":
+                raise ProtocolError(
+                    f"task {task.id} does not average with peers (a {task.kind} task of a job "
+                    f"whose data_plane is {data_plane!r})"
+                )
+            if addrs:
+                task.peer_addrs = list(addrs)
+            others = session.scalars(
+                select(Task.peer_addrs).where(
+                    Task.round_id == task.round_id,
+                    Task.id != task.id,
+                    Task.status == TaskStatus.LEASED.value,
+                    Task.peer_addrs.is_not(None),
+                )
+            )
+            return [addr for listed in others for addr in listed or []]
 
     # -- keeping leases alive --------------------------------------------------------------
 
@@ -517,6 +554,7 @@ class TaskService:
             decided = _ignore_reason(task, session.get_one(Round, task.round_id), job)
             if decided is None:  # an ignored result's metrics need not match a task that ended
                 _check_metrics(task, spec, header.metrics, _task_samples(task, spec, session))
+                _check_group(session, task, spec, header)
             return Submission(
                 task_id=task.id,
                 kind=task.kind,
@@ -545,9 +583,15 @@ class TaskService:
             if reason is not None:
                 return m.SubmitResultResponse(accepted=False, message=reason)
             spec = JobSpec(**job.spec)
+            group: dict[str, Any] = {}
+            if header.group_payload_task_id:
+                _check_group_payload(session, task, header.group_payload_task_id)
+                group = {"covered_by": header.group_payload_task_id}
+            elif header.group_task_ids:
+                group = {"group": list(header.group_task_ids)}
             task.status = TaskStatus.ACCEPTED.value
-            task.result_sha256 = result_sha256
-            task.metrics = {**asdict(header.metrics), "worker_id": worker_id}
+            task.result_sha256 = None if header.group_payload_task_id else result_sha256
+            task.metrics = {**asdict(header.metrics), "worker_id": worker_id, **group}
             task.accepted_at = now
             task.worker_id = worker_id
             task.lease_deadline = None
@@ -644,6 +688,70 @@ def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics, num_sample
         raise ProtocolError(
             f"metrics claim {metrics.tokens} tokens in {metrics.steps} steps; task {task.id} "
             f"trains {'exactly' if exact else 'at most'} {bound} tokens in {steps} steps"
+        )
+
+
+MAX_PEER_ADDRS = 8
+MAX_PEER_ADDR_CHARS = 256
+
+
+def _check_peer_addrs(addrs: Sequence[str]) -> None:
+    if len(addrs) > MAX_PEER_ADDRS:
+        raise ProtocolError(f"at most {MAX_PEER_ADDRS} peer addresses, got {len(addrs)}")
+    for addr in addrs:
+        if not (addr.startswith("/") and 0 < len(addr) <= MAX_PEER_ADDR_CHARS):
+            raise ProtocolError(
+                f"a peer address is a multiaddr of at most {MAX_PEER_ADDR_CHARS} characters such "
+                f"as /ip4/203.0.113.7/tcp/31337/p2p/Qm...; got {addr[:80]!r}"
+            )
+
+
+def _check_group(session: Session, task: Task, spec: JobSpec, header: m.ResultHeader) -> None:
+    """A result that speaks for a peer group: the job averages with peers, and the group is
+    tasks of this task's round (its own among them) or names one such task as its payload."""
+    if not (header.group_task_ids or header.group_payload_task_id):
+        return
+    if task.kind != "train" or spec.data_plane != "hivemind":
+        raise ProtocolError(
+            f"task {task.id} does not average with peers; send its result without group fields"
+        )
+    if header.group_payload_task_id:
+        if header.group_task_ids or header.payload_size:
+            raise ProtocolError(
+                "a result that defers to its group's payload carries no payload and no group"
+            )
+        if header.group_payload_task_id == task.id:
+            raise ProtocolError("a result cannot defer to itself")
+        return
+    ids = header.group_task_ids
+    if len(set(ids)) != len(ids) or task.id not in ids:
+        raise ProtocolError("group_task_ids lists each task of the group once, this one among them")
+    found = session.scalar(
+        select(func.count())
+        .select_from(Task)
+        .where(Task.id.in_(ids), Task.round_id == task.round_id, Task.kind == "train")
+    )
+    if found != len(ids):
+        raise ProtocolError(
+            f"group_task_ids names {len(ids) - (found or 0)} task(s) that are not train tasks of "
+            f"round {task.round_index}"
+        )
+
+
+def _check_group_payload(session: Session, task: Task, leader_id: str) -> None:
+    """The group's payload is in and speaks for `task`; otherwise the worker retries for a while,
+    then submits its own update."""
+    leader = session.get(Task, leader_id)
+    if (
+        leader is None
+        or leader.round_id != task.round_id
+        or leader.status != TaskStatus.ACCEPTED.value
+        or leader.result_sha256 is None
+        or task.id not in (leader.metrics or {}).get("group", [])
+    ):
+        raise NotFoundError(
+            f"no accepted result of task {leader_id} that averages task {task.id} (yet); "
+            "retry, or submit this task's own update"
         )
 
 

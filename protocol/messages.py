@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -119,6 +120,12 @@ class Recipe:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeerAveraging:
+    group_size: int
+    timeout_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainTask:
     model_config_sha256: str
     params_sha256: str
@@ -138,6 +145,7 @@ class TrainTask:
     recipe: Recipe = field(default_factory=lambda: Recipe())
     sample_indices: list[int] = field(default_factory=list)
     keep_inner_state: bool = False
+    peer_averaging: PeerAveraging | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +218,8 @@ class ResultHeader:
     payload_sha256: str
     payload_size: int
     signature: bytes = b""
+    group_task_ids: list[str] = field(default_factory=list)
+    group_payload_task_id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +239,18 @@ class ReportFailureRequest:
 @dataclass(frozen=True, kw_only=True)
 class ReportFailureResponse:
     pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindPeersRequest:
+    session: Session
+    task_id: str
+    addrs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindPeersResponse:
+    addrs: list[str] = field(default_factory=list)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -309,10 +331,19 @@ def registration_signing_bytes(public_key: bytes, name: str, signed_at_unix_s: f
     )
 
 
-def result_signing_bytes(task_id: str, payload_sha256: str, metrics: TaskMetrics) -> bytes:
-    """The exact bytes a worker signs for a result, and the coordinator verifies."""
+def result_signing_bytes(
+    task_id: str,
+    payload_sha256: str,
+    metrics: TaskMetrics,
+    group_task_ids: Sequence[str] = (),
+    group_payload_task_id: str = "",
+) -> bytes:
+    """The exact bytes a worker signs for a result, and the coordinator verifies.
+
+    The peer-averaging fields are appended only when set, so a result without them signs the
+    same bytes as before they existed."""
     metrics_bytes = to_proto(metrics, pb.TaskMetrics).SerializeToString(deterministic=True)
-    return (
+    signed = (
         b"swarm.v1/result\x00"
         + task_id.encode()
         + b"\x00"
@@ -320,3 +351,11 @@ def result_signing_bytes(task_id: str, payload_sha256: str, metrics: TaskMetrics
         + b"\x00"
         + metrics_bytes
     )
+    if group_task_ids or group_payload_task_id:
+        signed += (
+            b"\x00group\x00"
+            + ",".join(group_task_ids).encode()
+            + b"\x00"
+            + group_payload_task_id.encode()
+        )
+    return signed

@@ -50,6 +50,8 @@ class WorkerHandler(Protocol):
 
     def report_failure(self, request: m.ReportFailureRequest) -> m.ReportFailureResponse: ...
 
+    def find_peers(self, request: m.FindPeersRequest) -> m.FindPeersResponse: ...
+
 
 class _Servicer(pb_grpc.WorkerServiceServicer):
     def __init__(self, handler: WorkerHandler, on_internal_error: Callable[[str], None]) -> None:
@@ -141,6 +143,16 @@ class _Servicer(pb_grpc.WorkerServiceServicer):
             ),
         )
 
+    def FindPeers(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._run(
+            "FindPeers",
+            context,
+            lambda: m.to_proto(
+                self._handler.find_peers(m.from_proto(request, m.FindPeersRequest)),
+                pb.FindPeersResponse,
+            ),
+        )
+
 
 def add_worker_service(
     server: grpc.Server,
@@ -212,6 +224,13 @@ class WorkerClient:
             pb.ReportFailureRequest,
             m.ReportFailureResponse,
             timeout_s,
+        )
+
+    def find_peers(
+        self, request: m.FindPeersRequest, timeout_s: float = 10.0
+    ) -> m.FindPeersResponse:
+        return self._unary(
+            self._stub.FindPeers, request, pb.FindPeersRequest, m.FindPeersResponse, timeout_s
         )
 
     def fetch_blob(self, request: m.FetchBlobRequest, timeout_s: float) -> Iterator[m.BlobChunk]:

@@ -142,6 +142,12 @@ class JobSpec:
         small_tensor_elements: the size under which a tensor counts as small.
         broadcast_codec: the chain for the deltas between published versions that workers
             download instead of the full parameters (small tensors travel as fp32).
+        data_plane: where a round's updates are averaged. `coordinator`: every worker submits
+            its own update. `hivemind`: the round's workers first average their updates among
+            themselves (hivemind's DHT and DecentralizedAverager, bootstrapped from addresses
+            the coordinator hands out), and one of them submits the group's average for all;
+            a worker that finds no group within `peer_timeout_s` submits its own.
+        peer_timeout_s: how long a worker waits to form a group and average (hivemind).
         eval_batch_size: sequences per forward pass of an evaluate task.
         eval_examples: held-out examples (or windows, for lm) each evaluation measures.
         seed: seeds model init, data order and every task.
@@ -187,6 +193,8 @@ class JobSpec:
     small_tensor_codec: str = "fp16"
     small_tensor_elements: int = 4096
     broadcast_codec: str = "int8+zstd"
+    data_plane: str = "coordinator"
+    peer_timeout_s: float = 30.0
     eval_batch_size: int = 16
     eval_examples: int = 128
     seed: int = 0
@@ -235,6 +243,7 @@ class JobSpec:
             "num_shards": (1, 100_000),
             "heldout_fraction": (0.001, 0.5),
             "small_tensor_elements": (0, 2**40),
+            "peer_timeout_s": (1.0, 3600.0),
             "seed": (0, 2**63 - 1),
         }
         for name, (low, high) in limits.items():
@@ -258,6 +267,7 @@ class JobSpec:
             ("work_sizing", WORK_SIZINGS),
             ("late_updates", LATE_UPDATES),
             ("inner_state", INNER_STATES),
+            ("data_plane", DATA_PLANES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -353,6 +363,7 @@ class JobSpec:
 WORK_SIZINGS = ("adaptive", "fixed")
 LATE_UPDATES = ("stale", "drop")
 INNER_STATES = ("task", "worker")
+DATA_PLANES = ("coordinator", "hivemind")
 
 DEFAULT_DATASETS = {
     "lm": "builtin:tiny_corpus",

@@ -133,7 +133,7 @@ class ParamDelta(_message.Message):
     def __init__(self, version: _Optional[int] = ..., delta_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., params_sha256: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe", "sample_indices", "keep_inner_state")
+    __slots__ = ("model_config_sha256", "params_sha256", "tokens_sha256", "inner_steps", "batch_size", "seq_len", "learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "seed", "update_policy", "broadcast_policy", "param_deltas", "base_sha256s", "recipe", "sample_indices", "keep_inner_state", "peer_averaging")
     MODEL_CONFIG_SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
     TOKENS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class TrainTask(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
     KEEP_INNER_STATE_FIELD_NUMBER: _ClassVar[int]
+    PEER_AVERAGING_FIELD_NUMBER: _ClassVar[int]
     model_config_sha256: str
     params_sha256: str
     tokens_sha256: str
@@ -170,7 +171,16 @@ class TrainTask(_message.Message):
     recipe: Recipe
     sample_indices: _containers.RepeatedScalarFieldContainer[int]
     keep_inner_state: bool
-    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., sample_indices: _Optional[_Iterable[int]] = ..., keep_inner_state: _Optional[bool] = ...) -> None: ...
+    peer_averaging: PeerAveraging
+    def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., sample_indices: _Optional[_Iterable[int]] = ..., keep_inner_state: _Optional[bool] = ..., peer_averaging: _Optional[_Union[PeerAveraging, _Mapping]] = ...) -> None: ...
+
+class PeerAveraging(_message.Message):
+    __slots__ = ("group_size", "timeout_s")
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    group_size: int
+    timeout_s: float
+    def __init__(self, group_size: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class Recipe(_message.Message):
     __slots__ = ("objective", "dpo_beta", "adapter")
@@ -297,20 +307,24 @@ class TaskMetrics(_message.Message):
     def __init__(self, loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., loss_mean: _Optional[float] = ..., tokens: _Optional[int] = ..., compute_s: _Optional[float] = ..., steps: _Optional[int] = ..., eval_loss: _Optional[float] = ..., token_accuracy: _Optional[float] = ..., reward_accuracy: _Optional[float] = ..., reward_margin: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("session", "task_id", "metrics", "payload_sha256", "payload_size", "signature")
+    __slots__ = ("session", "task_id", "metrics", "payload_sha256", "payload_size", "signature", "group_task_ids", "group_payload_task_id")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_PAYLOAD_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     session: Session
     task_id: str
     metrics: TaskMetrics
     payload_sha256: str
     payload_size: int
     signature: bytes
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., task_id: _Optional[str] = ..., metrics: _Optional[_Union[TaskMetrics, _Mapping]] = ..., payload_sha256: _Optional[str] = ..., payload_size: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    group_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    group_payload_task_id: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., task_id: _Optional[str] = ..., metrics: _Optional[_Union[TaskMetrics, _Mapping]] = ..., payload_sha256: _Optional[str] = ..., payload_size: _Optional[int] = ..., signature: _Optional[bytes] = ..., group_task_ids: _Optional[_Iterable[str]] = ..., group_payload_task_id: _Optional[str] = ...) -> None: ...
 
 class SubmitResultChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -343,3 +357,19 @@ class ReportFailureRequest(_message.Message):
 class ReportFailureResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class FindPeersRequest(_message.Message):
+    __slots__ = ("session", "task_id", "addrs")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    task_id: str
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., task_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FindPeersResponse(_message.Message):
+    __slots__ = ("addrs",)
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, addrs: _Optional[_Iterable[str]] = ...) -> None: ...

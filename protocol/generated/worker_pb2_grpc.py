@@ -64,6 +64,11 @@ class WorkerServiceStub:
                 request_serializer=swarm_dot_v1_dot_worker__pb2.ReportFailureRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_worker__pb2.ReportFailureResponse.FromString,
                 _registered_method=True)
+        self.FindPeers = channel.unary_unary(
+                '/swarm.v1.WorkerService/FindPeers',
+                request_serializer=swarm_dot_v1_dot_worker__pb2.FindPeersRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_worker__pb2.FindPeersResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -111,6 +116,14 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindPeers(self, request, context):
+        """Peer averaging (jobs with `data_plane` "hivemind"): announce where this worker's hivemind
+        node listens for a task, and learn where the other workers of the task's round listen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +156,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ReportFailure,
                     request_deserializer=swarm_dot_v1_dot_worker__pb2.ReportFailureRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_worker__pb2.ReportFailureResponse.SerializeToString,
+            ),
+            'FindPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPeers,
+                    request_deserializer=swarm_dot_v1_dot_worker__pb2.FindPeersRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_worker__pb2.FindPeersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +325,33 @@ class WorkerService:
             '/swarm.v1.WorkerService/ReportFailure',
             swarm_dot_v1_dot_worker__pb2.ReportFailureRequest.SerializeToString,
             swarm_dot_v1_dot_worker__pb2.ReportFailureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.WorkerService/FindPeers',
+            swarm_dot_v1_dot_worker__pb2.FindPeersRequest.SerializeToString,
+            swarm_dot_v1_dot_worker__pb2.FindPeersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -223,6 +223,6 @@ def test_rounds_from_before_broadcast_deltas_send_workers_the_coordinators_param
                 text("SELECT worker_params_sha256, delta_sha256 FROM rounds")
             ).one()
         assert tuple(row) == ("p0", None)
-        assert alembic_revision(db) == "0008"
+        assert alembic_revision(db) == "0009"
     finally:
         db.dispose()
