@@ -89,7 +89,14 @@ class PeerAveraging:
         with self._lock:
             if self._dht is None:
                 import hivemind
+                from hivemind.utils.logging import use_hivemind_log_handler
 
+                # hivemind's messages go through the client's logging. Its failures show as the
+                # client's own fallback messages; its tracebacks and advice only at DEBUG.
+                use_hivemind_log_handler("nowhere")
+                logging.getLogger("hivemind").setLevel(
+                    logging.WARNING if logger.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+                )
                 began = time.perf_counter()
                 with _keeping_sigint():
                     self._dht = hivemind.DHT(host_maddrs=[self._listen], start=True)
@@ -152,7 +159,8 @@ class PeerAveraging:
         update: dict[str, torch.Tensor],
         tokens: int,
         find_peers: Callable[[list[str]], list[str]],
-    ) -> Group | None:
+    ) -> Group:
+        """`average`'s work; raises on any failure."""
         assert task.train is not None and task.train.peer_averaging is not None
         plan = task.train.peer_averaging
         reached = self.connect(find_peers(self.addrs()))

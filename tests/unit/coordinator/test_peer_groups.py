@@ -12,11 +12,10 @@ import pytest
 
 from swarm.coordinator.rounds import _payload_weights
 from swarm.coordinator.storage import Job, Round, Task
-from swarm.coordinator.workers import WorkerRegistry
 from swarm.protocol import messages as m
 from swarm.protocol.errors import NotFoundError, PermissionDeniedError, ProtocolError
 from tests.conftest import MICRO_SPEC, start_job, wire_services
-from tests.unit.coordinator.test_tasks import SETTINGS, Coordinator
+from tests.unit.coordinator.test_tasks import SETTINGS, Coordinator, coordinator_over
 
 SPEC = replace(MICRO_SPEC, data_plane="hivemind", peer_timeout_s=12.0)
 ADDR = "/ip4/127.0.0.1/tcp/{}/p2p/12D3KooWPeer{}"
@@ -37,15 +36,7 @@ def coordinator(template: tuple[Path, Job], tmp_path: Path) -> Iterator[Coordina
     shutil.copytree(source, tmp_path, dirs_exist_ok=True)
     services = wire_services(tmp_path, **SETTINGS)
     try:
-        yield Coordinator(
-            db=services.db,
-            blobs=services.blobs,
-            rounds=services.rounds,
-            jobs=services.jobs,
-            tasks=services.tasks,
-            workers=WorkerRegistry(services.db),
-            job=job,
-        )
+        yield coordinator_over(services, job)
     finally:
         services.db.dispose()
 
@@ -161,16 +152,7 @@ def test_group_fields_are_checked_before_the_payload_is_read(coordinator: Coordi
 def test_group_fields_are_refused_for_a_job_without_peer_averaging(tmp_path: Path) -> None:
     services = wire_services(tmp_path, **SETTINGS)
     try:
-        job = start_job(services, MICRO_SPEC)
-        coordinator = Coordinator(
-            db=services.db,
-            blobs=services.blobs,
-            rounds=services.rounds,
-            jobs=services.jobs,
-            tasks=services.tasks,
-            workers=WorkerRegistry(services.db),
-            job=job,
-        )
+        coordinator = coordinator_over(services, start_job(services, MICRO_SPEC))
         (w1, t1), (_w2, t2) = two_leases(coordinator)
         task = coordinator.tasks.lease(w1).task
         assert task is not None and task.train is not None and task.train.peer_averaging is None

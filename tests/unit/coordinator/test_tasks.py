@@ -18,6 +18,7 @@ from swarm.coordinator.blobs import BlobStore
 from swarm.coordinator.jobs import JobService
 from swarm.coordinator.ledger import Ledger
 from swarm.coordinator.rounds import RoundService
+from swarm.coordinator.server import Services
 from swarm.coordinator.storage import Database, Job, Lease, Round, Task, Worker
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
@@ -136,17 +137,21 @@ def coordinator(template: tuple[Path, Job], tmp_path: Path) -> Iterator[Coordina
     shutil.copytree(source, tmp_path, dirs_exist_ok=True)
     services = wire_services(tmp_path, **SETTINGS)
     try:
-        yield Coordinator(
-            db=services.db,
-            blobs=services.blobs,
-            rounds=services.rounds,
-            jobs=services.jobs,
-            tasks=services.tasks,
-            workers=WorkerRegistry(services.db),
-            job=job,
-        )
+        yield coordinator_over(services, job)
     finally:
         services.db.dispose()
+
+
+def coordinator_over(services: Services, job: Job) -> Coordinator:
+    return Coordinator(
+        db=services.db,
+        blobs=services.blobs,
+        rounds=services.rounds,
+        jobs=services.jobs,
+        tasks=services.tasks,
+        workers=WorkerRegistry(services.db),
+        job=job,
+    )
 
 
 # -- leasing -------------------------------------------------------------------------------
