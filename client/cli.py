@@ -15,7 +15,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from swarm.client.settings import ClientSettings
-from swarm.protocol.errors import SwarmError, VersionMismatchError
+from swarm.protocol.errors import (
+    CertificateMismatchError,
+    ConfigError,
+    SwarmError,
+    VersionMismatchError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument("--schedule", help="work only in this daily local-time window: 22:00-07:00")
     join.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    join.add_argument(
+        "--coordinator-fingerprint",
+        help="trust only this certificate (SHA256:..., as the coordinator logs it; several "
+        "separated by commas) instead of the first one the coordinator presents",
+    )
+    join.add_argument(
+        "--tls-ca", type=Path, help="verify the coordinator's certificate against this CA bundle"
+    )
+    join.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="no TLS: for a coordinator run with --no-tls",
+    )
     join.add_argument(
         "--no-peer-averaging",
         dest="peer_averaging",
@@ -103,6 +122,9 @@ def _settings(args: argparse.Namespace) -> ClientSettings:
         "idle_only",
         "schedule",
         "log_level",
+        "coordinator_fingerprint",
+        "tls_ca",
+        "insecure",
         "peer_averaging",
         "peer_listen",
         "peer_announce",
@@ -251,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         _run_worker(settings, live)
-    except VersionMismatchError as exc:  # says which versions, and the upgrade command
-        print(f"swarmclient: {exc}", file=sys.stderr)
+    except (VersionMismatchError, CertificateMismatchError, ConfigError) as exc:
+        print(f"swarmclient: {exc}", file=sys.stderr)  # each says what to do
         return 2
     except SwarmError as exc:  # a refusal that retrying cannot fix
         print(f"swarmclient: the coordinator refused this client: {exc}", file=sys.stderr)

@@ -59,6 +59,17 @@ class ClientSettings(BaseSettings):
     idle_busy_share: float = Field(default=0.25, gt=0, le=1)
     schedule: str = Field(default="", description="a daily local-time window, e.g. 22:00-07:00")
     log_level: str = "INFO"
+    insecure: bool = Field(
+        default=False, description="talk to the coordinator in plaintext (one run with --no-tls)"
+    )
+    tls_ca: Path | None = Field(
+        default=None, description="verify the coordinator's certificate against this CA bundle"
+    )
+    coordinator_fingerprint: str = Field(
+        default="",
+        description="trust only these certificate fingerprints (SHA256:..., comma-separated) "
+        "instead of pinning the first one seen",
+    )
     peer_averaging: bool = Field(
         default=True,
         description="average with the round's other workers when a job asks (needs hivemind)",

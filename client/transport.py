@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from swarm.client.bandwidth import TokenBucket
 from swarm.client.settings import parse_targets
+from swarm.client.trust import CoordinatorTrust
 from swarm.protocol import messages as m
 from swarm.protocol.errors import TransportError, UnauthenticatedError
 from swarm.protocol.service import WorkerClient, open_channel
@@ -58,9 +59,12 @@ class Transport:
         upload: TokenBucket | None = None,
         download: TokenBucket | None = None,
         on_unreachable: Callable[[str], None] | None = None,
+        trust: CoordinatorTrust | None = None,
     ) -> None:
         """`coordinators`: `HOST:PORT`, or several separated by commas (tried in turn).
-        `on_unreachable` hears, in words, each time the coordinators could not be reached."""
+        `on_unreachable` hears, in words, each time the coordinators could not be reached.
+        `trust` decides each coordinator's TLS credentials (None: plaintext)."""
+        self._trust = trust
         self.targets = parse_targets(coordinators)
         self.target = self.targets[0]
         self.failovers = 0
@@ -108,7 +112,15 @@ class Transport:
         with self._target_lock:
             target = self.target
             if target not in self._channels:
-                channel = open_channel(target, paced=self._download.limited)
+                credentials, options = (
+                    self._trust.credentials(target) if self._trust is not None else (None, [])
+                )
+                channel = open_channel(
+                    target,
+                    paced=self._download.limited,
+                    credentials=credentials,
+                    options=options,
+                )
                 self._channels[target] = (channel, WorkerClient(channel))
             return target, self._channels[target][1]
 
@@ -126,8 +138,9 @@ class Transport:
 
     def _rpc(self, call: Callable[[WorkerClient], T]) -> T:
         """One call to the current coordinator; a transport failure moves on to the next."""
-        target, client = self._current()
+        target = self.target
         try:
+            target, client = self._current()
             return call(client)
         except TransportError:
             self._failed(target)
@@ -160,6 +173,10 @@ class Transport:
                 failures += 1
                 if failures % len(self.targets):  # `_failed` moved on: try the next at once
                     continue
+                if self._trust is not None and failures >= 3:
+                    # A coordinator that answers but whose handshake fails may have a new
+                    # certificate: say so (and stop) instead of retrying forever.
+                    self._trust.recheck(self.target)
                 delay = next(delays)
                 logger.warning(
                     "%s: coordinator %s unreachable (%s); retrying in %.1fs",
@@ -223,9 +240,10 @@ class Transport:
         return reply.addrs
 
     def fetch_blob(self, sha256: str, offset: int, timeout_s: float) -> Iterator[m.BlobChunk]:
-        target, client = self._current()
+        target = self.target
         request = m.FetchBlobRequest(session=self.session, sha256=sha256, offset=offset)
         try:
+            target, client = self._current()
             for chunk in client.fetch_blob(request, timeout_s=timeout_s):
                 self.bytes_down += len(chunk.data)
                 # Pausing the reader lets gRPC's flow control hold the sender back to the rate.

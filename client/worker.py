@@ -35,6 +35,7 @@ from swarm.client.peers import Group, PeerAveraging, hivemind_installed
 from swarm.client.settings import ClientSettings
 from swarm.client.status import STATUS_FILE, StatusBoard
 from swarm.client.transport import Stopped, Transport
+from swarm.client.trust import PINS_FILE, CoordinatorTrust
 from swarm.client.versions import VersionStore
 from swarm.compression import CompressionPolicy, ErrorFeedback, encode_stream
 from swarm.models import (
@@ -154,6 +155,15 @@ class Worker:
             upload=TokenBucket(self.settings.max_upload_mbps),
             download=TokenBucket(self.settings.max_download_mbps),
             on_unreachable=lambda message: self.status.update(detail=message),
+            trust=CoordinatorTrust(
+                self.settings.data_dir / PINS_FILE,
+                fingerprints=tuple(
+                    f for f in self.settings.coordinator_fingerprint.split(",") if f.strip()
+                ),
+                ca_file=self.settings.tls_ca,
+                insecure=self.settings.insecure,
+                timeout_s=self.settings.rpc_timeout_s,
+            ),
         )
         self._transport = transport
         heartbeat: threading.Thread | None = None

@@ -50,6 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="a lease with nothing to hand out waits this long for new work (default 5; 0: "
         "answer at once)",
     )
+    serve.add_argument(
+        "--no-tls",
+        dest="tls",
+        action="store_false",
+        default=None,
+        help="serve gRPC in plaintext (only behind a TLS-terminating proxy or on a trusted "
+        "network; clients then join with --insecure)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="PEM certificate for gRPC (default: a self-signed one made in DATA_DIR/tls, whose "
+        "fingerprint workers pin on first join)",
+    )
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--http-tls",
+        action="store_true",
+        default=None,
+        help="serve the HTTP API over TLS too, with the same certificate",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING")
     serve.add_argument(
         "--log-format",
@@ -320,6 +341,10 @@ def _coordinator(args: argparse.Namespace) -> int:
             "blob_dir": args.blob_dir,
             "coordinator_timeout_s": args.coordinator_timeout_s,
             "lease_long_poll_s": args.lease_long_poll_s,
+            "tls": args.tls,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "http_tls": args.http_tls,
             "log_level": args.log_level,
             "log_format": args.log_format,
         }.items()
@@ -338,8 +363,13 @@ def _coordinator(args: argparse.Namespace) -> int:
 
     configure(settings.log_level, settings.log_format)
     from swarm.coordinator.server import run
+    from swarm.protocol.errors import ConfigError
 
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:
+        print(f"swarm coordinator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

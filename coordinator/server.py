@@ -35,6 +35,8 @@ from swarm.coordinator.settings import CoordinatorSettings
 from swarm.coordinator.storage import Database
 from swarm.coordinator.tasks import TaskService
 from swarm.coordinator.workers import WorkerRegistry
+from swarm.protocol import tls
+from swarm.protocol.errors import ConfigError
 from swarm.protocol.service import add_worker_service, new_server
 from swarm.scheduler import ResearchShare
 
@@ -192,6 +194,8 @@ class Services:
     grpc_server: grpc.Server
     grpc_port: int
     presence: Presence
+    certificate: tls.Certificate | None = None
+    """What gRPC is served with (None: plaintext, --no-tls)."""
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -282,7 +286,15 @@ def build_services(settings: CoordinatorSettings) -> Services:
         servicer,
         on_internal_error=lambda rpc: servicer.count(f"internal_errors:{rpc}"),
     )
-    grpc_port = grpc_server.add_insecure_port(_grpc_target(settings.host, settings.grpc_port))
+    certificate = _certificate(settings)
+    target = _grpc_target(settings.host, settings.grpc_port)
+    grpc_port = (
+        grpc_server.add_secure_port(
+            target, grpc.ssl_server_credentials([(certificate.key_pem, certificate.cert_pem)])
+        )
+        if certificate is not None
+        else grpc_server.add_insecure_port(target)
+    )
     if grpc_port == 0:
         raise OSError(f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}")
     presence.announce(settings.host, grpc_port, 0)
@@ -305,7 +317,20 @@ def build_services(settings: CoordinatorSettings) -> Services:
         grpc_server=grpc_server,
         grpc_port=grpc_port,
         presence=presence,
+        certificate=certificate,
     )
+
+
+def _certificate(settings: CoordinatorSettings) -> tls.Certificate | None:
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("give --tls-cert and --tls-key together")
+    if not settings.tls:
+        if settings.http_tls:
+            raise ConfigError("--http-tls needs TLS: drop --no-tls")
+        return None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        return tls.load(settings.tls_cert, settings.tls_key)
+    return tls.self_signed(settings.tls_files()[0].parent)
 
 
 def run(settings: CoordinatorSettings) -> None:
@@ -316,8 +341,16 @@ def run(settings: CoordinatorSettings) -> None:
     http_port = http_socket.getsockname()[1]
 
     app = create_app(services)
+    cert_file, key_file = settings.tls_files()
     http_server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=str(cert_file) if settings.http_tls else None,
+            ssl_keyfile=str(key_file) if settings.http_tls else None,
+        )
     )
 
     services.start()
@@ -327,12 +360,21 @@ def run(settings: CoordinatorSettings) -> None:
             "no API keys yet: until the first exists, the HTTP API answers only requests from "
             "this machine, as the operator; make one with `swarm keys create USER --role operator`"
         )
-    _write_ready_file(settings.data_dir, settings.host, grpc_port, http_port)
+    certificate = services.certificate
+    _write_ready_file(
+        settings.data_dir,
+        settings.host,
+        grpc_port,
+        http_port,
+        certificate.fingerprint if certificate is not None else None,
+    )
     logger.info(
-        "coordinator %s serving gRPC on %s:%d and HTTP on http://%s:%d (data in %s)",
+        "coordinator %s serving gRPC on %s:%d (%s) and HTTP on %s://%s:%d (data in %s)",
         services.rounds.coordinator_id,
         settings.host,
         grpc_port,
+        f"TLS, certificate {certificate.fingerprint}" if certificate else "plaintext: --no-tls",
+        "https" if settings.http_tls else "http",
         settings.host,
         http_port,
         settings.data_dir,
@@ -352,12 +394,21 @@ def run(settings: CoordinatorSettings) -> None:
         logger.info("coordinator stopped")
 
 
-def _write_ready_file(data_dir: Path, host: str, grpc_port: int, http_port: int) -> None:
-    """Tell launchers (the demo, tests) which ports were bound, atomically."""
+def _write_ready_file(
+    data_dir: Path, host: str, grpc_port: int, http_port: int, fingerprint: str | None
+) -> None:
+    """Tell launchers (the demo, tests) which ports were bound and the gRPC certificate's
+    fingerprint (None: plaintext), atomically."""
     temp = data_dir / (READY_FILE + ".tmp")
     temp.write_text(
         json.dumps(
-            {"host": host, "grpc_port": grpc_port, "http_port": http_port, "pid": os.getpid()}
+            {
+                "host": host,
+                "grpc_port": grpc_port,
+                "http_port": http_port,
+                "pid": os.getpid(),
+                "tls_fingerprint": fingerprint,
+            }
         )
     )
     os.replace(temp, data_dir / READY_FILE)

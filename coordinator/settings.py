@@ -61,6 +61,16 @@ class CoordinatorSettings(BaseSettings):
         default=False,
         description="start a job only if its owner's balance covers its estimated cost",
     )
+    tls: bool = Field(
+        default=True,
+        description="serve gRPC over TLS, with --tls-cert/--tls-key or a self-signed certificate "
+        "made on first run in data_dir/tls (workers pin its fingerprint)",
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate (chain) to serve")
+    tls_key: Path | None = Field(default=None, description="PEM private key of --tls-cert")
+    http_tls: bool = Field(
+        default=False, description="serve the HTTP API over TLS too, with the same certificate"
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -71,6 +81,12 @@ class CoordinatorSettings(BaseSettings):
 
     def blobs_dir(self) -> Path:
         return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+
+    def tls_files(self) -> tuple[Path, Path]:
+        """The certificate and key to serve: the ones given, or the self-signed pair."""
+        if self.tls_cert is not None and self.tls_key is not None:
+            return self.tls_cert, self.tls_key
+        return self.data_dir / "tls" / "coordinator.crt", self.data_dir / "tls" / "coordinator.key"
 
     def database_url(self) -> str:
         if self.db:

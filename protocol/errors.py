@@ -12,6 +12,7 @@
      ├── RateLimitedError         too many requests (or failed attempts); retry later
      ├── CompressionError         a payload cannot be encoded or decoded
      ├── SchedulingError          an illegal job or task state change
+     ├── CertificateMismatchError the coordinator's TLS certificate is not the trusted one
      └── TransportError           the peer could not be reached (retryable)
 
 Each class names the gRPC status code it maps to, as a string, so this module does not import
@@ -116,6 +117,13 @@ class OverloadedError(TransportError):
     once; safe to retry after a backoff (or at another coordinator)."""
 
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class CertificateMismatchError(SwarmError):
+    """The coordinator presented a TLS certificate other than the one this client trusts:
+    never retried, the client stops (see `swarm.protocol.tls`)."""
+
+    grpc_code = "UNAUTHENTICATED"
 
 
 OVERLOADED_DETAILS = "concurrent rpc limit exceeded"

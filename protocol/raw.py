@@ -15,13 +15,21 @@ import grpc
 from swarm.protocol.generated import worker_pb2 as wire
 from swarm.protocol.generated import worker_pb2_grpc as _stubs
 from swarm.protocol.service import CHANNEL_OPTIONS
+from swarm.protocol.tls import SELF_SIGNED_NAME
 
 __all__ = ["async_channel", "async_stub", "wire"]
 
 
-def async_channel(target: str) -> grpc.aio.Channel:
-    """An insecure asyncio channel to `HOST:PORT` with swarm's message limits."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def async_channel(target: str, certificate_pem: bytes | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to `HOST:PORT` with swarm's message limits: TLS trusting exactly
+    `certificate_pem` (a coordinator's self-signed certificate), or plaintext without it."""
+    if certificate_pem is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(
+        target,
+        grpc.ssl_channel_credentials(root_certificates=certificate_pem),
+        options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", SELF_SIGNED_NAME)],
+    )
 
 
 def async_stub(channel: grpc.aio.Channel) -> Any:

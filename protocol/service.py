@@ -8,7 +8,7 @@ codes, so neither side sees generated code or raw status codes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -258,15 +258,24 @@ class WorkerClient:
         return m.from_proto(reply, m.SubmitResultResponse)
 
 
-def open_channel(target: str, *, paced: bool = False) -> grpc.Channel:
-    """An insecure channel to `HOST:PORT` with swarm's message limits.
+def open_channel(
+    target: str,
+    *,
+    paced: bool = False,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to `HOST:PORT` with swarm's message limits: TLS with `credentials`, plaintext
+    without; `options` add to swarm's.
 
     `paced`: the caller reads streams at a capped rate. HTTP/2's bandwidth-delay probe would
     otherwise widen the flow-control window until a whole blob crosses the link at once, however
     slowly it is read; without the probe, the window stays small and the sender keeps to the
     reader's pace."""
-    options = [*CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)] if paced else CHANNEL_OPTIONS
-    return grpc.insecure_channel(target, options=options)
+    every = [*CHANNEL_OPTIONS, *options, *([("grpc.http2.bdp_probe", 0)] if paced else [])]
+    if credentials is None:
+        return grpc.insecure_channel(target, options=every)
+    return grpc.secure_channel(target, credentials, options=every)
 
 
 def new_server(max_workers: int, max_concurrent_rpcs: int | None = None) -> grpc.Server:

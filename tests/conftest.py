@@ -99,6 +99,9 @@ def wire_services(data_dir: Path, **overrides: Any) -> Services:
     them directly (`services.housekeeper.tick()` for one round of housekeeping)."""
     # Long polls kept short: tests ask for leases they expect to come back empty.
     overrides.setdefault("lease_long_poll_s", 0.2)
+    # Plaintext gRPC: tests dial it directly (processes started with `start_coordinator` and
+    # the TLS tests serve TLS, as a coordinator does by default).
+    overrides.setdefault("tls", False)
     settings = CoordinatorSettings(
         host="127.0.0.1", grpc_port=0, http_port=0, data_dir=data_dir, **overrides
     )

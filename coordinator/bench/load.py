@@ -338,8 +338,10 @@ class LoadRun:
         num_workers: int,
         config: LoadBenchConfig,
         cpu_s: Callable[[], float | None] = lambda: None,
+        certificate_pem: bytes | None = None,
     ) -> None:
         self.target = target
+        self.certificate_pem = certificate_pem
         self.cpu_s = cpu_s
         self.num_workers = num_workers
         self.config = config
@@ -348,7 +350,7 @@ class LoadRun:
 
     async def run(self, say: Callable[[str], None]) -> dict[str, Any]:
         channels = [
-            async_channel(self.target)
+            async_channel(self.target, self.certificate_pem)
             for _ in range(min(self.config.connections, self.num_workers))
         ]
         try:
@@ -452,6 +454,10 @@ def run_one(
                 num_workers,
                 config,
                 cpu_s=lambda: _process_cpu_s(process),
+                # Over TLS, as real workers talk to it (pinned to its self-signed certificate).
+                certificate_pem=(work / "coordinator" / "tls" / "coordinator.crt").read_bytes()
+                if ready.get("tls_fingerprint")
+                else None,
             )
             result = asyncio.run(load.run(say))
             rounds = sum(
