@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from swarm.protocol import messages as m
 from swarm.protocol.errors import ProtocolError, SwarmError, TransportError, error_for_code
@@ -53,7 +54,7 @@ class WorkerHandler(Protocol):
     def find_peers(self, request: m.FindPeersRequest) -> m.FindPeersResponse: ...
 
 
-class _Servicer(pb_grpc.WorkerServiceServicer):
+class _Servicer:
     def __init__(self, handler: WorkerHandler, on_internal_error: Callable[[str], None]) -> None:
         self._handler = handler
         self._on_internal_error = on_internal_error
@@ -73,54 +74,61 @@ class _Servicer(pb_grpc.WorkerServiceServicer):
             )
         raise AssertionError("unreachable: context.abort raises")
 
-    def RegisterWorker(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def RegisterWorker(self, request: bytes, context: grpc.ServicerContext) -> Any:
         def call() -> Any:
-            req = m.from_proto(request, m.RegisterWorkerRequest)
+            req = _parse(request, pb.RegisterWorkerRequest, m.RegisterWorkerRequest)
             return m.to_proto(
                 self._handler.register_worker(req, context.peer()), pb.RegisterWorkerResponse
             )
 
         return self._run("RegisterWorker", context, call)
 
-    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Heartbeat(self, request: bytes, context: grpc.ServicerContext) -> Any:
         return self._run(
             "Heartbeat",
             context,
             lambda: m.to_proto(
-                self._handler.heartbeat(m.from_proto(request, m.HeartbeatRequest)),
+                self._handler.heartbeat(_parse(request, pb.HeartbeatRequest, m.HeartbeatRequest)),
                 pb.HeartbeatResponse,
             ),
         )
 
-    def LeaseTask(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def LeaseTask(self, request: bytes, context: grpc.ServicerContext) -> Any:
         return self._run(
             "LeaseTask",
             context,
             lambda: m.to_proto(
-                self._handler.lease_task(m.from_proto(request, m.LeaseTaskRequest)),
+                self._handler.lease_task(_parse(request, pb.LeaseTaskRequest, m.LeaseTaskRequest)),
                 pb.LeaseTaskResponse,
             ),
         )
 
-    def FetchBlob(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        req = m.from_proto(request, m.FetchBlobRequest)
-        chunks = self._run("FetchBlob", context, lambda: self._handler.fetch_blob(req))
+    def FetchBlob(self, request: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+        chunks = self._run(
+            "FetchBlob",
+            context,
+            lambda: self._handler.fetch_blob(
+                _parse(request, pb.FetchBlobRequest, m.FetchBlobRequest)
+            ),
+        )
         while True:
             chunk = self._run("FetchBlob", context, lambda: next(chunks, None))
             if chunk is None:
                 return
             yield pb.BlobChunk(offset=chunk.offset, data=chunk.data, total_size=chunk.total_size)
 
-    def SubmitResult(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    def SubmitResult(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Any:
         def call() -> Any:
-            first = next(request_iterator, None)
+            raw = next(request_iterator, None)
+            first = None if raw is None else _parse(raw, pb.SubmitResultChunk)
             if first is None or first.WhichOneof("part") != "header":
                 raise ProtocolError("SubmitResult must start with a header message")
             header = m.from_proto(first.header, m.ResultHeader)
 
             def data_chunks() -> Iterator[bytes]:
                 try:
-                    for chunk in request_iterator:
+                    for data in request_iterator:
+                        chunk = _parse(data, pb.SubmitResultChunk)
                         if chunk.WhichOneof("part") != "data":
                             raise ProtocolError("SubmitResult carries exactly one header, first")
                         yield chunk.data
@@ -133,25 +141,45 @@ class _Servicer(pb_grpc.WorkerServiceServicer):
 
         return self._run("SubmitResult", context, call)
 
-    def ReportFailure(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def ReportFailure(self, request: bytes, context: grpc.ServicerContext) -> Any:
         return self._run(
             "ReportFailure",
             context,
             lambda: m.to_proto(
-                self._handler.report_failure(m.from_proto(request, m.ReportFailureRequest)),
+                self._handler.report_failure(
+                    _parse(request, pb.ReportFailureRequest, m.ReportFailureRequest)
+                ),
                 pb.ReportFailureResponse,
             ),
         )
 
-    def FindPeers(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def FindPeers(self, request: bytes, context: grpc.ServicerContext) -> Any:
         return self._run(
             "FindPeers",
             context,
             lambda: m.to_proto(
-                self._handler.find_peers(m.from_proto(request, m.FindPeersRequest)),
+                self._handler.find_peers(_parse(request, pb.FindPeersRequest, m.FindPeersRequest)),
                 pb.FindPeersResponse,
             ),
         )
+
+
+def _parse(raw: bytes, message_cls: Any, dataclass_cls: type[R] | None = None) -> Any:
+    """Decode a request here rather than in gRPC, so that malformed bytes are the caller's
+    INVALID_ARGUMENT, not the server's INTERNAL."""
+    try:
+        message = message_cls.FromString(raw)
+    except DecodeError as exc:
+        raise ProtocolError(f"malformed {message_cls.DESCRIPTOR.name}: {exc}") from None
+    return message if dataclass_cls is None else m.from_proto(message, dataclass_cls)
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 def add_worker_service(
@@ -159,8 +187,21 @@ def add_worker_service(
     handler: WorkerHandler,
     on_internal_error: Callable[[str], None] = lambda rpc: None,
 ) -> None:
-    """Mount `handler` on a gRPC server as `swarm.v1.WorkerService`."""
-    pb_grpc.add_WorkerServiceServicer_to_server(_Servicer(handler, on_internal_error), server)
+    """Mount `handler` on a gRPC server as `swarm.v1.WorkerService`: every method the .proto
+    declares, receiving raw bytes that `_Servicer` decodes itself."""
+    servicer = _Servicer(handler, on_internal_error)
+    service = pb.DESCRIPTOR.services_by_name["WorkerService"]
+    handlers = {
+        method.name: _HANDLER_KINDS[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name),
+            request_deserializer=None,  # bytes, decoded by `_parse`
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
 
 
 def _translate(exc: grpc.RpcError) -> SwarmError:

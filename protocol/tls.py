@@ -135,7 +135,8 @@ def fetch_certificate(target: str, timeout_s: float) -> bytes:
     verifies nothing (the caller compares the fingerprint with the one it trusts).
 
     Raises:
-        TransportError: nothing answers, or it does not speak TLS.
+        TransportError: nothing answers, or the handshake fails.
+        ConfigError: it answers in plaintext (a coordinator run with --no-tls).
     """
     host, _, port = target.rpartition(":")
     host = host.strip("[]")
@@ -150,9 +151,14 @@ def fetch_certificate(target: str, timeout_s: float) -> bytes:
         ):
             der = wrapped.getpeercert(binary_form=True)
     except ssl.SSLError as exc:
+        if exc.reason == "WRONG_VERSION_NUMBER":  # it answered, in plaintext: retrying won't help
+            raise ConfigError(
+                f"the coordinator at {target} does not speak TLS (it runs with --no-tls); join "
+                "with --insecure if you trust the network between you, or ask its operator to "
+                "turn TLS on"
+            ) from None
         raise TransportError(
-            f"the coordinator at {target} did not complete a TLS handshake ({exc.reason}); if it "
-            "runs without TLS (swarm coordinator --no-tls), join with --insecure"
+            f"the TLS handshake with the coordinator at {target} failed ({exc.reason})"
         ) from None
     except OSError as exc:
         raise TransportError(f"cannot reach {target}: {exc}") from None

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from swarm.coordinator.bench.compression import evaluate_version
 from swarm.coordinator.jobs import prepare_tokens
@@ -355,7 +356,7 @@ def merge_reports(
     config: HivemindRunConfig, peers: list[dict[str, Any]], *, launched: float
 ) -> dict[str, Any]:
     """One report from the peers' reports (ordered by rank)."""
-    params = [torch.load(p["params_file"]) for p in peers]
+    params = [load_file(p["params_file"])["params"] for p in peers]
     max_param_diff = max(float((p - params[0]).abs().max()) for p in params)
     mean_param_diff = max(float((p - params[0]).abs().mean()) for p in params)
     ready_at = min(p["ready_at"] for p in peers)
@@ -707,9 +708,9 @@ def run_peer(
     optimizer.shutdown()
     dht.shutdown()
 
-    params_file = out.with_suffix(".params.pt")
+    params_file = out.with_suffix(".params.safetensors")
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-    torch.save(flat, params_file)
+    save_file({"params": flat.contiguous()}, params_file)
     sent = {name: after[name] - before[name] for name in after}
     report = {
         "rank": rank,

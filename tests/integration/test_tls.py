@@ -25,7 +25,7 @@ from swarm.client.trust import PINS_FILE, CoordinatorTrust
 from swarm.coordinator.demo import start_client, start_coordinator, stop_process
 from swarm.protocol import messages as m
 from swarm.protocol import tls
-from swarm.protocol.errors import CertificateMismatchError, TransportError
+from swarm.protocol.errors import CertificateMismatchError, ConfigError, TransportError
 from swarm.protocol.service import WorkerClient, open_channel
 from tests.conftest import LiveCoordinator, signed_registration, start_live_coordinator
 
@@ -98,7 +98,7 @@ def test_the_self_signed_certificate_is_kept_and_its_key_private(tmp_path: Path)
 def test_a_pinning_client_says_when_the_coordinator_speaks_no_tls(
     live_coordinator: LiveCoordinator, tmp_path: Path
 ) -> None:
-    with pytest.raises(TransportError, match="--insecure"):
+    with pytest.raises(ConfigError, match="--insecure"):
         CoordinatorTrust(tmp_path / PINS_FILE).credentials(live_coordinator.target)
     insecure = CoordinatorTrust(tmp_path / PINS_FILE, insecure=True)
     assert register_through(insecure, live_coordinator.target).session.worker_id

@@ -106,7 +106,7 @@ def test_a_protocol_mismatch_ends_join_with_the_upgrade_command(
     monkeypatch.setattr(worker, "PROTOCOL_VERSION", 1)  # an old client
     monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # keep pytest's handlers
     argv = ["join", "--coordinator", live_coordinator.target, "--data-dir", str(tmp_path)]
-    assert cli.main([*argv, "--no-live", "--threads", "1"]) == 2
+    assert cli.main([*argv, "--no-live", "--threads", "1", "--insecure"]) == 2
     error = capsys.readouterr().err
     assert "protocol version 1 is not supported" in error
     assert "pip install -U swarmclient" in error
