@@ -34,6 +34,7 @@ from swarm.coordinator.servicer import WorkerServicer, WorkSignal
 from swarm.coordinator.settings import CoordinatorSettings
 from swarm.coordinator.storage import Database
 from swarm.coordinator.tasks import TaskService
+from swarm.coordinator.throttle import CallThrottle
 from swarm.coordinator.workers import WorkerRegistry
 from swarm.protocol import tls
 from swarm.protocol.errors import ConfigError
@@ -279,6 +280,7 @@ def build_services(settings: CoordinatorSettings) -> Services:
         probe_sha256=blobs.put_bytes(probe_bytes()),
         work=work if settings.lease_long_poll_s > 0 else None,
         long_poll_s=settings.lease_long_poll_s,
+        throttle=CallThrottle(settings.worker_rpc_rate, settings.worker_rpc_burst),
     )
     grpc_server = new_server(settings.grpc_threads, settings.max_concurrent_rpcs)
     add_worker_service(

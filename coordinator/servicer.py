@@ -18,6 +18,7 @@ from swarm.coordinator.blobs import BlobStore, check_sha256
 from swarm.coordinator.control import SwarmControl
 from swarm.coordinator.storage import Worker
 from swarm.coordinator.tasks import NO_TASKS, TaskService
+from swarm.coordinator.throttle import CallThrottle
 from swarm.coordinator.workers import WorkerRegistry, verify_signature
 from swarm.protocol import messages as m
 from swarm.protocol.errors import PermissionDeniedError, SwarmError
@@ -113,11 +114,14 @@ class WorkerServicer:
         probe_sha256: str = "",
         work: WorkSignal | None = None,
         long_poll_s: float = LONG_POLL_S,
+        throttle: CallThrottle | None = None,
     ) -> None:
         """`probe_sha256`: the blob new workers download to measure their link. With `work`,
         a lease that finds nothing waits up to `long_poll_s` for it to pulse and tries again,
-        so a worker hears of the next round as it opens instead of at its next poll."""
+        so a worker hears of the next round as it opens instead of at its next poll. `throttle`
+        refuses a worker's calls beyond its rate (see `swarm.coordinator.throttle`)."""
         self._workers = workers
+        self._throttle = throttle if throttle is not None else CallThrottle(0, 1)
         self._work = work
         self._long_poll_s = long_poll_s
         self._probe_sha256 = probe_sha256
@@ -170,6 +174,12 @@ class WorkerServicer:
         finally:
             self._observe(rpc, code, time.perf_counter() - began)
 
+    def _authenticated(self, session: m.Session, *, touch: bool = False) -> Worker:
+        """The session's worker, once it is known and within its call rate."""
+        worker = self._workers.authenticate(session, touch=touch)
+        self._throttle.take(worker.id, f"worker {worker.id}")
+        return worker
+
     def register_worker(
         self, request: m.RegisterWorkerRequest, peer: str
     ) -> m.RegisterWorkerResponse:
@@ -186,7 +196,7 @@ class WorkerServicer:
 
     def heartbeat(self, request: m.HeartbeatRequest) -> m.HeartbeatResponse:
         with self._timed("Heartbeat"):
-            worker = self._workers.authenticate(request.session, touch=True)
+            worker = self._authenticated(request.session, touch=True)
             extended, revoked = self._tasks.heartbeat(worker.id, list(request.task_ids))
             granted, pending = self._workers.credits(worker)
             return m.HeartbeatResponse(
@@ -199,7 +209,7 @@ class WorkerServicer:
 
     def lease_task(self, request: m.LeaseTaskRequest) -> m.LeaseTaskResponse:
         with self._timed("LeaseTask"):
-            worker = self._workers.authenticate(request.session, touch=True)
+            worker = self._authenticated(request.session, touch=True)
             idle = self._no_work_for(worker)
             if idle is not None:
                 self.count("lease_empty")
@@ -234,7 +244,7 @@ class WorkerServicer:
         # Timed from this call until the stream ends, which `_stream_blob` records.
         began = time.perf_counter()
         try:
-            worker = self._workers.authenticate(request.session)
+            worker = self._authenticated(request.session)
             check_sha256(request.sha256)
             chunks = self._blobs.iter_chunks(request.sha256, request.offset)
         except BaseException as exc:
@@ -270,7 +280,7 @@ class WorkerServicer:
     def _submit_result(
         self, header: m.ResultHeader, chunks: Iterator[bytes]
     ) -> m.SubmitResultResponse:
-        worker = self._workers.authenticate(header.session, touch=True)
+        worker = self._authenticated(header.session, touch=True)
         if worker.banned_at is not None:
             error = PermissionDeniedError(
                 f"this worker is banned ({worker.ban_reason}); its results are not accepted"
@@ -337,14 +347,14 @@ class WorkerServicer:
 
     def report_failure(self, request: m.ReportFailureRequest) -> m.ReportFailureResponse:
         with self._timed("ReportFailure"):
-            worker = self._workers.authenticate(request.session, touch=True)
+            worker = self._authenticated(request.session, touch=True)
             self._tasks.hand_back(worker.id, request)
             self.count("tasks_handed_back")
             return m.ReportFailureResponse()
 
     def find_peers(self, request: m.FindPeersRequest) -> m.FindPeersResponse:
         with self._timed("FindPeers"):
-            worker = self._workers.authenticate(request.session, touch=True)
+            worker = self._authenticated(request.session, touch=True)
             addrs = self._tasks.find_peers(worker.id, request.task_id, request.addrs)
             return m.FindPeersResponse(addrs=addrs)
 

@@ -43,6 +43,14 @@ class CoordinatorSettings(BaseSettings):
         description="a lease with nothing to hand out waits this long for new work (0: answer "
         "at once); keep it under the clients' RPC deadline (15 s)",
     )
+    worker_rpc_rate: float = Field(
+        default=50.0,
+        ge=0,
+        le=1e6,
+        description="calls a second one worker (or one address registering workers) may make, "
+        "sustained; beyond it calls are refused for the client to retry (0: no limit)",
+    )
+    worker_rpc_burst: int = Field(default=200, ge=1, le=1_000_000)
     blob_dir: Path | None = Field(
         default=None,
         description="content-addressed blobs; data_dir/blobs if unset. Coordinators sharing "

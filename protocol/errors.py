@@ -126,6 +126,10 @@ class CertificateMismatchError(SwarmError):
     grpc_code = "UNAUTHENTICATED"
 
 
+THROTTLED_PREFIX = "throttled:"
+"""How the coordinator's refusal of a worker that calls too often begins (RESOURCE_EXHAUSTED,
+retryable like an overload)."""
+
 OVERLOADED_DETAILS = "concurrent rpc limit exceeded"
 """What gRPC's server says (lowercased) when it refuses a call over `maximum_concurrent_rpcs`."""
 
@@ -146,6 +150,8 @@ def error_for_code(code_name: str, message: str) -> SwarmError:
     """Build the exception a client raises for a gRPC status code name."""
     if code_name == "FAILED_PRECONDITION" and "protocol version" in message:
         return VersionMismatchError(message)
+    if code_name == "RESOURCE_EXHAUSTED" and message.startswith(THROTTLED_PREFIX):
+        return OverloadedError(message)
     if code_name == "RESOURCE_EXHAUSTED" and OVERLOADED_DETAILS in message.lower():
         return OverloadedError(
             "the coordinator is at its limit of calls in progress; retrying after a backoff"
