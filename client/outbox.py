@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarm.protocol import messages as m
@@ -33,6 +33,8 @@ class FinishedResult:
     payload_sha256: str
     payload_size: int
     metrics: m.TaskMetrics
+    group_task_ids: list[str] = field(default_factory=list)
+    """The peer group's tasks when this is the group's average (see `swarm.client.peers`)."""
 
 
 class Outbox:
@@ -70,6 +72,7 @@ class Outbox:
                     "payload_sha256": result.payload_sha256,
                     "payload_size": result.payload_size,
                     "metrics": dataclasses.asdict(result.metrics),
+                    "group_task_ids": result.group_task_ids,
                 }
             )
         )
@@ -97,6 +100,7 @@ class Outbox:
                     payload_sha256=str(values["payload_sha256"]),
                     payload_size=int(values["payload_size"]),
                     metrics=m.TaskMetrics(**values["metrics"]),
+                    group_task_ids=[str(t) for t in values.get("group_task_ids", [])],
                 )
                 if payload.stat().st_size != result.payload_size:
                     raise ValueError("the payload's size is not the noted one")

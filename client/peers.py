@@ -38,6 +38,10 @@ MATCHMAKING_SHARE = 0.5
 """A group's leader waits this share of the job's `peer_timeout_s` for the rest of the round
 before averaging with the members it has (it starts at once when the whole round is there): the
 round waits for its stragglers anyway, and one more member is one fewer upload."""
+_TASK_ID = re.compile(r"[\w.-]{1,64}")
+
+CONNECT_TIMEOUT_S = 5.0
+"""Connecting to one announced peer; an address that swallows connections costs no more."""
 REQUEST_TIMEOUT_S = 3.0
 """hivemind's matchmaking requests (shorter than the matchmaking time, as hivemind advises)."""
 
@@ -190,7 +194,9 @@ class PeerAveraging:
             raise RuntimeError("the group mixed workers of different rounds")
         task_ids = sorted(str(g.get("task_id")) for g in gathered.values() if isinstance(g, dict))
         if len(task_ids) != len(gathered) or len(set(task_ids)) != len(task_ids):
-            raise RuntimeError(f"the group's task ids are inconsistent: {task_ids}")
+            raise RuntimeError(f"the group's task ids are inconsistent: {task_ids[:8]}")
+        if not all(_TASK_ID.fullmatch(t) for t in task_ids):  # a peer lying about its task
+            raise RuntimeError(f"a peer reported a malformed task id: {task_ids[:8]}")
         if task.task_id not in task_ids:
             raise RuntimeError("the group does not list this worker's task")
         return Group(task_ids=task_ids, average=average)
@@ -268,16 +274,19 @@ class _Connect:
         from hivemind.utils.multiaddr import Multiaddr
 
         async def one(peer: str, addrs: list[str]) -> bool:
-            peer_id = PeerID.from_base58(peer)
-            if peer_id == node.peer_id:
-                return False
-            try:
+            try:  # an address another worker announced may be anything: none may stop the rest
+                peer_id = PeerID.from_base58(peer)
+                if peer_id == node.peer_id:
+                    return False
                 # The daemon wants transport addresses: without the /p2p/ID at the end.
                 transports = [Multiaddr(a.rsplit("/p2p/", 1)[0]) for a in addrs]
-                await node.p2p._client.connect(peer_id, transports)
-                return await node.protocol.call_ping(peer_id) is not None
-            except Exception as exc:  # unreachable: another peer may still be
-                logger.info("peer averaging: could not reach %s: %s", peer, exc)
+                await asyncio.wait_for(
+                    node.p2p._client.connect(peer_id, transports), CONNECT_TIMEOUT_S
+                )
+                ping = node.protocol.call_ping(peer_id)
+                return await asyncio.wait_for(ping, CONNECT_TIMEOUT_S) is not None
+            except Exception as exc:  # unreachable or malformed: another peer may still do
+                logger.info("peer averaging: could not reach %s: %s", peer[:80], exc)
                 return False
 
         results = await asyncio.gather(*(one(p, a) for p, a in self.by_peer.items()))

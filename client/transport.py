@@ -27,7 +27,7 @@ from swarm.client.bandwidth import TokenBucket
 from swarm.client.settings import parse_targets
 from swarm.client.trust import CoordinatorTrust
 from swarm.protocol import messages as m
-from swarm.protocol.errors import TransportError, UnauthenticatedError
+from swarm.protocol.errors import OverloadedError, TransportError, UnauthenticatedError
 from swarm.protocol.service import WorkerClient, open_channel
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Transport:
         # One channel per coordinator, opened on first use and closed only by `close`: gRPC
         # aborts the process if a channel closes under a call in flight on another thread.
         self._channels: dict[str, tuple[Any, WorkerClient]] = {}
+        self._retired: list[Any] = []
         self._target_lock = threading.Lock()
         self._rng = random.Random()
         self._session_lock = threading.Lock()
@@ -173,10 +174,8 @@ class Transport:
                 failures += 1
                 if failures % len(self.targets):  # `_failed` moved on: try the next at once
                     continue
-                if self._trust is not None and failures >= 3:
-                    # A coordinator that answers but whose handshake fails may have a new
-                    # certificate: say so (and stop) instead of retrying forever.
-                    self._trust.recheck(self.target)
+                if failures >= 3 and not isinstance(exc, OverloadedError):
+                    self.recheck()
                 delay = next(delays)
                 logger.warning(
                     "%s: coordinator %s unreachable (%s); retrying in %.1fs",
@@ -188,6 +187,19 @@ class Transport:
                 self._on_unreachable(self._unreachable_message(delay))
                 if self._stop.wait(delay):
                     raise Stopped(what) from None
+
+    def recheck(self) -> None:
+        """Calls to the current coordinator keep failing: if it now presents a certificate this
+        client does not trust, stop (`CertificateMismatchError`) instead of retrying forever;
+        if another trusted one (an announced rotation), build its channel afresh."""
+        target = self.target
+        if self._trust is None or not self._trust.recheck(target):
+            return
+        with self._target_lock:
+            retired = self._channels.pop(target, None)
+            if retired is not None:  # closed with the rest: a call may still be using it
+                self._retired.append(retired[0])
+        logger.info("coordinator %s has a new certificate this client trusts; reconnecting", target)
 
     def pause(self, attempt: int, *, stoppable: bool = True) -> None:
         """Sleep a jittered backoff for the `attempt`-th consecutive failure (from 0); raise
@@ -281,6 +293,7 @@ class Transport:
 
     def close(self) -> None:
         with self._target_lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel, _ in channels:
+            channels = [channel for channel, _ in self._channels.values()] + self._retired
+            self._channels, self._retired = {}, []
+        for channel in channels:
             channel.close()

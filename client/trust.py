@@ -50,6 +50,7 @@ class CoordinatorTrust:
         self._insecure = insecure
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
+        self._used: dict[str, str] = {}  # target -> the fingerprint its channel trusts
 
     def credentials(self, target: str) -> tuple[grpc.ChannelCredentials | None, list[Any]]:
         """Credentials and extra channel options for `target` (None: plaintext).
@@ -62,8 +63,9 @@ class CoordinatorTrust:
             return None, []
         if self._ca is not None:
             return grpc.ssl_channel_credentials(root_certificates=self._ca), []
-        der = tls.fetch_certificate(target, self._timeout_s)
+        der = self._fetch(target)
         self._check(target, tls.fingerprint(der))
+        self._used[target] = tls.fingerprint(der)
         # The pinned certificate is the only root: gRPC then accepts exactly it (or one signed
         # by its key), under the name it was issued for, whatever address was dialled.
         names = tls.certificate_names(der)
@@ -71,16 +73,37 @@ class CoordinatorTrust:
         pem = ssl.DER_cert_to_PEM_cert(der).encode()
         return grpc.ssl_channel_credentials(root_certificates=pem), options
 
-    def recheck(self, target: str) -> None:
-        """Read `target`'s certificate again and compare it with the trusted one (calls to it
-        are failing). Raises `CertificateMismatchError` if it changed; quiet otherwise."""
+    def recheck(self, target: str) -> bool:
+        """Read `target`'s certificate again (calls to it are failing) and compare it with the
+        trusted ones. True if it is another trusted one (a rotation the operator announced
+        with several `--coordinator-fingerprint`s): the caller's channel, built for the old
+        one, must be rebuilt.
+
+        Raises:
+            CertificateMismatchError: it is not trusted.
+        """
         if self._insecure or self._ca is not None:
-            return
+            return False
         try:
-            seen = tls.fingerprint(tls.fetch_certificate(target, self._timeout_s))
+            seen = tls.fingerprint(self._fetch(target))
         except TransportError:
-            return  # down, or not speaking TLS: the caller goes on retrying
+            return False  # down: the caller goes on retrying
         self._check(target, seen)
+        return target in self._used and self._used[target] != seen
+
+    def _fetch(self, target: str) -> bytes:
+        """`target`'s certificate; a plaintext answer where a certificate is expected is
+        refused as a possible impersonation."""
+        try:
+            return tls.fetch_certificate(target, self._timeout_s)
+        except ConfigError as exc:  # it answered without TLS
+            if self._fingerprints or target in self._load():
+                raise CertificateMismatchError(
+                    f"the coordinator at {target} answered without TLS, but this client trusts "
+                    "a certificate there: someone may be impersonating it. Ask its operator "
+                    "before changing anything"
+                ) from None
+            raise exc from None
 
     def _check(self, target: str, seen: str) -> None:
         if self._fingerprints:

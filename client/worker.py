@@ -56,13 +56,22 @@ from swarm.models.objectives import build_objective
 from swarm.models.sources import load_weights
 from swarm.protocol import PROTOCOL_VERSION, SwarmError, TransportError
 from swarm.protocol import messages as m
-from swarm.protocol.errors import CompressionError, NotFoundError
+from swarm.protocol.errors import (
+    CompressionError,
+    NotFoundError,
+    ProtocolError,
+    SchedulingError,
+)
 from swarm.protocol.limits import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
 #: how often a worker that may not work now (schedule, --idle-only) looks again.
 AVAILABILITY_CHECK_S = 30.0
+
+#: the longest a peer group's member waits for its leader's result while the leader's worker
+#: still holds its task.
+MAX_DEFER_S = 1800.0
 
 CLIENT_VERSION = "0.1.0"
 
@@ -453,13 +462,34 @@ class Worker:
             compute_s=result.compute_s,
             steps=len(result.losses),
         )
-        update, group_task_ids = result.pseudo_gradient, []
-        group = self._average_with_peers(transport, task, update, result.tokens)
+        group = self._average_with_peers(transport, task, result.pseudo_gradient, result.tokens)
         if group is not None and group.leader != task.task_id:
             if self._defer_to_group(transport, task, group, metrics):
                 return
-        elif group is not None:
-            update, group_task_ids = group.average, group.task_ids
+            group = None  # the group's result will not come: send this worker's own
+        if group is not None:
+            try:
+                self._send_update(transport, task, group.average, metrics, fetch_s, group.task_ids)
+                return
+            except ProtocolError as exc:  # the coordinator refused the group (a bogus member)
+                logger.warning(
+                    "task %s: the group's result was refused (%s); submitting this worker's own "
+                    "update",
+                    task.task_id,
+                    exc,
+                )
+        self._send_update(transport, task, result.pseudo_gradient, metrics, fetch_s, [])
+
+    def _send_update(
+        self,
+        transport: Transport,
+        task: m.Task,
+        update: dict[str, torch.Tensor],
+        metrics: m.TaskMetrics,
+        fetch_s: float,
+        group_task_ids: list[str],
+    ) -> None:
+        """Encode `update` into the outbox and submit it (for a peer group: `group_task_ids`)."""
         payload, digest, size, feedback = self._encode(task, update)
         self._outbox.seal(
             FinishedResult(
@@ -470,23 +500,31 @@ class Worker:
                 payload_sha256=digest,
                 payload_size=size,
                 metrics=metrics,
+                group_task_ids=group_task_ids,
             )
         )
         logger.info("task %s: result saved (%d bytes); submitting", task.task_id, size)
         self.status.update(
-            state="submitting", tokens_per_s=result.tokens / max(result.compute_s, 1e-9)
+            state="submitting", tokens_per_s=metrics.tokens / max(metrics.compute_s, 1e-9)
         )
         # Until the coordinator answers, the result stays on disk for a restart to send again.
-        accepted = self._submit(
-            transport,
-            task.task_id,
-            task.lease_deadline_unix_s,
-            payload,
-            digest,
-            size,
-            metrics,
-            group_task_ids=group_task_ids,
-        )
+        try:
+            accepted = self._submit(
+                transport,
+                task.task_id,
+                task.lease_deadline_unix_s,
+                payload,
+                digest,
+                size,
+                metrics,
+                group_task_ids=group_task_ids,
+            )
+        except TransportError:
+            raise  # kept in the outbox: the next start sends it again
+        except SwarmError:  # refused: there is nothing to send again
+            self._outbox.remove(task.task_id)
+            feedback.discard()
+            raise
         self._outbox.remove(task.task_id)
         if accepted:  # the coordinator has what was sent: the rest is the new residual
             feedback.commit()
@@ -503,7 +541,7 @@ class Worker:
             metrics.loss_last,
             metrics.tokens,
             fetch_s,
-            result.compute_s,
+            metrics.compute_s,
             size / 1e3,
         )
 
@@ -559,10 +597,13 @@ class Worker:
         assert task.train is not None and task.train.peer_averaging is not None
         self.status.update(state="submitting")
         empty = hashlib.sha256(b"").hexdigest()
-        deadline = time.monotonic() + task.train.peer_averaging.timeout_s + 30.0
+        # The coordinator says "not yet" only while the leader's worker holds its task (a large
+        # upload on a slow link takes a while); once it is gone, it says so and this worker
+        # sends its own update. The cap is for a leader that holds its task and never sends.
+        deadline = time.monotonic() + MAX_DEFER_S
         while True:
             try:
-                self._submit(
+                accepted = self._submit(
                     transport,
                     task.task_id,
                     task.lease_deadline_unix_s,
@@ -572,27 +613,34 @@ class Worker:
                     metrics,
                     group_payload_task_id=group.leader,
                 )
-                logger.info(
-                    "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, sent with task %s's "
-                    "result",
-                    task.task_id,
-                    task.job_id,
-                    task.round,
-                    metrics.loss_first,
-                    metrics.loss_last,
-                    metrics.tokens,
-                    group.leader,
-                )
-                return True
             except NotFoundError:  # the leader's result is not in yet
-                if time.monotonic() > deadline or self.stop.wait(0.25):
-                    logger.warning(
-                        "task %s: the group's result (task %s) never arrived; submitting this "
-                        "worker's own update",
+                if time.monotonic() < deadline and not self.stop.wait(0.25):
+                    continue
+                reason: object = f"it did not arrive in {MAX_DEFER_S:.0f}s"
+            except (SchedulingError, ProtocolError) as exc:  # it will not come
+                reason = exc
+            else:
+                if accepted:
+                    logger.info(
+                        "task %s (job %s round %d): loss %.4f -> %.4f, %d tokens, sent with task "
+                        "%s's result",
                         task.task_id,
+                        task.job_id,
+                        task.round,
+                        metrics.loss_first,
+                        metrics.loss_last,
+                        metrics.tokens,
                         group.leader,
                     )
-                    return False
+                return True  # accepted, or ignored (the round closed): nothing more to send
+            logger.warning(
+                "task %s: the group's result (task %s) will not speak for it (%s); submitting "
+                "this worker's own update",
+                task.task_id,
+                group.leader,
+                reason,
+            )
+            return False
 
     def _inner_loop(
         self,
@@ -676,6 +724,7 @@ class Worker:
                     result.payload_sha256,
                     result.payload_size,
                     result.metrics,
+                    group_task_ids=result.group_task_ids,
                 )
             except TransportError as exc:
                 logger.warning("could not re-submit task %s: %s", result.task_id, exc)
@@ -724,6 +773,8 @@ class Worker:
                 if time.time() > lease_deadline_unix_s + 3600:
                     raise
                 logger.warning("submitting task %s failed (%s); retrying", task_id, exc)
+                if failures >= 2:
+                    transport.recheck()  # a coordinator with a new certificate: stop, say so
                 transport.pause(failures, stoppable=False)
         if response.accepted:
             self.stats.tasks_done += 1

@@ -47,8 +47,8 @@ class CoordinatorSettings(BaseSettings):
         default=50.0,
         ge=0,
         le=1e6,
-        description="calls a second one worker (or one address registering workers) may make, "
-        "sustained; beyond it calls are refused for the client to retry (0: no limit)",
+        description="calls a second one worker may make, sustained (per coordinator process); "
+        "beyond it its calls are refused for it to retry (0: no limit)",
     )
     worker_rpc_burst: int = Field(default=200, ge=1, le=1_000_000)
     blob_dir: Path | None = Field(

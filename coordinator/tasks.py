@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from swarm.protocol.errors import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    SchedulingError,
 )
 from swarm.scheduler import (
     JobSpec,
@@ -526,6 +528,7 @@ class TaskService:
                 spans.release(session, task.id)
             task.worker_id = None
             task.lease_deadline = None
+            task.peer_addrs = None  # where the worker that left listened
             task.attempts += 1
         worker = session.get(Worker, lease.worker_id)
         if worker is not None and outcome is not LeaseOutcome.HANDED_BACK:
@@ -695,11 +698,15 @@ MAX_PEER_ADDRS = 8
 MAX_PEER_ADDR_CHARS = 256
 
 
+_MULTIADDR = re.compile(r"(/[\w.:\-\[\]]+)+/p2p/[1-9A-HJ-NP-Za-km-z]{32,64}")
+"""A transport multiaddr ending in a peer id (base58), as hivemind prints them."""
+
+
 def _check_peer_addrs(addrs: Sequence[str]) -> None:
     if len(addrs) > MAX_PEER_ADDRS:
         raise ProtocolError(f"at most {MAX_PEER_ADDRS} peer addresses, got {len(addrs)}")
     for addr in addrs:
-        if not (addr.startswith("/") and 0 < len(addr) <= MAX_PEER_ADDR_CHARS):
+        if not (len(addr) <= MAX_PEER_ADDR_CHARS and _MULTIADDR.fullmatch(addr)):
             raise ProtocolError(
                 f"a peer address is a multiaddr of at most {MAX_PEER_ADDR_CHARS} characters such "
                 f"as /ip4/203.0.113.7/tcp/31337/p2p/Qm...; got {addr[:80]!r}"
@@ -724,6 +731,9 @@ def _check_group(session: Session, task: Task, spec: JobSpec, header: m.ResultHe
             raise ProtocolError("a result cannot defer to itself")
         return
     ids = header.group_task_ids
+    round_size = session.get_one(Round, task.round_id).num_train_tasks or spec.max_clients
+    if len(ids) > round_size:
+        raise ProtocolError(f"a group of {len(ids)} tasks in a round of {round_size}")
     if len(set(ids)) != len(ids) or task.id not in ids:
         raise ProtocolError("group_task_ids lists each task of the group once, this one among them")
     found = session.scalar(
@@ -739,20 +749,32 @@ def _check_group(session: Session, task: Task, spec: JobSpec, header: m.ResultHe
 
 
 def _check_group_payload(session: Session, task: Task, leader_id: str) -> None:
-    """The group's payload is in and speaks for `task`; otherwise the worker retries for a while,
-    then submits its own update."""
+    """The group's payload is in and speaks for `task`.
+
+    Raises:
+        NotFoundError: not yet, while the leader's worker still holds its task (it may be
+            uploading): the member asks again.
+        SchedulingError: it will not come (the leader's task is gone, elsewhere, or its result
+            does not list `task`): the member submits its own update.
+    """
     leader = session.get(Task, leader_id)
-    if (
-        leader is None
-        or leader.round_id != task.round_id
-        or leader.status != TaskStatus.ACCEPTED.value
-        or leader.result_sha256 is None
-        or task.id not in (leader.metrics or {}).get("group", [])
-    ):
-        raise NotFoundError(
-            f"no accepted result of task {leader_id} that averages task {task.id} (yet); "
-            "retry, or submit this task's own update"
-        )
+    if leader is not None and leader.round_id == task.round_id:
+        if leader.status == TaskStatus.LEASED.value:
+            raise NotFoundError(
+                f"task {leader_id}'s result, which averages task {task.id}, is not in yet; "
+                "its worker is still on it: ask again"
+            )
+        if (
+            leader.status == TaskStatus.ACCEPTED.value
+            and leader.result_sha256 is not None
+            and task.id in (leader.metrics or {}).get("group", [])
+        ):
+            return
+    raise SchedulingError(
+        f"no result of task {leader_id} will speak for task {task.id} (it is not a task of "
+        "this round held by a worker, or its result does not list this one): submit this "
+        "task's own update"
+    )
 
 
 def _ignore_reason(task: Task, round_: Round, job: Job) -> str | None:

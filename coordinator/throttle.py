@@ -1,6 +1,6 @@
-"""Per-worker call rates: a worker (or an address registering workers) that calls faster than
-any honest client does is refused until it slows down, so one hostile client cannot take the
-coordinator's capacity from everyone else."""
+"""Per-worker call rates: a worker that calls faster than any honest client does is refused
+until it slows down, so one hostile session cannot take the coordinator's capacity from
+everyone else. (Per coordinator process; registrations are not limited, see docs/security.md.)"""
 
 from __future__ import annotations
 

@@ -52,12 +52,18 @@ def normalize_fingerprint(text: str) -> str:
 
 @dataclass(frozen=True)
 class Certificate:
+    """What a coordinator serves: `cert_pem` may be a chain, its first certificate the
+    coordinator's own (the one workers see and pin)."""
+
     cert_pem: bytes
     key_pem: bytes
 
     @property
     def der(self) -> bytes:
-        return ssl.PEM_cert_to_DER_cert(self.cert_pem.decode())
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return x509.load_pem_x509_certificates(self.cert_pem)[0].public_bytes(Encoding.DER)
 
     @property
     def fingerprint(self) -> str:
@@ -123,11 +129,14 @@ def load(cert_path: Path, key_path: Path) -> Certificate:
         cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in cert_pem or b"PRIVATE KEY-----" not in key_pem:
-        raise ConfigError(
-            f"{cert_path} must hold a PEM certificate and {key_path} a PEM private key"
-        )
-    return Certificate(cert_pem, key_pem)
+    certificate = Certificate(cert_pem, key_pem)
+    try:
+        certificate.der  # noqa: B018 (parses the chain)
+    except ValueError as exc:
+        raise ConfigError(f"{cert_path} must hold PEM certificates: {exc}") from None
+    if b"PRIVATE KEY-----" not in key_pem:
+        raise ConfigError(f"{key_path} must hold a PEM private key")
+    return certificate
 
 
 def fetch_certificate(target: str, timeout_s: float) -> bytes:

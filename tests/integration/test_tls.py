@@ -102,6 +102,14 @@ def test_a_pinning_client_says_when_the_coordinator_speaks_no_tls(
         CoordinatorTrust(tmp_path / PINS_FILE).credentials(live_coordinator.target)
     insecure = CoordinatorTrust(tmp_path / PINS_FILE, insecure=True)
     assert register_through(insecure, live_coordinator.target).session.worker_id
+    # Where a certificate is pinned, a plaintext answer is a possible impersonation, and the
+    # client is not told to drop TLS.
+    pins = tmp_path / "pinned.json"
+    pinned = {"fingerprint": "SHA256:" + "cd" * 32, "pinned_at": 0}
+    pins.write_text(json.dumps({live_coordinator.target: pinned}))
+    with pytest.raises(CertificateMismatchError, match="without TLS") as caught:
+        CoordinatorTrust(pins).credentials(live_coordinator.target)
+    assert "--insecure" not in str(caught.value)
 
 
 def _ca_and_leaf(directory: Path) -> tuple[Path, Path, Path]:
@@ -152,7 +160,12 @@ def _ca_and_leaf(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def test_a_ca_issued_certificate_is_verified_against_the_ca(tmp_path: Path) -> None:
-    ca, cert, key = _ca_and_leaf(tmp_path / "pki")
+    ca, leaf, key = _ca_and_leaf(tmp_path / "pki")
+    # Served as a chain (its own certificate, then the CA's): the first is the one pinned.
+    cert = tmp_path / "pki" / "chain.pem"
+    cert.write_bytes(leaf.read_bytes() + ca.read_bytes())
+    leaf_der = ssl.PEM_cert_to_DER_cert(leaf.read_text())
+    assert tls.load(cert, key).fingerprint == tls.fingerprint(leaf_der)
     live = start_live_coordinator(tmp_path / "coordinator", tls=True, tls_cert=cert, tls_key=key)
     try:
         trust = CoordinatorTrust(tmp_path / PINS_FILE, ca_file=ca)
@@ -195,15 +208,35 @@ def test_processes_pin_on_first_join_and_clients_refuse_a_new_certificate(
         pins = json.loads((tmp_path / "client" / PINS_FILE).read_text())
         assert pins[target]["fingerprint"] == ready["tls_fingerprint"]
         assert ready["tls_fingerprint"] in (tmp_path / "coordinator.log").read_text()
+        # A client told both the current and the next certificate (an announced rotation).
+        new = tls.self_signed(tmp_path / "next")
+        log4 = stack.enter_context((tmp_path / "rotating.log").open("w"))
+        rotating = start_client(
+            target,
+            "rotating",
+            tmp_path / "rotating",
+            log4,
+            extra_env={
+                "SWARM_COORDINATOR_FINGERPRINT": f"{ready['tls_fingerprint']},{new.fingerprint}"
+            },
+        )
+        stack.callback(stop_process, rotating)
+        deadline = time.monotonic() + 60
+        while "registered with" not in (tmp_path / "rotating.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "rotating.log").read_text()
+            time.sleep(0.2)
         # The coordinator is replaced by one with another certificate at the same address.
         stop_process(coordinator, signal.SIGTERM)
-        (tmp_path / "coordinator" / "tls" / "coordinator.crt").unlink()
+        for name in ("coordinator.crt", "coordinator.key"):
+            (tmp_path / "coordinator" / "tls" / name).write_bytes(
+                (tmp_path / "next" / name).read_bytes()
+            )
         log2 = stack.enter_context((tmp_path / "coordinator2.log").open("w"))
         replaced, ready2 = start_coordinator(
             tmp_path / "coordinator", log2, grpc_port=ready["grpc_port"]
         )
         stack.callback(stop_process, replaced, signal.SIGTERM)
-        assert ready2["tls_fingerprint"] != ready["tls_fingerprint"]
+        assert ready2["tls_fingerprint"] == new.fingerprint != ready["tls_fingerprint"]
         # The running client notices once its calls fail, and stops rather than retry forever.
         assert client.wait(timeout=90) == 2
         assert "pinned" in (tmp_path / "client.log").read_text()
@@ -212,3 +245,11 @@ def test_processes_pin_on_first_join_and_clients_refuse_a_new_certificate(
         assert restarted.wait(timeout=60) == 2
         refusal = (tmp_path / "client2.log").read_text()
         assert "pinned" in refusal and ready["tls_fingerprint"] in refusal, refusal
+        # The client that was told of the rotation reconnects and carries on.
+        deadline = time.monotonic() + 90
+        while "new certificate this client trusts" not in (tmp_path / "rotating.log").read_text():
+            assert rotating.poll() is None, (tmp_path / "rotating.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "rotating.log").read_text()
+            time.sleep(0.5)
+        assert rotating.poll() is None
+        assert stop_process(rotating) == 0

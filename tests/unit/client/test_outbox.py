@@ -66,3 +66,23 @@ def test_damaged_notes_are_dropped_with_their_payload(tmp_path: Path) -> None:
 
 def test_an_empty_outbox_directory_may_not_exist_yet(tmp_path: Path) -> None:
     assert Outbox(tmp_path / "missing").finished() == []
+
+
+def test_a_peer_groups_result_keeps_its_group(tmp_path: Path) -> None:
+    """A leader restarted after a crash sends the group's average again as the group's."""
+    outbox = Outbox(tmp_path)
+    path, digest, size = outbox.spool("task-a", iter([b"average"]))
+    sealed = FinishedResult(
+        task_id="task-a",
+        job_id="ftjob-1",
+        lease_deadline_unix_s=1e9,
+        payload=path,
+        payload_sha256=digest,
+        payload_size=size,
+        metrics=METRICS,
+        group_task_ids=["task-a", "task-b", "task-c"],
+    )
+    outbox.seal(sealed)
+    (found,) = Outbox(tmp_path).finished()
+    assert found.group_task_ids == ["task-a", "task-b", "task-c"]
+    assert found == sealed

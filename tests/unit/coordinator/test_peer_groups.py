@@ -13,12 +13,17 @@ import pytest
 from swarm.coordinator.rounds import _payload_weights
 from swarm.coordinator.storage import Job, Round, Task
 from swarm.protocol import messages as m
-from swarm.protocol.errors import NotFoundError, PermissionDeniedError, ProtocolError
+from swarm.protocol.errors import (
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    SchedulingError,
+)
 from tests.conftest import MICRO_SPEC, start_job, wire_services
 from tests.unit.coordinator.test_tasks import SETTINGS, Coordinator, coordinator_over
 
 SPEC = replace(MICRO_SPEC, data_plane="hivemind", peer_timeout_s=12.0)
-ADDR = "/ip4/127.0.0.1/tcp/{}/p2p/12D3KooWPeer{}"
+ADDR = "/ip4/127.0.0.1/tcp/{}/p2p/12D3KooWRm6fLMx2CSWmyTmYBDjkNBYhpJqaFvvzDF2XXQBwUF{}"
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +104,8 @@ def test_find_peers_refuses_other_workers_tasks_and_bad_addresses(
         coordinator.tasks.find_peers(w1, t1, ["127.0.0.1:4000"])
     with pytest.raises(ProtocolError, match="multiaddr"):
         coordinator.tasks.find_peers(w1, t1, ["/" + "x" * 300])
+    with pytest.raises(ProtocolError, match="multiaddr"):  # no peer id, or not base58
+        coordinator.tasks.find_peers(w1, t1, ["/ip4/1.2.3.4/tcp/1/p2p/0000"])
     with pytest.raises(ProtocolError, match="at most 8"):
         coordinator.tasks.find_peers(w1, t1, [ADDR.format(i, "A") for i in range(9)])
     assert coordinator.task(t1).peer_addrs is None  # nothing bad was stored
@@ -107,7 +114,7 @@ def test_find_peers_refuses_other_workers_tasks_and_bad_addresses(
 def test_a_member_defers_to_the_leaders_result_once_it_is_in(coordinator: Coordinator) -> None:
     (w1, t1), (w2, t2) = two_leases(coordinator)
     leader, member = sorted([(t1, w1), (t2, w2)])
-    with pytest.raises(NotFoundError, match="retry"):  # too early: the worker retries
+    with pytest.raises(NotFoundError, match="ask again"):  # too early: the worker retries
         defer(coordinator, member[1], member[0], leader[0])
     assert lead(coordinator, leader[1], leader[0], sorted([t1, t2])).accepted
     assert defer(coordinator, member[1], member[0], leader[0]).accepted
@@ -124,8 +131,10 @@ def test_a_member_cannot_defer_to_a_result_that_does_not_list_it(
 ) -> None:
     (w1, t1), (w2, t2) = two_leases(coordinator)
     assert lead(coordinator, w1, t1, [t1]).accepted  # a "group" of one: itself
-    with pytest.raises(NotFoundError):
+    with pytest.raises(SchedulingError, match="own update"):  # it never will: submit alone
         defer(coordinator, w2, t2, t1)
+    with pytest.raises(SchedulingError):  # no such task
+        defer(coordinator, w2, t2, "task-made-up")
     assert coordinator.task(t2).status == "leased"
 
 
@@ -134,8 +143,9 @@ def test_group_fields_are_checked_before_the_payload_is_read(coordinator: Coordi
     header = coordinator.header(w1, t1)
     bad_groups = {
         "this one among them": [t2],
-        "once": [t1, t1, t2],
+        "once": [t1, t1],
         "not train tasks": [t1, "task-elsewhere"],
+        "in a round of 2": [t1, t2, "task-3"],
     }
     for message, group in bad_groups.items():
         with pytest.raises(ProtocolError, match=message):
