@@ -11,7 +11,9 @@ from swarm.protocol import messages as m
 METRICS = m.TaskMetrics(loss_first=2.0, loss_last=1.5, tokens=512, compute_s=1.25, steps=4)
 
 
-def _finish(outbox: Outbox, task_id: str, data: bytes = b"update") -> FinishedResult:
+def _finish(
+    outbox: Outbox, task_id: str, data: bytes = b"update", group_task_ids: list[str] | None = None
+) -> FinishedResult:
     path, digest, size = outbox.spool(task_id, iter([data[:3], data[3:]]))
     result = FinishedResult(
         task_id=task_id,
@@ -21,6 +23,7 @@ def _finish(outbox: Outbox, task_id: str, data: bytes = b"update") -> FinishedRe
         payload_sha256=digest,
         payload_size=size,
         metrics=METRICS,
+        group_task_ids=group_task_ids or [],
     )
     outbox.seal(result)
     return result
@@ -70,19 +73,7 @@ def test_an_empty_outbox_directory_may_not_exist_yet(tmp_path: Path) -> None:
 
 def test_a_peer_groups_result_keeps_its_group(tmp_path: Path) -> None:
     """A leader restarted after a crash sends the group's average again as the group's."""
-    outbox = Outbox(tmp_path)
-    path, digest, size = outbox.spool("task-a", iter([b"average"]))
-    sealed = FinishedResult(
-        task_id="task-a",
-        job_id="ftjob-1",
-        lease_deadline_unix_s=1e9,
-        payload=path,
-        payload_sha256=digest,
-        payload_size=size,
-        metrics=METRICS,
-        group_task_ids=["task-a", "task-b", "task-c"],
-    )
-    outbox.seal(sealed)
+    sealed = _finish(Outbox(tmp_path), "task-a", b"average", ["task-a", "task-b", "task-c"])
     (found,) = Outbox(tmp_path).finished()
     assert found.group_task_ids == ["task-a", "task-b", "task-c"]
     assert found == sealed
