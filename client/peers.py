@@ -17,6 +17,7 @@ hivemind is optional (`pip install swarmclient[hivemind]`); without it, or with
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import re
@@ -174,8 +175,10 @@ class PeerAveraging:
         with averager.get_tensors() as tensors:
             for name, tensor in zip(names, tensors, strict=True):
                 tensor.copy_(update[name])
-        # The matchmaking key's bits name the round, so workers of different rounds never meet.
-        averager.set_group_bits(f"{task.round % 2**16:016b}")
+        # The matchmaking key's bits come from the round's group key (which only workers handed
+        # a task of the round know), so workers of other rounds, and outsiders, never meet it.
+        key = plan.group_key or f"round {task.round}"
+        averager.set_group_bits(f"{int(hashlib.sha256(key.encode()).hexdigest()[:16], 16):064b}")
         gathered = averager.step(
             gather={"task_id": task.task_id, "round": task.round},
             weight=float(max(tokens, 1)),
@@ -188,8 +191,7 @@ class PeerAveraging:
                 name: tensor.clone().to(update[name].dtype)
                 for name, tensor in zip(names, averaged, strict=True)
             }
-        # Every member sees the same gathered data, so all of them decide alike below. (A round
-        # 65,536 rounds away shares the key; it would have closed long before.)
+        # Every member sees the same gathered data, so all of them decide alike below.
         if {g.get("round") for g in gathered.values() if isinstance(g, dict)} != {task.round}:
             raise RuntimeError("the group mixed workers of different rounds")
         task_ids = sorted(str(g.get("task_id")) for g in gathered.values() if isinstance(g, dict))

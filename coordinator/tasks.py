@@ -17,6 +17,7 @@ time the task should take this worker, from its measured training speed and down
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -355,6 +356,7 @@ class TaskService:
                 peer_averaging=m.PeerAveraging(
                     group_size=round_.num_train_tasks or spec.min_clients,
                     timeout_s=spec.peer_timeout_s,
+                    group_key=_group_key(job, round_),
                 )
                 if spec.data_plane == "hivemind"
                 else None,
@@ -692,6 +694,14 @@ def _check_metrics(task: Task, spec: JobSpec, metrics: m.TaskMetrics, num_sample
             f"metrics claim {metrics.tokens} tokens in {metrics.steps} steps; task {task.id} "
             f"trains {'exactly' if exact else 'at most'} {bound} tokens in {steps} steps"
         )
+
+
+def _group_key(job: Job, round_: Round) -> str:
+    """The round's matchmaking name for peer averaging: derived from the version the round
+    trains, which only workers handed one of its tasks are told, so outsiders who know the job id
+    cannot find the group (every coordinator derives the same one)."""
+    seed = f"swarm.v1/group\x00{job.id}\x00{round_.index}\x00{round_.worker_params_sha256}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
 MAX_PEER_ADDRS = 8

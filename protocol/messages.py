@@ -123,6 +123,7 @@ class Recipe:
 class PeerAveraging:
     group_size: int
     timeout_s: float
+    group_key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

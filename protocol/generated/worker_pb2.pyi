@@ -175,12 +175,14 @@ class TrainTask(_message.Message):
     def __init__(self, model_config_sha256: _Optional[str] = ..., params_sha256: _Optional[str] = ..., tokens_sha256: _Optional[str] = ..., inner_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., seed: _Optional[int] = ..., update_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., broadcast_policy: _Optional[_Union[CompressionPolicy, _Mapping]] = ..., param_deltas: _Optional[_Iterable[_Union[ParamDelta, _Mapping]]] = ..., base_sha256s: _Optional[_Iterable[str]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., sample_indices: _Optional[_Iterable[int]] = ..., keep_inner_state: _Optional[bool] = ..., peer_averaging: _Optional[_Union[PeerAveraging, _Mapping]] = ...) -> None: ...
 
 class PeerAveraging(_message.Message):
-    __slots__ = ("group_size", "timeout_s")
+    __slots__ = ("group_size", "timeout_s", "group_key")
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    GROUP_KEY_FIELD_NUMBER: _ClassVar[int]
     group_size: int
     timeout_s: float
-    def __init__(self, group_size: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    group_key: str
+    def __init__(self, group_size: _Optional[int] = ..., timeout_s: _Optional[float] = ..., group_key: _Optional[str] = ...) -> None: ...
 
 class Recipe(_message.Message):
     __slots__ = ("objective", "dpo_beta", "adapter")

@@ -78,10 +78,14 @@ def lead(
 
 
 def test_a_hivemind_jobs_train_tasks_say_how_to_average(coordinator: Coordinator) -> None:
-    worker = coordinator.register()
-    task = coordinator.tasks.lease(worker).task
-    assert task is not None and task.train is not None
-    assert task.train.peer_averaging == m.PeerAveraging(group_size=2, timeout_s=12.0)
+    first, second = (coordinator.tasks.lease(coordinator.register()).task for _ in range(2))
+    assert first is not None and first.train is not None and first.train.peer_averaging
+    assert second is not None and second.train is not None and second.train.peer_averaging
+    plan = first.train.peer_averaging
+    assert (plan.group_size, plan.timeout_s) == (2, 12.0)
+    # The round's workers share a group name that the job id alone does not give away.
+    assert plan.group_key == second.train.peer_averaging.group_key
+    assert len(plan.group_key) == 32 and coordinator.job.id not in plan.group_key
 
 
 def test_workers_of_a_round_learn_where_the_others_listen(coordinator: Coordinator) -> None:
