@@ -576,18 +576,13 @@ class Worker:
             )
             return None
         self.status.update(state="averaging")
-        try:
-            return self._peers.average(
-                task,
-                update,
-                tokens,
-                find_peers=lambda addrs: transport.find_peers(task.task_id, addrs),
-            )
-        except SwarmError as exc:
-            logger.warning(
-                "task %s: finding peers failed (%s); submitting alone", task.task_id, exc
-            )
-            return None
+        # Any failure, `FindPeers` included, is logged there and comes back as None.
+        return self._peers.average(
+            task,
+            update,
+            tokens,
+            find_peers=lambda addrs: transport.find_peers(task.task_id, addrs),
+        )
 
     def _defer_to_group(
         self, transport: Transport, task: m.Task, group: Group, metrics: m.TaskMetrics

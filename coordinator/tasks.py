@@ -566,7 +566,9 @@ class TaskService:
                 job_id=job.id,
                 param_shapes={n: tuple(s) for n, s in job.param_shapes.items()},
                 policy=spec.update_policy(),
-                max_bytes=limit,
+                # A group member deferring to its leader's payload sends metrics only, as an
+                # evaluation does (`_check_group` saw to its size).
+                max_bytes=0 if header.group_payload_task_id else limit,
                 decided=decided,
             )
 

@@ -3,18 +3,15 @@ average their updates over hivemind, and one update per round reaches the coordi
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from swarm.coordinator.demo import start_client, start_coordinator, stop_process
+from swarm.coordinator.blobs import BlobStore
+from tests.integration.test_training import Swarm, running_swarm
 
 pytest.importorskip("hivemind")
 
@@ -34,49 +31,15 @@ JOB = {
 LOOPBACK = {"SWARM_PEER_LISTEN": "/ip4/127.0.0.1/tcp/0"}
 
 
-@contextmanager
-def swarm(tmp_path: Path, client_env: list[dict[str, str]]) -> Iterator[httpx.Client]:
-    with ExitStack() as stack:
-        log = stack.enter_context((tmp_path / "coordinator.log").open("w"))
-        coordinator, ready = start_coordinator(tmp_path / "coordinator", log)
-        stack.callback(stop_process, coordinator, signal.SIGTERM)
-        for i, env in enumerate(client_env):
-            client_log = stack.enter_context((tmp_path / f"client-{i}.log").open("w"))
-            client = start_client(
-                f"127.0.0.1:{ready['grpc_port']}",
-                f"peer-{i}",
-                tmp_path / f"client-{i}",
-                client_log,
-                extra_env={**LOOPBACK, **env},
-            )
-            stack.callback(stop_process, client)
-        yield stack.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{ready['http_port']}", timeout=60.0)
-        )
-
-
-def run_job(
-    http: httpx.Client, tmp_path: Path, timeout_s: float = 300.0, **overrides: Any
-) -> dict[str, Any]:
+def run_job(swarm: Swarm, **overrides: Any) -> dict[str, Any]:
     # Every client registered first, so each takes one task of round 0.
     deadline = time.monotonic() + 120.0
-    while len(http.get("/v1/swarm/workers").json()["data"]) < 3:
-        assert time.monotonic() < deadline, f"the clients did not register; logs in {tmp_path}"
+    while len(swarm.http.get("/v1/swarm/workers").json()["data"]) < len(swarm.clients):
+        assert time.monotonic() < deadline, f"the clients did not register; logs in {swarm.logs}"
         time.sleep(0.3)
-    response = http.post(
-        "/v1/fine_tuning/jobs",
-        json={"model": "tiny-llama", "hyperparameters": {**JOB, **overrides}},
-    )
-    assert response.status_code == 200, response.text
-    job_id = response.json()["id"]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            assert job["status"] == "succeeded", job
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s; logs in {tmp_path}")
+    job = swarm.wait_for_job(swarm.create_job(**{**JOB, **overrides})["id"], timeout_s=300.0)
+    assert job["status"] == "succeeded", job
+    return job
 
 
 def train_results(tmp_path: Path) -> dict[int, list[dict[str, Any]]]:
@@ -99,10 +62,10 @@ def train_results(tmp_path: Path) -> dict[int, list[dict[str, Any]]]:
 def test_three_workers_average_among_themselves_and_one_submits_per_round(
     tmp_path: Path,
 ) -> None:
-    with swarm(tmp_path, [{}, {}, {}]) as http:
-        job = run_job(http, tmp_path)
-        rounds = http.get(f"/v1/swarm/jobs/{job['id']}/rounds").json()["data"]
-        workers = http.get("/v1/swarm/workers").json()["data"]
+    with running_swarm(tmp_path, 3, client_env=[LOOPBACK] * 3) as swarm:
+        job = run_job(swarm)
+        rounds = swarm.rounds(job["id"])
+        workers = swarm.http.get("/v1/swarm/workers").json()["data"]
     assert job["swarm"]["eval_loss"] < job["swarm"]["initial_eval_loss"] * 0.9
     results = train_results(tmp_path)
     assert sorted(results) == [0, 1, 2]
@@ -119,11 +82,10 @@ def test_three_workers_average_among_themselves_and_one_submits_per_round(
     training = [r for r in rounds if r["num_train_tasks"]]
     assert all(r["num_clients"] == 3 for r in training), training
     # The coordinator received one update per round where it would receive three.
-    blobs = tmp_path / "coordinator" / "blobs"
+    blobs = BlobStore(tmp_path / "coordinator" / "blobs")
     for r in training:
         (leader,) = [t for t in results[r["round"]] if t["sha"]]
-        sha = leader["sha"]
-        assert r["bytes_up"] == (blobs / sha[:2] / sha[2:4] / sha).stat().st_size, r
+        assert r["bytes_up"] == blobs.path(leader["sha"]).stat().st_size, r
     # Every worker was credited for its own work (3 train tasks each, plus evaluations).
     assert all(w["tasks_accepted"] >= 3 for w in workers), workers
     for i in range(3):
@@ -136,9 +98,10 @@ def test_three_workers_average_among_themselves_and_one_submits_per_round(
 def test_a_worker_without_peer_averaging_submits_directly_and_the_others_still_group(
     tmp_path: Path,
 ) -> None:
-    with swarm(tmp_path, [{}, {}, {"SWARM_PEER_AVERAGING": "false"}]) as http:
+    alone = {**LOOPBACK, "SWARM_PEER_AVERAGING": "false"}
+    with running_swarm(tmp_path, 3, client_env=[LOOPBACK, LOOPBACK, alone]) as swarm:
         # The pair waits half of peer_timeout_s for the third member, which never comes.
-        job = run_job(http, tmp_path, peer_timeout_s=8.0)
+        job = run_job(swarm, peer_timeout_s=8.0)
     assert job["swarm"]["eval_loss"] < job["swarm"]["initial_eval_loss"] * 0.9
     for index, tasks in train_results(tmp_path).items():
         payloads = [t for t in tasks if t["sha"]]

@@ -66,8 +66,14 @@ class Swarm:
 
 @contextmanager
 def running_swarm(
-    tmp_path: Path, num_clients: int = 2, db: str | None = None, env: dict[str, str] | None = None
+    tmp_path: Path,
+    num_clients: int = 2,
+    db: str | None = None,
+    env: dict[str, str] | None = None,
+    client_env: list[dict[str, str]] | None = None,
 ) -> Iterator[Swarm]:
+    """A coordinator process (`env` added to its environment) and `num_clients` clients (the
+    i-th with `client_env[i]` added to its)."""
     with ExitStack() as stack:
         log = stack.enter_context((tmp_path / "coordinator.log").open("w"))
         coordinator, ready = start_coordinator(tmp_path / "coordinator", log, db, env)
@@ -76,7 +82,13 @@ def running_swarm(
         clients = []
         for i in range(num_clients):
             client_log = stack.enter_context((tmp_path / f"client-{i}.log").open("w"))
-            client = start_client(target, f"test-client-{i}", tmp_path / f"client-{i}", client_log)
+            client = start_client(
+                target,
+                f"test-client-{i}",
+                tmp_path / f"client-{i}",
+                client_log,
+                extra_env=client_env[i] if client_env else None,
+            )
             stack.callback(stop_process, client)
             clients.append(client)
         http = stack.enter_context(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from swarm.coordinator.rounds import _payload_weights
-from swarm.coordinator.storage import Job, Round, Task
+from swarm.coordinator.storage import Round, Task
 from swarm.protocol import messages as m
 from swarm.protocol.errors import (
     NotFoundError,
@@ -20,30 +18,15 @@ from swarm.protocol.errors import (
     SchedulingError,
 )
 from tests.conftest import MICRO_SPEC, start_job, wire_services
+from tests.unit.coordinator import test_tasks
 from tests.unit.coordinator.test_tasks import SETTINGS, Coordinator, coordinator_over
 
 SPEC = replace(MICRO_SPEC, data_plane="hivemind", peer_timeout_s=12.0)
+# test_tasks's fixtures, building their job from this module's SPEC.
+template = test_tasks.template
+coordinator = test_tasks.coordinator
+
 ADDR = "/ip4/127.0.0.1/tcp/{}/p2p/12D3KooWRm6fLMx2CSWmyTmYBDjkNBYhpJqaFvvzDF2XXQBwUF{}"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Job]:
-    root = tmp_path_factory.mktemp("template")
-    services = wire_services(root, **SETTINGS)
-    job = start_job(services, SPEC)
-    services.db.dispose()
-    return root, job
-
-
-@pytest.fixture
-def coordinator(template: tuple[Path, Job], tmp_path: Path) -> Iterator[Coordinator]:
-    source, job = template
-    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
-    services = wire_services(tmp_path, **SETTINGS)
-    try:
-        yield coordinator_over(services, job)
-    finally:
-        services.db.dispose()
 
 
 def two_leases(coordinator: Coordinator) -> tuple[tuple[str, str], tuple[str, str]]:

@@ -122,11 +122,14 @@ SETTINGS = {"lease_ttl_s": POLICY.ttl_s, "max_task_s": POLICY.max_task_s, "solo_
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Job]:
-    """A migrated database with one job (round 0 open), built once and copied per test."""
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Job]:
+    """A migrated database with one job (round 0 open) of the test module's `SPEC`, built once
+    and copied per test."""
     root = tmp_path_factory.mktemp("template")
     services = wire_services(root, **SETTINGS)
-    job = start_job(services, SPEC)
+    job = start_job(services, request.module.SPEC)
     services.db.dispose()
     return root, job
 
